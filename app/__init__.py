@@ -1,0 +1,1 @@
+"""The training application: config, data, engine, callbacks, metrics, reports."""
