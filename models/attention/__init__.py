@@ -1,0 +1,72 @@
+"""Attention modules, one per file, built by name.
+
+``create_attention(name, channels, **kwargs)`` returns a layer that keeps its input's shape;
+``"none"`` gives ``paddle.nn.Identity()``. Every module has a class attribute ``min_hw``: the
+smallest H*W map it carries meaningfully (SimAM needs 2; the rest work on 1x1), which host
+networks use to skip a module on maps that are too small.
+"""
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+
+from .ca import CoordAttention
+from .cbam import CBAM
+from .darknet_se import DarknetSE
+from .eca import ECA, eca_kernel_size
+from .nam import NAM
+from .se import SE
+from .simam import SimAM
+
+_ATTENTIONS: dict[str, type[nn.Layer]] = {
+    "simam": SimAM,
+    "se": SE,
+    "eca": ECA,
+    "ca": CoordAttention,
+    "cbam": CBAM,
+    "nam": NAM,
+    "darknet_se": DarknetSE,
+}
+
+__all__ = [
+    "CBAM", "ECA", "NAM", "SE", "CoordAttention", "DarknetSE", "SimAM",
+    "create_attention", "eca_kernel_size", "has_nam", "list_attentions", "nam_sparsity_penalty",
+]
+
+
+def list_attentions() -> list[str]:
+    """Names accepted by :func:`create_attention`, sorted (``"none"`` not included)."""
+    return sorted(_ATTENTIONS)
+
+
+def create_attention(name: str, channels: int, **kwargs) -> nn.Layer:
+    """Build attention ``name`` for ``channels`` channels; ``"none"`` gives an identity.
+
+    Raises ValueError naming the known attentions when ``name`` is unknown.
+    """
+    if name == "none":
+        return nn.Identity()
+    if name not in _ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; known: none, {', '.join(list_attentions())}")
+    return _ATTENTIONS[name](channels, **kwargs)
+
+
+def _nam_norms(model: nn.Layer) -> list[nn.Layer]:
+    return [bn for m in model.sublayers(include_self=True) if isinstance(m, NAM)
+            for bn in (m.bn, m.pixel_bn) if bn is not None]
+
+
+def has_nam(model: nn.Layer) -> bool:
+    """Whether ``model`` contains a NAM module (and so wants :func:`nam_sparsity_penalty`)."""
+    return any(isinstance(m, NAM) for m in model.sublayers(include_self=True))
+
+
+def nam_sparsity_penalty(model: nn.Layer, weight: float = 1e-4) -> paddle.Tensor | None:
+    """``weight * sum|gamma|`` over the BatchNorm scales inside NAM modules, to add to the loss.
+
+    Returns None when ``model`` has no NAM module.
+    """
+    norms = _nam_norms(model)
+    if not norms:
+        return None
+    return weight * paddle.add_n([bn.weight.abs().sum() for bn in norms])

@@ -1,0 +1,47 @@
+"""SimAM: a parameter-free attention module.
+
+Yang, Zhang, Li, Xie. "SimAM: A Simple, Parameter-Free Attention Module for Convolutional
+Neural Networks", ICML 2021. https://proceedings.mlr.press/v139/yang21o.html
+Reference code: https://github.com/ZjjConan/SimAM (networks/attentions/simam_module.py).
+
+Each activation is weighted by the inverse of its minimal energy, a closed form of how much
+it stands out from the other positions of its channel:
+
+    d = (x - mean_hw(x))^2
+    y = d / (4 * (sum_hw(d) / n + lambda)) + 0.5,   n = h*w - 1
+    out = x * sigmoid(y)
+
+On a 1x1 map the reference formula is 0/0 (d = 0 and n = 0) and poisons the whole network
+with NaN. Here n = max(h*w - 1, 1): a single position has d = 0, so y = 0.5 and the module
+scales every channel by sigmoid(0.5) ~ 0.62 -- finite, but carrying no information, which is
+why ``min_hw = 2`` tells a host network (see TowerNet) to skip the module on such maps.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+
+class SimAM(nn.Layer):
+    """Parameter-free 3-D attention; ``channels`` is accepted for a uniform factory only."""
+
+    # Smallest H*W on which the module's statistics mean something (one neighbour).
+    min_hw = 2
+
+    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4) -> None:
+        super().__init__()
+        self.e_lambda = e_lambda
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        n = max(h * w - 1, 1)
+        # Few ops on purpose (it must stay a few % of a training step): the denominator
+        # 4*(sum/n + lambda) is one fused scale, the "+ 0.5" another.
+        d = (x - x.mean(axis=[2, 3], keepdim=True)).square()
+        denom = paddle.scale(d.sum(axis=[2, 3], keepdim=True), scale=4.0 / n, bias=4.0 * self.e_lambda)
+        gate = F.sigmoid(paddle.scale(d / denom, bias=0.5))
+        return x * gate
+
+    def extra_repr(self) -> str:
+        return f"e_lambda={self.e_lambda}"
