@@ -1,0 +1,69 @@
+"""Model registry: every trainable network, built by name.
+
+    from models import create_model, list_models
+    model = create_model("towernet_simam", num_classes=16)
+
+Importing the package registers every model. A model built by :func:`create_model` remembers
+how: ``model_spec(model)`` gives ``{"name": ..., "kwargs": {...}}`` for a checkpoint, and
+``create_model(spec["name"], **spec["kwargs"])`` rebuilds it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from paddle import nn
+
+from . import baselines
+from .attention import list_attentions
+from .towernet import TowerNet
+
+_MODELS: dict[str, Callable[..., nn.Layer]] = {}
+
+
+def register_model(fn: Callable[..., nn.Layer] | None = None, *, name: str | None = None):
+    """Register a model builder under ``name`` (default: the function's name).
+
+    Usable as ``@register_model``, ``@register_model(name=...)`` or ``register_model(fn, name=...)``.
+    """
+    def add(f: Callable[..., nn.Layer]) -> Callable[..., nn.Layer]:
+        key = name or f.__name__
+        if key in _MODELS:
+            raise ValueError(f"model {key!r} is registered twice")
+        _MODELS[key] = f
+        return f
+
+    return add(fn) if fn is not None else add
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def create_model(name: str, num_classes: int = 16, **kwargs) -> nn.Layer:
+    """Build model ``name`` with fresh weights; unknown names raise ValueError listing the known ones."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    model = _MODELS[name](num_classes=num_classes, **kwargs)
+    model._model_spec = {"name": name, "kwargs": {"num_classes": num_classes, **kwargs}}
+    return model
+
+
+def model_spec(model: nn.Layer) -> dict:
+    """``{"name", "kwargs"}`` with which :func:`create_model` built ``model`` (for checkpoints)."""
+    spec = getattr(model, "_model_spec", None)
+    if spec is None:
+        raise ValueError("model was not built by models.create_model; its spec is unknown")
+    return {"name": spec["name"], "kwargs": dict(spec["kwargs"])}
+
+
+register_model(functools.partial(TowerNet, attention="none"), name="towernet")
+for _att in list_attentions():
+    register_model(functools.partial(TowerNet, attention=_att), name=f"towernet_{_att}")
+    if _att != "darknet_se":
+        register_model(functools.partial(baselines.resnet50_with, _att), name=f"resnet50_{_att}")
+for _fn in (baselines.vgg19, baselines.resnet50, baselines.mobilenet_v2):
+    register_model(_fn)
+
+__all__ = ["TowerNet", "create_model", "list_models", "model_spec", "register_model"]
