@@ -1,1 +1,11 @@
-"""The training application: config, data, engine, callbacks, metrics, reports."""
+"""The training application: config, data, engine, callbacks, metrics, reports.
+
+Importing ``app`` (every entry point does so before Paddle) quietens Paddle's import-time
+chatter: the C++ INFO log lines and the "No ccache found" warning, which concern building
+custom operators, not training. Set GLOG_minloglevel yourself to see the C++ logs again.
+"""
+import os
+import warnings
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", message="No ccache found")

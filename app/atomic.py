@@ -1,0 +1,43 @@
+"""Atomic file writes: a temporary file in the same folder, flushed, then renamed.
+
+A crash (or Ctrl-C) part-way through leaves the previous file untouched, never half a file.
+This module does not import paddle; :func:`atomic_save` imports it lazily.
+"""
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_save(obj, path) -> None:
+    """``paddle.save`` made atomic."""
+    import paddle
+
+    with atomic_path(path) as tmp:
+        paddle.save(obj, tmp)

@@ -1,0 +1,204 @@
+"""hapi callbacks: NaN guard, per-epoch metrics + metrics.csv, VisualDL, save-best/last.
+
+hapi numbers epochs from 0 within each ``fit`` call; a resumed run passes ``start_epoch``
+so every callback writes the run's own epoch numbers (1-based in files and logs).
+Only rank 0 writes anything.
+"""
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from paddle.callbacks import Callback
+from tqdm import tqdm
+
+from app.atomic import atomic_save, atomic_write_json, atomic_write_text
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "eval_top5",
+                  "lr", "epoch_seconds", "train_images_per_s"]
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; the run stops and keeps its last good checkpoints."""
+
+
+def _scalar(value) -> float:
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+class NonFiniteLossGuard(Callback):
+    def __init__(self, start_epoch: int = 0):
+        super().__init__()
+        self.start_epoch = start_epoch
+        self.epoch = start_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = self.start_epoch + epoch + 1
+
+    def on_train_batch_end(self, step, logs=None):
+        loss = _scalar(logs["loss"])
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss became {loss} at epoch {self.epoch}, step {step + 1}")
+
+
+def read_metrics(path) -> list:
+    """Rows of a metrics.csv as dicts of floats (epoch as int); [] if it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def write_metrics(path, rows: list) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (row[k] if k == "epoch" else f"{row[k]:.6g}")
+                         for k in METRIC_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+class EpochMetrics(Callback):
+    """Collects one row per epoch (see METRIC_COLUMNS), shows a progress bar, prints a
+    one-line summary and rewrites ``metrics.csv`` (keeping rows of earlier epochs)."""
+
+    def __init__(self, run_dir, start_epoch: int = 0, total_epochs: int = 0,
+                 rows=None, write: bool = True):
+        super().__init__()
+        self.path = Path(run_dir) / "metrics.csv"
+        self.start_epoch, self.total_epochs = start_epoch, total_epochs
+        self.rows = list(rows or [])
+        self.write = write
+        self.last_row = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = self.start_epoch + epoch + 1
+        self.t0 = time.perf_counter()
+        self.lr = float(self.model._optimizer.get_lr())
+        self.loss_sum, self.seen = 0.0, 0
+        self.bar = tqdm(total=self.params.get("steps"), desc=f"epoch {self.epoch}",
+                        leave=False, file=sys.stderr, disable=None if self.write else True)
+
+    def on_train_batch_end(self, step, logs=None):
+        n = int(logs.get("batch_size", 1))
+        self.loss_sum += _scalar(logs["loss"]) * n
+        self.seen += n
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.loss_sum / self.seen:.3f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
+        self.train_seconds = time.perf_counter() - self.t0
+        self.train_acc = _scalar(logs.get("acc_top1", 0.0))
+
+    def on_eval_begin(self, logs=None):
+        self.eval_loss_sum, self.eval_seen = 0.0, 0
+
+    def on_eval_batch_end(self, step, logs=None):
+        n = int(logs.get("batch_size", 1))
+        self.eval_loss_sum += _scalar(logs["loss"]) * n
+        self.eval_seen += n
+
+    def on_eval_end(self, logs=None):
+        top5 = next((k for k in logs if k.startswith("acc_top") and k != "acc_top1"), None)
+        row = {
+            "epoch": self.epoch,
+            "train_loss": self.loss_sum / max(self.seen, 1),
+            "train_acc": self.train_acc,
+            "eval_loss": self.eval_loss_sum / max(self.eval_seen, 1),
+            "eval_acc": _scalar(logs["acc_top1"]),
+            "eval_top5": _scalar(logs[top5]) if top5 else float("nan"),
+            "lr": self.lr,
+            "epoch_seconds": time.perf_counter() - self.t0,
+            "train_images_per_s": self.seen / max(self.train_seconds, 1e-9),
+        }
+        self.rows = [r for r in self.rows if r["epoch"] < self.epoch] + [row]
+        self.last_row = row
+        if self.write:
+            write_metrics(self.path, self.rows)
+            print(f"epoch {self.epoch}/{self.total_epochs}  "
+                  f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+                  f"eval loss {row['eval_loss']:.4f} top1 {row['eval_acc']:.4f} "
+                  f"top5 {row['eval_top5']:.4f}  lr {row['lr']:.5f}  "
+                  f"{row['epoch_seconds']:.1f}s  {row['train_images_per_s']:.1f} img/s",
+                  flush=True)
+
+
+class VisualDLLogger(Callback):
+    """Train loss/acc every ``log_freq`` steps; eval loss/top-1/top-5 and lr per epoch.
+
+    Diverges from ``paddle.callbacks.VisualDL``, whose step counters restart at 0 on
+    resume and which does not log the learning rate.
+    """
+
+    def __init__(self, run_dir, metrics: EpochMetrics, steps_per_epoch: int,
+                 start_epoch: int = 0, log_freq: int = 10):
+        super().__init__()
+        from visualdl import LogWriter
+
+        self.writer = LogWriter(logdir=str(run_dir))
+        self.metrics = metrics
+        self.steps_per_epoch, self.start_epoch = steps_per_epoch, start_epoch
+        self.log_freq = max(1, log_freq)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_index = self.start_epoch + epoch
+
+    def on_train_batch_end(self, step, logs=None):
+        if step % self.log_freq == 0:
+            global_step = self.epoch_index * self.steps_per_epoch + step
+            self.writer.add_scalar("train/loss", _scalar(logs["loss"]), global_step)
+            self.writer.add_scalar("train/acc", _scalar(logs["acc_top1"]), global_step)
+
+    def on_eval_end(self, logs=None):
+        row = self.metrics.last_row
+        for tag, key in [("eval/loss", "eval_loss"), ("eval/top1", "eval_acc"),
+                         ("eval/top5", "eval_top5"), ("train/epoch_loss", "train_loss"),
+                         ("train/epoch_acc", "train_acc"), ("lr", "lr")]:
+            self.writer.add_scalar(tag, row[key], row["epoch"])
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        self.writer.close()
+
+
+class SaveBest(Callback):
+    """Every epoch: last.pdparams/.pdopt + state.json; on a new best eval top-1:
+    best.pdparams + best.json (with ``meta``: what eval.py needs to rebuild the model).
+    All files are written atomically; state.json is written last, so it never points
+    at a checkpoint that is not there."""
+
+    def __init__(self, run_dir, metrics: EpochMetrics, meta: dict, state: dict):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.metrics, self.meta, self.state = metrics, meta, state
+
+    def on_eval_end(self, logs=None):
+        row = self.metrics.last_row
+        network = self.model.network
+        if row["eval_acc"] > self.state.get("best_acc", -1.0):
+            atomic_save(network.state_dict(), self.run_dir / "best.pdparams")
+            atomic_write_json(self.run_dir / "best.json",
+                              {**self.meta, "epoch": row["epoch"], "eval_acc": row["eval_acc"],
+                               "eval_top5": row["eval_top5"]})
+            self.state.update(best_acc=row["eval_acc"], best_epoch=row["epoch"])
+        save_last(self.run_dir, self.model, self.state, row["epoch"])
+
+
+def save_last(run_dir, model, state: dict, epoch: int, status: str = "running") -> None:
+    """Save a resumable checkpoint for the end of ``epoch`` (0: before training)."""
+    run_dir = Path(run_dir)
+    atomic_save(model.network.state_dict(), run_dir / "last.pdparams")
+    atomic_save(model._optimizer.state_dict(), run_dir / "last.pdopt")
+    state.update(epoch=epoch, status=status)
+    write_state(run_dir, state)
+
+
+def write_state(run_dir, state: dict) -> None:
+    atomic_write_json(Path(run_dir) / "state.json", state)

@@ -1,0 +1,166 @@
+"""YAML configs with CLI overrides, checked against the defaults in configs/default.yaml.
+
+A config is a two-level dict: ``cfg["train"]["epochs"]``. Every key that may be set is in
+``configs/default.yaml``; its value there fixes the key's type. A YAML file may name a base
+file with ``_base_`` (resolved relative to itself) and overrides only what differs.
+Unknown keys, wrong types and bad choices raise :class:`UserError` naming the key.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from app.atomic import atomic_write_text
+from app.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_FILE = CONFIG_DIR / "default.yaml"
+
+# Keys whose default is null: the type they take when set.
+NULLABLE = {"output.name": str}
+# Keys restricted to a fixed set of values.
+CHOICES = {
+    "train.device": ("auto", "cpu", "gpu"),
+    "train.amp": ("off", "fp16", "bf16"),
+}
+# Keys that must be positive numbers (zero allowed where noted by >= 0 below).
+POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
+NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
+                "optimizer.nam_penalty", "optimizer.momentum", "data.rotation")
+
+
+def read_yaml(path) -> dict:
+    """Read one YAML file, following ``_base_`` chains; sections are merged key by key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    merged = read_yaml(path.parent / base)
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
+def defaults() -> dict:
+    return read_yaml(DEFAULT_FILE)
+
+
+def _check_type(key: str, value, default):
+    if value is None and (default is None or key in NULLABLE):
+        return None
+    expected = NULLABLE.get(key, type(default))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise UserError(f"config key '{key}' expects {expected.__name__}, "
+                        f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def set_key(cfg: dict, key: str, value) -> None:
+    """Set ``section.name`` in ``cfg`` after checking it exists and has the right type."""
+    section, _, name = key.partition(".")
+    base = defaults()
+    if section not in base or not isinstance(base[section], dict):
+        raise UserError(f"unknown config section '{section}' in '{key}' "
+                        f"(sections: {', '.join(base)})")
+    if name not in base[section]:
+        raise UserError(f"unknown config key '{key}' "
+                        f"(known in {section}: {', '.join(base[section])})")
+    cfg[section][name] = _check_type(key, value, base[section][name])
+
+
+def validate(cfg: dict) -> dict:
+    """Check every key of ``cfg`` against the defaults; fill missing keys; return a copy."""
+    out = defaults()
+    for section, values in cfg.items():
+        if not isinstance(values, dict):
+            raise UserError(f"config section '{section}' must be a mapping")
+        for name, value in values.items():
+            set_key(out, f"{section}.{name}", value)
+    for key, allowed in CHOICES.items():
+        s, n = key.split(".")
+        if out[s][n] not in allowed:
+            raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; "
+                            f"got {out[s][n]!r}")
+    for key in POSITIVE + NON_NEGATIVE:
+        s, n = key.split(".")
+        if out[s][n] < 0 or (key in POSITIVE and out[s][n] == 0):
+            kind = "positive" if key in POSITIVE else "non-negative"
+            raise UserError(f"config key '{key}' must be {kind}; got {out[s][n]!r}")
+    return out
+
+
+def parse_override(text: str):
+    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or "." not in key:
+        raise UserError(f"override '{text}' must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def model_config_file(model: str):
+    """configs/<model>.yaml when it exists, else None."""
+    path = CONFIG_DIR / f"{model}.yaml"
+    return path if path.is_file() else None
+
+
+def load_config(config_file=None, model=None, overrides=()) -> dict:
+    """Resolve a run's config: defaults <- file <- ``overrides`` (``(key, value)`` pairs).
+
+    Without ``config_file``, ``configs/<model>.yaml`` is used when it exists, so
+    ``--model towernet`` picks up TowerNet's own weight decay.
+    """
+    if config_file is None and model is not None:
+        config_file = model_config_file(model)
+    cfg = validate(read_yaml(config_file)) if config_file else defaults()
+    if model is not None:
+        cfg["model"]["name"] = model
+    for key, value in overrides:
+        set_key(cfg, key, value)
+    return validate(cfg)
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def save_config(cfg: dict, path) -> None:
+    atomic_write_text(path, dump(cfg))
+
+
+def copy_config(cfg: dict) -> dict:
+    return copy.deepcopy(cfg)
+
+
+# What may change when a run is resumed: where and how fast it runs, not what it computes.
+RESUMABLE_KEYS = {"train.device", "train.threads", "data.num_workers", "data.cache",
+                  "data.root"}
+
+
+def resume_config_overrides(cfg: dict, overrides, given_config=None) -> dict:
+    """Apply ``overrides`` to a resumed run's config, refusing any that change the run."""
+    if given_config:
+        raise UserError("--resume continues a run on its own config.yaml; "
+                        "drop -c/--model (start a new run to change them)")
+    for key, value in overrides:
+        if key not in RESUMABLE_KEYS:
+            raise UserError(f"--resume keeps the run's schedule; '{key}' cannot change "
+                            f"(only {', '.join(sorted(RESUMABLE_KEYS))} may)")
+        set_key(cfg, key, value)
+    return validate(cfg)

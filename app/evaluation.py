@@ -1,0 +1,118 @@
+"""Rebuild a trained model from its run folder; evaluate it, predict images, compare runs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+
+from app import report
+from app.atomic import atomic_write_json
+from app.callbacks import read_metrics
+from app.data import ImageFolderDataset, build_transform, read_rgb
+from app.engine import build_loader, build_network, predict_logits, softmax
+from app.errors import UserError
+from app.metrics import classification_report
+
+
+def find_checkpoint(run=None, checkpoint=None) -> tuple:
+    """(weights path, meta dict) for ``--run DIR`` (its best model) or ``--checkpoint FILE``.
+
+    A checkpoint's meta is the JSON beside it with the same stem (best.pdparams ->
+    best.json); for last.pdparams the run's best.json is used (same model, same data).
+    """
+    if run is not None:
+        run = Path(run)
+        if not run.is_dir():
+            raise UserError(f"run folder not found: {run}")
+        weights, meta_path = run / "best.pdparams", run / "best.json"
+    else:
+        weights = Path(checkpoint)
+        if not weights.is_file():
+            raise UserError(f"checkpoint not found: {weights}")
+        meta_path = weights.with_suffix(".json")
+        if not meta_path.is_file():
+            meta_path = weights.parent / "best.json"
+    if not meta_path.is_file() or not weights.is_file():
+        raise UserError(f"{weights.parent}: no best.json/best.pdparams (has the run finished "
+                        f"an epoch?)")
+    return weights, json.loads(meta_path.read_text())
+
+
+def load_network(weights, meta: dict) -> paddle.nn.Layer:
+    network = build_network(meta["model"], meta["num_classes"], meta.get("model_kwargs"))
+    network.set_state_dict(paddle.load(str(weights)))
+    network.eval()
+    return network
+
+
+def eval_dataset(meta: dict, data=None) -> ImageFolderDataset:
+    root = data or meta["data_root"]
+    ds = ImageFolderDataset(root, "eval", image_size=meta["image_size"], train=False,
+                            mean=meta["mean"], std=meta["std"])
+    if list(ds.classes) != list(meta["classes"]):
+        raise UserError(f"{root}: its classes differ from the ones the model was trained on")
+    return ds
+
+
+def evaluate_checkpoint(weights, meta: dict, out_dir, data=None, batch_size: int = 32) -> dict:
+    """Evaluate on the eval split; write eval.json, confusion_matrix.png, misclassified.png."""
+    out_dir = Path(out_dir)
+    ds = eval_dataset(meta, data)
+    network = load_network(weights, meta)
+    logits, labels = predict_logits(network, build_loader(ds, batch_size, shuffle=False))
+    probs = softmax(logits)
+    result = {"checkpoint": str(weights), "model": meta["model"], "epoch": meta.get("epoch"),
+              "data": str(data or meta["data_root"]),
+              **classification_report(probs, labels, meta["classes"])}
+    atomic_write_json(out_dir / "eval.json", result)
+    report.plot_confusion_matrix(np.array(result["confusion_matrix"]), meta["classes"],
+                                 out_dir / "confusion_matrix.png")
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    items = [(ds.samples[i][0], meta["classes"][labels[i]],
+              meta["classes"][probs[i].argmax()], float(probs[i].max())) for i in wrong]
+    report.plot_misclassified(items, out_dir / "misclassified.png")
+    return result
+
+
+def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
+    """[(path, [(class, probability), ...]), ...] for each image file, best first."""
+    transform = build_transform(meta["image_size"], meta["mean"], meta["std"], train=False)
+    batch = []
+    for path in paths:
+        try:
+            batch.append(transform(read_rgb(path)))
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read image {path}: {e}")
+    network = load_network(weights, meta)
+    with paddle.no_grad():
+        probs = softmax(network(paddle.to_tensor(np.stack(batch))).numpy())
+    k = min(topk, probs.shape[1])
+    return [(str(p), [(meta["classes"][j], float(row[j])) for j in np.argsort(-row)[:k]])
+            for p, row in zip(paths, probs)]
+
+
+def collect_runs(root) -> list:
+    """Every run folder below ``root`` with a best.json and metrics.csv, as dicts."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"folder not found: {root}")
+    runs = []
+    for meta_path in sorted(root.rglob("best.json")):
+        run_dir = meta_path.parent
+        rows = read_metrics(run_dir / "metrics.csv")
+        if not rows:
+            continue
+        meta = json.loads(meta_path.read_text())
+        best = max(rows, key=lambda r: r["eval_acc"])
+        runs.append({
+            "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+            "model": meta["model"], "params": meta.get("params"),
+            "epochs": len(rows), "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
+            "final_acc": rows[-1]["eval_acc"],
+            "epoch_seconds": float(np.median([r["epoch_seconds"] for r in rows])),
+            "train_images_per_s": float(np.median([r["train_images_per_s"] for r in rows])),
+            "curve": [(r["epoch"], r["eval_acc"]) for r in rows],
+        })
+    if not runs:
+        raise UserError(f"no finished runs (best.json + metrics.csv) below {root}")
+    return runs

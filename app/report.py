@@ -1,0 +1,94 @@
+"""Tables and matplotlib figures. Every PNG is written atomically."""
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from app.atomic import atomic_path  # noqa: E402
+
+
+def save_figure(fig, path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def format_table(rows: list, columns: list) -> str:
+    """A plain-text table; ``columns`` are (header, key, format) triples."""
+    cells = [[h for h, _, _ in columns]]
+    for row in rows:
+        cells.append([("-" if row.get(k) is None else fmt.format(row[k]))
+                      for _, k, fmt in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(cm: np.ndarray, classes: list, path) -> None:
+    n = len(classes)
+    size = max(5.0, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = cm.max() if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > top / 2 else "black")
+    ax.set_title(f"confusion matrix ({cm.sum()} images, top-1 "
+                 f"{np.trace(cm) / max(cm.sum(), 1):.3f})")
+    save_figure(fig, path)
+
+
+def plot_misclassified(items: list, path, limit: int = 36) -> None:
+    """A grid of (image path, true, predicted, confidence) tuples; a note if none."""
+    from app.data import read_rgb
+
+    items = items[:limit]
+    cols = min(6, max(1, len(items)))
+    rows = max(1, math.ceil(len(items) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not items:
+        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    for ax, (image_path, true, pred, conf) in zip(axes.flat, items):
+        image = read_rgb(image_path)
+        image.thumbnail((160, 160))
+        ax.imshow(np.asarray(image))
+        ax.set_title(f"true: {true}\npred: {pred} ({conf:.2f})", fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_curves(runs: list, path, key: str = "curve", ylabel: str = "eval top-1") -> None:
+    """One line per run: ``run[key]`` is a list of (epoch, value)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        epochs, values = zip(*run[key])
+        ax.plot(epochs, values, marker="o" if len(epochs) < 20 else None, ms=3,
+                label=run["run"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def write_comparison(runs: list, out_dir) -> str:
+    """Print-ready table of runs and ``compare.png`` of their eval-accuracy curves."""
+    columns = [("run", "run", "{}"), ("model", "model", "{}"), ("params", "params", "{:,}"),
+               ("epochs", "epochs", "{}"), ("best top-1", "best_acc", "{:.4f}"),
+               ("at epoch", "best_epoch", "{}"), ("final top-1", "final_acc", "{:.4f}"),
+               ("epoch s", "epoch_seconds", "{:.1f}"), ("img/s", "train_images_per_s", "{:.1f}")]
+    plot_curves(runs, Path(out_dir) / "compare.png")
+    return format_table(runs, columns)

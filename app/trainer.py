@@ -1,0 +1,133 @@
+"""One training run: data, model, hapi ``fit`` with our callbacks, resume, Ctrl-C, NaN stop.
+
+A run directory holds config.yaml, metrics.csv, VisualDL records, last.pdparams/.pdopt,
+state.json ({epoch, status, best_acc, best_epoch}), best.pdparams and best.json.
+"""
+from pathlib import Path
+
+from app import callbacks as cb
+from app.config import load_config, save_config
+from app.data import ImageFolderDataset
+from app.engine import (build_loader, build_network, build_optimizer, is_main_process,
+                        prepare_model, seed_everything, select_device)
+from app.errors import UserError
+from models.summary import count_params
+
+
+class RunStopped(Exception):
+    """Training stopped early (Ctrl-C or a non-finite loss); ``exit_code`` says which."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def new_run_dir(output_dir, name: str) -> Path:
+    """OUTPUT/name, or OUTPUT/name-2, -3, ... when that folder already exists."""
+    output_dir = Path(output_dir)
+    candidate, i = output_dir / name, 1
+    while candidate.exists():
+        i += 1
+        candidate = output_dir / f"{name}-{i}"
+    return candidate
+
+
+def load_state(run_dir) -> dict:
+    import json
+
+    path = Path(run_dir) / "state.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def resume_config(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "state.json").is_file():
+        raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml/state.json)")
+    return load_config(run_dir / "config.yaml")
+
+
+def load_datasets(cfg: dict):
+    d = cfg["data"]
+    common = dict(image_size=d["image_size"], cache=d["cache"])
+    train = ImageFolderDataset(d["root"], "train", rotation=d["rotation"], hflip=d["hflip"],
+                               **common)
+    evaluation = ImageFolderDataset(d["root"], "eval", train=False, mean=train.mean,
+                                    std=train.std, **common)
+    if evaluation.classes != train.classes:
+        raise UserError(f"{d['root']}: train and eval class folders differ")
+    return train, evaluation
+
+
+def train(cfg: dict, run_dir=None) -> Path:
+    """Train ``cfg`` into a new run folder, or continue ``run_dir`` from its last epoch.
+
+    Returns the run folder. Raises :class:`RunStopped` on Ctrl-C or a non-finite loss,
+    after making sure the last finished epoch's checkpoint is on disk.
+    """
+    resume = run_dir is not None
+    main = is_main_process()
+    select_device(cfg["train"]["device"], cfg["train"]["threads"])
+    seed_everything(cfg["train"]["seed"])
+    train_ds, eval_ds = load_datasets(cfg)
+    network = build_network(cfg["model"]["name"], len(train_ds.classes), cfg["model"]["kwargs"])
+
+    state = load_state(run_dir) if resume else {}
+    start = int(state.get("epoch", 0))
+    epochs, t = cfg["train"]["epochs"], cfg["train"]
+    if resume and start >= epochs:
+        print(f"{run_dir}: already finished ({start}/{epochs} epochs)")
+        return Path(run_dir)
+    train_loader = build_loader(train_ds, t["batch_size"], True, cfg["data"]["num_workers"],
+                                seed=t["seed"], start_epoch=start)
+    eval_loader = build_loader(eval_ds, t["batch_size"], False, cfg["data"]["num_workers"])
+    optimizer = build_optimizer(cfg, network, len(train_loader))
+    model = prepare_model(network, cfg, len(train_ds.classes), optimizer)
+
+    if resume:
+        model.load(str(Path(run_dir) / "last"))
+    else:
+        run_dir = new_run_dir(cfg["output"]["dir"], cfg["output"]["name"] or cfg["model"]["name"])
+        if main:
+            run_dir.mkdir(parents=True)
+            save_config(cfg, run_dir / "config.yaml")
+            cb.save_last(run_dir, model, state, 0)
+    run_dir = Path(run_dir)
+    meta = {"model": cfg["model"]["name"], "model_kwargs": cfg["model"]["kwargs"],
+            "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
+            "image_size": cfg["data"]["image_size"], "mean": list(train_ds.mean),
+            "std": list(train_ds.std), "data_root": str(cfg["data"]["root"]),
+            "params": count_params(network)}
+
+    callbacks = [cb.NonFiniteLossGuard(start)]
+    if main:
+        rows = [r for r in cb.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start]
+        metrics = cb.EpochMetrics(run_dir, start, epochs, rows)
+        callbacks += [metrics,
+                      cb.VisualDLLogger(run_dir, metrics, len(train_loader), start,
+                                        t["log_freq"]),
+                      cb.SaveBest(run_dir, metrics, meta, state)]
+        print(f"run {run_dir}: {cfg['model']['name']} ({meta['params']:,} params), "
+              f"{len(train_ds)} train / {len(eval_ds)} eval images, "
+              f"{len(train_ds.classes)} classes, epochs {start + 1}-{epochs}", flush=True)
+    try:
+        model.fit(train_loader, eval_loader, epochs=epochs - start, verbose=0,
+                  callbacks=callbacks)
+    except KeyboardInterrupt:
+        _mark(run_dir, main, "interrupted")
+        raise RunStopped(f"interrupted; the last finished epoch is saved. Continue with: "
+                         f"python train.py --resume {run_dir}", 130)
+    except cb.NonFiniteLoss as e:
+        _mark(run_dir, main, "diverged")
+        raise RunStopped(f"stopped: {e}; the last good checkpoints in {run_dir} are kept "
+                         f"(try a lower --lr)", 3)
+    _mark(run_dir, main, "finished")
+    return run_dir
+
+
+def _mark(run_dir, main: bool, status: str) -> None:
+    if main:
+        state = load_state(run_dir)
+        state["status"] = status
+        cb.write_state(run_dir, state)

@@ -1,0 +1,69 @@
+"""Evaluate a run, predict images, or compare runs.
+
+  python eval.py --run runs/towernet_simam            # eval.json + confusion matrix + errors
+  python eval.py --run runs/towernet_simam --image a.jpg b.jpg
+  python eval.py --compare runs                       # table + compare.png of all runs
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import app  # noqa: F401  (quietens paddle; must come first)
+from app.errors import UserError, exit_on_user_error
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder (uses its best.pdparams + best.json)")
+    src.add_argument("--checkpoint", help="a .pdparams file with its .json (or best.json) beside it")
+    src.add_argument("--compare", metavar="DIR", help="compare every run below DIR")
+    p.add_argument("--data", help="split folder to evaluate on (default: the run's own)")
+    p.add_argument("--image", nargs="+", help="predict these image files instead")
+    p.add_argument("--topk", type=int, default=5, help="predictions shown per image")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", help="where to write results (default: the run folder)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    return p.parse_args(argv)
+
+
+def show_evaluation(result: dict, out_dir: Path) -> None:
+    print(f"{result['model']} (epoch {result['epoch']}) on {result['num_images']} eval images "
+          f"of {result['data']}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
+    width = max(len(c) for c in result["classes"])
+    print(f"{'class'.ljust(width)}  precision  recall  images")
+    for name, m in result["per_class"].items():
+        print(f"{name.ljust(width)}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['support']:6d}")
+    print(f"wrote {out_dir / 'eval.json'}, confusion_matrix.png, misclassified.png")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from app import evaluation, report
+    from app.engine import select_device
+
+    if args.compare:
+        runs = evaluation.collect_runs(args.compare)
+        out = Path(args.out or args.compare)
+        print(report.write_comparison(runs, out))
+        print(f"wrote {out / 'compare.png'}")
+        return 0
+    if args.topk < 1 or args.batch_size < 1:
+        raise UserError("--topk and --batch-size must be positive")
+    select_device(args.device)
+    weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
+    if args.image:
+        for path, preds in evaluation.predict_files(weights, meta, args.image, args.topk):
+            print(path + ": " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
+        return 0
+    out_dir = Path(args.out or weights.parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluation.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size)
+    show_evaluation(result, out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))

@@ -1,0 +1,60 @@
+"""Train a model: ``python train.py --model towernet_simam [--data DIR] [-o key=value ...]``.
+
+Resolves the config (configs/default.yaml <- configs/<model>.yaml or -c FILE <- flags <- -o),
+then hands over to app.trainer. ``--resume RUN_DIR`` continues a run on its own config.
+"""
+import argparse
+import sys
+
+import app  # noqa: F401  (quietens paddle; must come first)
+from app.config import load_config, parse_override, resume_config_overrides
+from app.errors import UserError, exit_on_user_error
+
+FLAGS = {  # flag -> config key
+    "data": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "optimizer.lr", "image_size": "data.image_size", "seed": "train.seed",
+    "output": "output.dir", "device": "train.device", "name": "output.name",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--config", help="YAML config (default: configs/<model>.yaml)")
+    p.add_argument("--model", help="registered model name (see: python -m models.summary --list)")
+    p.add_argument("--data", help="split folder with train/ and eval/ (data.root)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per-device batch size")
+    p.add_argument("--lr", type=float, help="initial learning rate of the cosine schedule")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output", help="folder holding all runs (default: runs)")
+    p.add_argument("--name", help="run folder name (default: the model name)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last epoch")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config key, e.g. -o data.num_workers=2 (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = [(key, getattr(args, flag)) for flag, key in FLAGS.items()
+                 if getattr(args, flag) is not None]
+    overrides += [parse_override(o) for o in args.override]
+    from app import trainer
+
+    if args.resume:
+        cfg = resume_config_overrides(trainer.resume_config(args.resume), overrides,
+                                      given_config=args.config or args.model)
+    else:
+        cfg = load_config(args.config, args.model, overrides)
+    try:
+        trainer.train(cfg, args.resume)
+    except trainer.RunStopped as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))
