@@ -13,7 +13,7 @@ import paddle.nn.functional as F
 from paddle.static import InputSpec
 
 from app.errors import UserError
-from models import create_model
+from models import create_model, list_models
 from models.attention import has_nam, nam_sparsity_penalty
 
 
@@ -42,7 +42,6 @@ def select_device(name: str = "auto", threads: int = 0) -> str:
         paddle.set_device("cpu")
         n = threads or max(1, available_cores() // max(1, world_size()))
         paddle.base.core.set_num_threads(n)
-        os.environ["OMP_NUM_THREADS"] = str(n)
     return device
 
 
@@ -60,7 +59,13 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
+def check_model_name(name: str) -> None:
+    if name not in list_models():
+        raise UserError(f"unknown model '{name}'; known: {', '.join(list_models())}")
+
+
 def build_network(name: str, num_classes: int, kwargs=None) -> paddle.nn.Layer:
+    check_model_name(name)
     try:
         return create_model(name, num_classes=num_classes, **(kwargs or {}))
     except ValueError as e:

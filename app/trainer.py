@@ -8,7 +8,7 @@ from pathlib import Path
 from app import callbacks as cb
 from app.config import load_config, save_config
 from app.data import ImageFolderDataset
-from app.engine import (build_loader, build_network, build_optimizer, is_main_process,
+from app.engine import (build_loader, build_network, check_model_name, build_optimizer, is_main_process,
                         prepare_model, seed_everything, select_device)
 from app.errors import UserError
 from models.summary import count_params
@@ -68,6 +68,7 @@ def train(cfg: dict, run_dir=None) -> Path:
     """
     resume = run_dir is not None
     main = is_main_process()
+    check_model_name(cfg["model"]["name"])
     select_device(cfg["train"]["device"], cfg["train"]["threads"])
     seed_everything(cfg["train"]["seed"])
     train_ds, eval_ds = load_datasets(cfg)

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny generated split that training tests can reuse."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tmp_path_factory) -> Path:
+    """4 generated classes x 12 images, split 3:1 (36 train / 12 eval), read-only by tests."""
+    from data_tools.demo import make_demo_images
+    from data_tools.split import split_dataset
+
+    base = tmp_path_factory.mktemp("tiny")
+    make_demo_images(base / "src", num_classes=4, per_class=12, seed=0, size_range=(64, 96))
+    split_dataset(base / "src", base / "split", eval_ratio=0.25, seed=0, progress=False)
+    return base / "split"
+
+
+def run_cli(*args, timeout=600, check=False, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` from the repository root and capture its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,203 @@
+"""Training and evaluation end to end on a generated split (CPU, 64 px, seconds per run)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+from app import callbacks as cb
+from app import trainer
+from app.config import load_config
+from app.callbacks import read_metrics
+from conftest import ROOT, run_cli
+
+FAST = ["--image-size", "64", "--batch-size", "12", "-o", "data.cache=false"]
+
+
+def small_cfg(data, out, model="towernet", epochs=2, **over):
+    pairs = [("data.root", str(data)), ("output.dir", str(out)), ("train.epochs", epochs),
+             ("data.image_size", 64), ("train.batch_size", 12), ("data.cache", False)]
+    return load_config(model=model, overrides=pairs + list(over.items()))
+
+
+def direct_top1(run_dir, data) -> float:
+    """Accuracy of best.pdparams on the eval split, computed without app.evaluation."""
+    from app.data import ImageFolderDataset
+    from models import create_model
+
+    meta = json.loads((run_dir / "best.json").read_text())
+    net = create_model(meta["model"], num_classes=meta["num_classes"])
+    net.set_state_dict(paddle.load(str(run_dir / "best.pdparams")))
+    net.eval()
+    ds = ImageFolderDataset(data, "eval", image_size=meta["image_size"], train=False)
+    correct = 0
+    with paddle.no_grad():
+        for i in range(len(ds)):
+            image, label = ds[i]
+            logits = net(paddle.to_tensor(image[None])).numpy()
+            correct += int(logits.argmax() == int(label[0]))
+    return correct / len(ds)
+
+
+def test_train_then_eval_end_to_end(tiny_split, tmp_path):
+    proc = run_cli("train.py", "--model", "towernet_simam", "--data", tiny_split, "--epochs",
+                   "2", "--output", tmp_path, *FAST, check=True)
+    run = tmp_path / "towernet_simam"
+    assert "epoch 2/2" in proc.stdout
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(cb.METRIC_COLUMNS) == set(rows[0])
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "finished" and state["epoch"] == 2
+    best = json.loads((run / "best.json").read_text())
+    assert best["eval_acc"] == pytest.approx(max(r["eval_acc"] for r in rows))
+    assert best["classes"] == json.loads((tiny_split / "manifest.json").read_text())["classes"]
+    assert any(p.name.startswith("vdlrecords") for p in run.iterdir())
+
+    proc = run_cli("eval.py", "--run", run, check=True)
+    result = json.loads((run / "eval.json").read_text())
+    assert result["top1"] == pytest.approx(direct_top1(run, tiny_split), abs=1e-9)
+    assert result["top1"] == pytest.approx(best["eval_acc"], abs=1e-6)
+    assert np.array(result["confusion_matrix"]).sum() == result["num_images"] == 12
+    assert (run / "confusion_matrix.png").stat().st_size > 0
+    assert (run / "misclassified.png").stat().st_size > 0
+
+    image = next((tiny_split / "eval").rglob("*.png"), None) or next(
+        p for p in (tiny_split / "eval").rglob("*") if p.is_file())
+    proc = run_cli("eval.py", "--run", run, "--image", image, "--topk", "3", check=True)
+    probs = [float(tok) for tok in proc.stdout.replace(",", " ").split()[2::2]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+
+    proc = run_cli("eval.py", "--compare", tmp_path, check=True)
+    assert "towernet_simam" in proc.stdout and (tmp_path / "compare.png").is_file()
+
+
+def test_new_run_name_when_folder_exists(tmp_path):
+    (tmp_path / "towernet").mkdir()
+    assert trainer.new_run_dir(tmp_path, "towernet") == tmp_path / "towernet-2"
+
+
+def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path):
+    epochs = "4"
+    args = ["train.py", "--model", "towernet", "--data", tiny_split, "--epochs", epochs, *FAST]
+    run_cli(*args, "--output", tmp_path / "full", check=True)
+    full = read_metrics(tmp_path / "full" / "towernet" / "metrics.csv")
+
+    run = tmp_path / "cut" / "towernet"
+    proc = subprocess.Popen([sys.executable, *map(str, args), "--output", tmp_path / "cut"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while trainer.load_state(run).get("epoch", 0) < 1 and time.time() < deadline:
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "interrupted" and 1 <= state["epoch"] < 4
+
+    run_cli("train.py", "--resume", run, check=True)
+    resumed = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["lr"] for r in resumed], [r["lr"] for r in full], rtol=1e-6)
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    proc = run_cli("train.py", "--resume", run, check=True)
+    assert "already finished" in proc.stdout
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_split, tmp_path, monkeypatch):
+    from app import engine
+
+    forward = engine.ClassificationLoss.forward
+    calls = {"n": 0}
+    steps_per_epoch = 3  # 36 train images / batch 12
+
+    def poisoned(self, logits, label):
+        calls["n"] += 1
+        loss = forward(self, logits, label)
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss
+
+    monkeypatch.setattr(engine.ClassificationLoss, "forward", poisoned)
+    cfg = small_cfg(tiny_split, tmp_path, epochs=3)
+    with pytest.raises(trainer.RunStopped) as stopped:
+        trainer.train(cfg)
+    assert stopped.value.exit_code == 3 and "nan" in str(stopped.value).lower()
+    run = tmp_path / "towernet"
+    state = json.loads((run / "state.json").read_text())
+    assert state["status"] == "diverged" and state["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1]
+    for name in ("last.pdparams", "best.pdparams"):
+        weights = paddle.load(str(run / name))
+        assert all(np.isfinite(v.numpy()).all() for v in weights.values())
+
+
+def test_crash_during_save_keeps_previous_best(tiny_split, tmp_path, monkeypatch):
+    cfg = small_cfg(tiny_split, tmp_path, epochs=1)
+    run = trainer.train(cfg)
+    before = {k: v.numpy() for k, v in paddle.load(str(run / "best.pdparams")).items()}
+
+    real_save = paddle.save
+
+    def crashing_save(obj, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(paddle, "save", crashing_save)
+    with pytest.raises(OSError):
+        cb.atomic_save({"w": paddle.ones([3])}, run / "best.pdparams")
+    monkeypatch.setattr(paddle, "save", real_save)
+    after = paddle.load(str(run / "best.pdparams"))
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k].numpy()) for k in before)
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "no_such_net"], "unknown model"),
+    (["-o", "train.no_such_key=1"], "train.no_such_key"),
+    (["-o", "train.epochs=many"], "train.epochs"),
+    (["--epochs", "0"], "train.epochs"),
+    (["-c", "configs/missing.yaml"], "missing.yaml"),
+    (["--resume", "runs/does-not-exist"], "does-not-exist"),
+])
+def test_train_user_errors_exit_2(tiny_split, tmp_path, args, message):
+    proc = run_cli("train.py", "--data", tiny_split, "--output", tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_missing_or_empty_data_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for data in (tmp_path / "nothing-here", tmp_path / "empty"):
+        proc = run_cli("train.py", "--data", data, "--output", tmp_path / "runs", *FAST)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and str(data.name) in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eval_user_errors_exit_2(tmp_path):
+    (tmp_path / "unfinished").mkdir()
+    bad_image = tmp_path / "bad.jpg"
+    bad_image.write_bytes(b"not an image")
+    cases = [["--run", tmp_path / "missing"], ["--run", tmp_path / "unfinished"],
+             ["--compare", tmp_path / "unfinished"], ["--checkpoint", tmp_path / "x.pdparams"]]
+    for args in cases:
+        proc = run_cli("eval.py", *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_eval_unreadable_image_exit_2(tiny_split, tmp_path):
+    run = trainer.train(small_cfg(tiny_split, tmp_path, epochs=1))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    proc = run_cli("eval.py", "--run", run, "--image", bad)
+    assert proc.returncode == 2 and "bad.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr
