@@ -92,7 +92,7 @@ def sanitize_name(name: str) -> str:
 
 
 def _unique_names(rel_paths: list[str]) -> dict[str, str]:
-    """Map each source path (relative to its class folder) to a distinct sanitised file name.
+    """Map each source file name to a distinct sanitised file name.
 
     Collisions are resolved case-insensitively (macOS/Windows DSTs) by suffixing _1, _2, ...
     in sorted order, so the mapping is deterministic.
@@ -100,7 +100,7 @@ def _unique_names(rel_paths: list[str]) -> dict[str, str]:
     used: set[str] = set()
     out = {}
     for rel in sorted(rel_paths):
-        base = sanitize_name(rel.replace("/", "_"))
+        base = sanitize_name(rel)
         stem, ext = os.path.splitext(base)
         name, k = base, 0
         while name.lower() in used:
@@ -116,19 +116,17 @@ def _is_hidden(name: str) -> bool:
 
 
 def scan_classes(root: Path) -> dict[str, list[str]]:
-    """{class folder name: sorted image paths relative to it}; non-images/hidden files ignored."""
+    """{class folder name: sorted image file names directly inside it}.
+
+    Non-image and hidden files are ignored, and so are subfolders of a class folder: a
+    recursive scan would turn a folder one level too high into a single class.
+    """
     found = {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir() or _is_hidden(entry.name):
-            continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-            rel_dir = os.path.relpath(dirpath, entry.path)
-            for f in filenames:
-                if not _is_hidden(f) and f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(f if rel_dir == "." else f"{rel_dir}/{f}".replace(os.sep, "/"))
-        found[entry.name] = sorted(files)
+        if entry.is_dir() and not _is_hidden(entry.name):
+            found[entry.name] = sorted(
+                f.name for f in os.scandir(entry.path)
+                if f.is_file() and not _is_hidden(f.name) and f.name.lower().endswith(IMAGE_EXTENSIONS))
     return found
 
 
@@ -137,10 +135,9 @@ def find_class_root(folder: Path) -> Path | None:
     queue = [folder]
     while queue:
         current = queue.pop(0)
-        subdirs = sorted(p for p in current.iterdir() if p.is_dir() and not _is_hidden(p.name))
-        if any(files for files in scan_classes(current).values()):
+        if any(scan_classes(current).values()):
             return current
-        queue.extend(subdirs)
+        queue.extend(sorted(p for p in current.iterdir() if p.is_dir() and not _is_hidden(p.name)))
     return None
 
 
@@ -266,6 +263,8 @@ def split_dataset(src, dst, classes=None, num_classes=None, eval_ratio=0.2, seed
         else:
             raise UserError(f"source {src} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive")
         found = scan_classes(root)
+        if not any(found.values()) and (deeper := find_class_root(root)) is not None:
+            raise UserError(f"{src} has no class folders with images; did you mean --src {deeper}?")
         chosen, explicit = _select_classes(found, classes, num_classes)
         return _split(root, dst, found, chosen, explicit, eval_ratio, seed, link, force, progress,
                       source_name or str(src.resolve()))
