@@ -30,3 +30,15 @@ def run_cli(*args, timeout=600, check=False, **kwargs) -> subprocess.CompletedPr
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+FAST_TRAIN = ["--image-size", "64", "--batch-size", "12", "-o", "data.cache=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_split, tmp_path_factory):
+    """(runs folder, train.py stdout): towernet_simam trained 2 epochs on ``tiny_split``."""
+    runs = tmp_path_factory.mktemp("runs")
+    proc = run_cli("train.py", "--model", "towernet_simam", "--data", tiny_split, "--epochs",
+                   "2", "--output", runs, *FAST_TRAIN, check=True)
+    return runs, proc.stdout

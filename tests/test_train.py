@@ -13,9 +13,8 @@ from app import callbacks as cb
 from app import trainer
 from app.config import load_config
 from app.callbacks import read_metrics
+from conftest import FAST_TRAIN as FAST
 from conftest import ROOT, run_cli
-
-FAST = ["--image-size", "64", "--batch-size", "12", "-o", "data.cache=false"]
 
 
 def small_cfg(data, out, model="towernet", epochs=2, **over):
@@ -43,11 +42,10 @@ def direct_top1(run_dir, data) -> float:
     return correct / len(ds)
 
 
-def test_train_then_eval_end_to_end(tiny_split, tmp_path):
-    proc = run_cli("train.py", "--model", "towernet_simam", "--data", tiny_split, "--epochs",
-                   "2", "--output", tmp_path, *FAST, check=True)
-    run = tmp_path / "towernet_simam"
-    assert "epoch 2/2" in proc.stdout
+def test_train_then_eval_end_to_end(tiny_split, tiny_run):
+    runs, stdout = tiny_run
+    run = runs / "towernet_simam"
+    assert "epoch 2/2" in stdout
     rows = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
     assert set(cb.METRIC_COLUMNS) == set(rows[0])
@@ -72,8 +70,8 @@ def test_train_then_eval_end_to_end(tiny_split, tmp_path):
     probs = [float(tok) for tok in proc.stdout.replace(",", " ").split()[2::2]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
 
-    proc = run_cli("eval.py", "--compare", tmp_path, check=True)
-    assert "towernet_simam" in proc.stdout and (tmp_path / "compare.png").is_file()
+    proc = run_cli("eval.py", "--compare", runs, "--out", run, check=True)
+    assert "towernet_simam" in proc.stdout and (run / "compare.png").is_file()
 
 
 def test_new_run_name_when_folder_exists(tmp_path):
