@@ -1,0 +1,182 @@
+"""The image dataset: a split folder (data_tools/split.py) -> normalised float32 CHW arrays.
+
+``ImageFolderDataset(root, "train")`` reads ``root/train/<class>/*`` through paddle's
+``DatasetFolder`` and returns ``(float32 [3, S, S], int64 [1])``. Every image is converted to
+8-bit RGB first (grayscale, CMYK, alpha, palette, 16-bit; see ``data_tools.split.to_rgb``).
+Normalisation uses the split's manifest mean/std, or the reference tutorial's constants
+with a warning when there is no manifest.
+
+``cache=True`` decodes and resizes every image once into one uint8 array [N, S, S, 3]
+(1817 Caltech images at 256 px: ~360 MB). It is a single numpy buffer, so forked
+DataLoader workers share it instead of copying. The random augmentation runs after the
+cache, per item, so every epoch still sees fresh rotations and flips.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import paddle
+from paddle.vision import transforms as T
+from paddle.vision.datasets import DatasetFolder
+from PIL import Image
+from tqdm import tqdm
+
+from app.errors import UserError
+from data_tools.split import IMAGE_EXTENSIONS, read_rgb
+
+# The reference tutorial's hard-coded statistics, used only when a split has no manifest.
+FALLBACK_MEAN = (0.5095, 0.5463, 0.5741)
+FALLBACK_STD = (0.2606, 0.2604, 0.2922)
+_HINT = "run `python data_tools/split.py --demo` (or --src <Caltech101>) to create a split"
+
+
+def load_manifest(root: str | Path) -> dict | None:
+    """``root/manifest.json`` as a dict, or None when the split has none.
+
+    Raises UserError when the file is unreadable or marks a split that did not finish.
+    """
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    if not manifest.get("complete", True):
+        raise UserError(f"{path} belongs to a split that did not finish; rerun it with --force")
+    return manifest
+
+
+class ToCHW:
+    """HWC uint8 (PIL or numpy) -> CHW float32, scaled to [0, 1] and normalised per channel."""
+
+    def __init__(self, mean, std):
+        std = np.asarray(std, np.float32)
+        # (x / 255 - mean) / std as one multiply-add per pixel.
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
+        self.shift = (-np.asarray(mean, np.float32) / std).astype(np.float32)
+
+    def __call__(self, img) -> np.ndarray:
+        x = np.asarray(img, dtype=np.float32) * self.scale + self.shift
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def build_resize(image_size: int) -> Callable:
+    """Resize to a square (S, S), bilinear, ignoring aspect ratio, so that any batch collates."""
+    return T.Resize((image_size, image_size))
+
+
+def build_transform(image_size: int, mean, std, train: bool, rotation: float = 10,
+                    hflip: bool = True, resize: bool = True) -> Callable:
+    """The one place transforms are built: RGB PIL image -> float32 [3, S, S].
+
+    Train: Resize -> RandomRotation(rotation) -> RandomHorizontalFlip (reference order);
+    eval: Resize. Both then scale to [0, 1] and normalise with ``mean``/``std``.
+    Resize is :func:`build_resize` (square, so batches collate). ``resize=False`` leaves it out, for images that are already S x S (the cache).
+    Rotation fills the corners with black, as paddle's default does.
+    """
+    steps = [build_resize(image_size)] if resize else []
+    if train:
+        if rotation:
+            steps.append(T.RandomRotation(rotation))
+        if hflip:
+            steps.append(T.RandomHorizontalFlip())
+    steps.append(ToCHW(mean, std))
+    return T.Compose(steps)
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    folder = root / split
+    if not folder.is_dir():
+        raise UserError(f"no {split} folder at {folder}; {_HINT}")
+    if not any(p.is_dir() and any(p.iterdir()) for p in folder.iterdir()):
+        raise UserError(f"{folder} holds no class folders with images; {_HINT}")
+    return folder
+
+
+class ImageFolderDataset(paddle.io.Dataset):
+    """``root/<split>/<class>/<image>`` as ``(float32 [3, S, S], int64 [1])`` items.
+
+    ``root`` is a split folder (manifest.json, train/, eval/). ``train=None`` augments iff
+    ``split == "train"``. ``mean``/``std`` override the manifest's. Labels are indices into
+    ``classes`` (sorted folder names), which must equal the manifest's ``classes``.
+    ``cache=True`` calls :meth:`preload` at once (see the module docstring).
+    """
+
+    def __init__(self, root, split: str = "train", image_size: int = 256, train: bool | None = None,
+                 cache: bool = False, rotation: float = 10, hflip: bool = True, mean=None, std=None,
+                 num_threads: int | None = None, progress: bool = True):
+        super().__init__()
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"data folder {self.root} not found; {_HINT}")
+        self.split = split
+        self.image_size = image_size
+        self.train = (split == "train") if train is None else train
+        self.manifest = load_manifest(self.root)
+        try:
+            self.folder = DatasetFolder(str(_split_dir(self.root, split)), loader=read_rgb,
+                                        extensions=IMAGE_EXTENSIONS)
+        except RuntimeError:  # DatasetFolder's "Found 0 directories" when no file is an image
+            raise UserError(f"no images under {self.root / split}; {_HINT}") from None
+        self.mean, self.std = self._stats(mean, std)
+        self.classes = list(self.folder.classes)
+        self.class_to_idx = dict(self.folder.class_to_idx)
+        self.samples = [(p, t) for p, t in self.folder.samples
+                        if not os.path.basename(p).startswith(".")]
+        self.targets = [t for _, t in self.samples]
+        if self.manifest is not None and self.classes != list(self.manifest["classes"]):
+            raise UserError(f"classes in {self.root / split} {self.classes} differ from "
+                            f"manifest.json {self.manifest['classes']}; re-run the split with --force")
+        self.transform = build_transform(image_size, self.mean, self.std, self.train, rotation, hflip)
+        # What runs on a cached (already resized) image.
+        self.cached_transform = build_transform(image_size, self.mean, self.std, self.train,
+                                                rotation, hflip, resize=False)
+        self.cache: np.ndarray | None = None
+        if cache:
+            self.preload(num_threads=num_threads, progress=progress)
+
+    def _stats(self, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if mean is not None and std is not None:
+            return tuple(mean), tuple(std)
+        if self.manifest is not None:
+            return tuple(self.manifest["mean"]), tuple(self.manifest["std"])
+        warnings.warn(f"{self.root} has no manifest.json; normalising with the reference "
+                      f"tutorial's mean/std {FALLBACK_MEAN} / {FALLBACK_STD}", stacklevel=3)
+        return FALLBACK_MEAN, FALLBACK_STD
+
+
+    def preload(self, num_threads: int | None = None, progress: bool = True) -> float:
+        """Decode + resize every image into ``self.cache`` (uint8 [N, S, S, 3]); returns MB.
+
+        Threads, because PIL releases the GIL while decoding and resizing.
+        """
+        s = self.image_size
+        cache = np.empty((len(self.samples), s, s, 3), np.uint8)
+        resize = build_resize(s)
+
+        def fill(i: int) -> None:
+            cache[i] = np.asarray(resize(read_rgb(self.samples[i][0])))
+
+        with ThreadPoolExecutor(max_workers=num_threads or os.cpu_count() or 1) as pool:
+            list(tqdm(pool.map(fill, range(len(self.samples))), total=len(self.samples),
+                      desc=f"caching {self.split}", unit="img", disable=not progress))
+        self.cache = cache
+        return cache.nbytes / 2**20
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        label = np.array([self.samples[index][1]], dtype=np.int64)
+        if self.cache is None:
+            return self.transform(read_rgb(self.samples[index][0])), label
+        img = self.cache[index]
+        # Rotation and flip are PIL ops (paddle's numpy path needs OpenCV, not installed).
+        return self.cached_transform(Image.fromarray(img) if self.train else img), label
+
+    def __len__(self) -> int:
+        return len(self.samples)
