@@ -1,0 +1,147 @@
+"""Attention modules: shapes, parameter counts, and numpy references written from the papers' formulas."""
+import numpy as np
+import paddle
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from models.attention import create_attention, has_nam, list_attentions, nam_sparsity_penalty
+
+SHAPES = [(2, 8, 1, 1), (2, 16, 5, 7), (3, 64, 9, 9), (1, 96, 2, 3), (2, 512, 4, 4)]
+
+
+def n_params(layer):
+    return sum(int(np.prod(p.shape)) for p in layer.parameters() if not p.stop_gradient)
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def run(layer, x):
+    layer.eval()
+    with paddle.no_grad():
+        return layer(paddle.to_tensor(x)).numpy().astype(np.float64)
+
+
+def test_list_attentions_has_the_seven():
+    assert list_attentions() == sorted(["simam", "se", "eca", "ca", "cbam", "nam", "darknet_se"])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", list_attentions())
+def test_keeps_shape_and_is_finite(name, shape):
+    layer = create_attention(name, shape[1])
+    y = layer(paddle.randn(shape))
+    assert y.shape == list(shape)
+    assert bool(paddle.isfinite(y).all())
+
+
+def test_none_is_identity():
+    assert isinstance(create_attention("none", 64), paddle.nn.Identity)
+
+
+def test_unknown_attention_lists_names():
+    with pytest.raises(ValueError) as e:
+        create_attention("sea", 64)
+    for name in list_attentions():
+        assert name in str(e.value)
+
+
+def test_simam_matches_numpy():
+    x = np.random.default_rng(0).standard_normal((2, 8, 5, 6)).astype(np.float32)
+    lam, n = 1e-4, 5 * 6 - 1
+    xd = x.astype(np.float64)
+    d = (xd - xd.mean(axis=(2, 3), keepdims=True)) ** 2
+    y = d / (4 * (d.sum(axis=(2, 3), keepdims=True) / n + lam)) + 0.5
+    np.testing.assert_allclose(run(create_attention("simam", 8), x), xd * sigmoid(y), atol=1e-5)
+
+
+def test_simam_is_parameter_free_and_finite_on_1x1():
+    layer = create_attention("simam", 64)
+    assert n_params(layer) == 0 and len(layer.parameters()) == 0
+    x = np.random.default_rng(1).standard_normal((2, 64, 1, 1)).astype(np.float32)
+    out = run(layer, x)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, x * sigmoid(0.5), atol=1e-6)  # documented: d = 0 -> y = 0.5
+
+
+def test_se_matches_numpy():
+    c, r = 64, 16
+    layer = create_attention("se", c)
+    w1, w2 = layer.fc1.weight.numpy(), layer.fc2.weight.numpy()  # paddle Linear weights are [in, out]
+    x = np.random.default_rng(2).standard_normal((2, c, 5, 4)).astype(np.float32)
+    s = x.mean(axis=(2, 3)).astype(np.float64)
+    gate = sigmoid(np.maximum(s @ w1, 0) @ w2)
+    np.testing.assert_allclose(run(layer, x), x * gate[:, :, None, None], atol=1e-5)
+
+
+@pytest.mark.parametrize("c", [64, 256, 512])
+def test_se_parameter_count(c):
+    assert n_params(create_attention("se", c)) == 2 * c * c // 16
+
+
+# k = |(log2 C + 1) / 2| made odd, by hand: 8 -> 2 -> 3, 64 -> 3, 128 -> 4 -> 5, 256 -> 4 -> 5, 1024 -> 5.
+@pytest.mark.parametrize("c, k", [(8, 3), (64, 3), (128, 5), (256, 5), (1024, 5)])
+def test_eca_kernel_size_is_its_parameter_count(c, k):
+    layer = create_attention("eca", c)
+    assert n_params(layer) == k
+    assert layer.conv.weight.shape == [1, 1, k]
+
+
+def test_eca_matches_numpy():
+    c = 64  # k = 3
+    layer = create_attention("eca", c)
+    w = layer.conv.weight.numpy().reshape(-1).astype(np.float64)
+    k = len(w)
+    x = np.random.default_rng(3).standard_normal((2, c, 3, 5)).astype(np.float32)
+    s = np.pad(x.mean(axis=(2, 3)).astype(np.float64), ((0, 0), (k // 2, k // 2)))
+    conv = np.stack([s[:, j:j + c] * w[j] for j in range(k)]).sum(axis=0)
+    np.testing.assert_allclose(run(layer, x), x * sigmoid(conv)[:, :, None, None], atol=1e-5)
+
+
+def test_cbam_matches_numpy():
+    c = 32
+    layer = create_attention("cbam", c)
+    w1, w2 = layer.channel.fc1.weight.numpy(), layer.channel.fc2.weight.numpy()
+    wc = layer.spatial.conv.weight.numpy().astype(np.float64)  # [1, 2, 7, 7]
+    x = np.random.default_rng(4).standard_normal((2, c, 6, 9)).astype(np.float32)
+    xd = x.astype(np.float64)
+
+    def mlp(v):
+        return np.maximum(v @ w1, 0) @ w2
+
+    ca = sigmoid(mlp(xd.mean(axis=(2, 3))) + mlp(xd.max(axis=(2, 3))))
+    x1 = xd * ca[:, :, None, None]
+    s = np.stack([x1.mean(axis=1), x1.max(axis=1)], axis=1)  # [N, 2, H, W]
+    windows = sliding_window_view(np.pad(s, ((0, 0), (0, 0), (3, 3), (3, 3))), (7, 7), axis=(2, 3))
+    sa = sigmoid(np.einsum("nchwij,cij->nhw", windows, wc[0]))
+    np.testing.assert_allclose(run(layer, x), x1 * sa[:, None], atol=1e-5)
+
+
+def test_nam_penalty_gradient_reaches_gamma():
+    model = paddle.nn.Sequential(paddle.nn.Conv2D(3, 16, 3), create_attention("nam", 16))
+    assert has_nam(model)
+    penalty = nam_sparsity_penalty(model, weight=1e-4)
+    penalty.backward()
+    gamma = model[1].bn.weight
+    assert gamma.grad is not None
+    np.testing.assert_allclose(gamma.grad.numpy(), 1e-4 * np.sign(gamma.numpy()), rtol=1e-6)
+
+
+def test_nam_gamma_is_not_detached_in_forward():
+    layer = create_attention("nam", 8)
+    layer(paddle.randn([4, 8, 3, 3])).sum().backward()
+    assert layer.bn.weight.grad is not None and float(layer.bn.weight.grad.abs().sum()) > 0
+
+
+def test_nam_spatial_branch():
+    layer = create_attention("nam", 8, spatial_size=12)
+    assert layer(paddle.randn([2, 8, 3, 4])).shape == [2, 8, 3, 4]
+    assert nam_sparsity_penalty(layer) is not None
+    with pytest.raises(ValueError):
+        layer(paddle.randn([2, 8, 4, 4]))
+
+
+def test_no_nam_no_penalty():
+    model = create_attention("se", 32)
+    assert not has_nam(model) and nam_sparsity_penalty(model) is None
