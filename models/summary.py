@@ -19,6 +19,8 @@ import time
 import paddle
 from paddle import nn
 
+from . import create_model, list_models
+
 _CONVS = (nn.Conv1D, nn.Conv2D)
 
 
@@ -78,8 +80,6 @@ def measure_latency(model: nn.Layer, image_size: int, batch_size: int = 1, steps
 def summarize(names: list[str], image_size: int = 256, latency: bool = True,
               num_classes: int = 16) -> list[dict]:
     """One dict per model: name, params (trainable), gmacs, ms (CPU ms/img, None without latency)."""
-    from . import create_model  # models/__init__ imports nothing from here; keep it that way
-
     rows = []
     for name in names:
         model = create_model(name, num_classes=num_classes)
@@ -101,8 +101,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import list_models
-
     p = argparse.ArgumentParser(prog="python -m models.summary", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help="registered model names (default: all)")
     p.add_argument("--image-size", type=int, default=256)

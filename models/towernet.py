@@ -17,7 +17,9 @@ pooling before the Linear makes any input from 64 to 512 px valid.
 Small maps: at 128 px the last attention slot sees a 1x1 map, at 64 px the last two do. An
 attention module declares ``min_hw``, the smallest H*W it carries (SimAM: 2, since its energy
 compares a position with the others; the channel attentions: 1), and ``forward`` skips a slot
-whose map is smaller, deciding from the static spatial shape of the tensor.
+whose map is smaller, deciding from the static spatial shape of the tensor. Under
+``paddle.jit.to_static`` the default (SOT) mode handles varying input sizes; with
+``full_graph=True`` give the InputSpec a fixed H and W.
 
 Multiply-accumulates at 256x256 (convs and the Linear; BN, ReLU, pools and attention
 element-wise ops left out), by hand:
