@@ -20,7 +20,8 @@ FLAGS = {  # flag -> config key
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-c", "--config", help="YAML config (default: configs/<model>.yaml)")
-    p.add_argument("--model", help="registered model name (see: python -m models.summary --list)")
+    p.add_argument("--model", help="registered model name (see --list-models)")
+    p.add_argument("--list-models", action="store_true", help="print model names and exit")
     p.add_argument("--data", help="split folder with train/ and eval/ (data.root)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per-device batch size")
@@ -38,6 +39,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list_models:
+        from models import list_models
+        from models.attention import list_attentions
+
+        print("models:     " + " ".join(list_models()))
+        print("attentions: " + " ".join(list_attentions()))
+        return 0
     overrides = [(key, getattr(args, flag)) for flag, key in FLAGS.items()
                  if getattr(args, flag) is not None]
     overrides += [parse_override(o) for o in args.override]

@@ -9,3 +9,6 @@ import warnings
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")
+# Paddle warns about these on every epoch; neither concerns the user.
+warnings.filterwarnings("ignore", message="When training, we now always track global mean")
+warnings.filterwarnings("ignore", message="To copy construct from a tensor")
