@@ -78,7 +78,8 @@ def build_transform(image_size: int, mean, std, train: bool, rotation: float = 1
 
     Train: Resize -> RandomRotation(rotation) -> RandomHorizontalFlip (reference order);
     eval: Resize. Both then scale to [0, 1] and normalise with ``mean``/``std``.
-    Resize is :func:`build_resize` (square, so batches collate). ``resize=False`` leaves it out, for images that are already S x S (the cache).
+    Resize is :func:`build_resize` (square, so batches collate). ``resize=False`` leaves it
+    out, for images that are already S x S (the cache).
     Rotation fills the corners with black, as paddle's default does.
     """
     steps = [build_resize(image_size)] if resize else []
@@ -133,8 +134,10 @@ class ImageFolderDataset(paddle.io.Dataset):
         self.targets = [t for _, t in self.samples]
         if self.manifest is not None and self.classes != list(self.manifest["classes"]):
             raise UserError(f"classes in {self.root / split} {self.classes} differ from "
-                            f"manifest.json {self.manifest['classes']}; re-run the split with --force")
-        self.transform = build_transform(image_size, self.mean, self.std, self.train, rotation, hflip)
+                            f"manifest.json {self.manifest['classes']}; "
+                            f"re-run the split with --force")
+        self.transform = build_transform(image_size, self.mean, self.std, self.train,
+                                         rotation, hflip)
         # What runs on a cached (already resized) image.
         self.cached_transform = build_transform(image_size, self.mean, self.std, self.train,
                                                 rotation, hflip, resize=False)

@@ -27,7 +27,7 @@ def is_archive(path: str | Path) -> bool:
     return str(path).lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _unsafe_reason(name: str) -> str | None:
+def unsafe_reason(name: str) -> str | None:
     """Why an archive path would land outside the extraction folder, or None if it cannot."""
     p = name.replace("\\", "/")
     if p.startswith("/") or (len(p) > 1 and p[1] == ":"):
@@ -44,9 +44,9 @@ def _refuse(archive: Path, member: str, reason: str) -> UserError:
 def _safe_tar_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     members = tar.getmembers()
     for m in members:
-        reason = _unsafe_reason(m.name)
+        reason = unsafe_reason(m.name)
         if reason is None and (m.issym() or m.islnk()):
-            if _unsafe_reason(m.linkname):
+            if unsafe_reason(m.linkname):
                 reason = f"is a link pointing outside ({m.linkname!r})"
         if reason is None and (m.ischr() or m.isblk() or m.isfifo()):
             reason = "is a device or fifo"
@@ -58,12 +58,12 @@ def _safe_tar_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarIn
 def _safe_zip_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
     keep = []
     for info in zf.infolist():
-        reason = _unsafe_reason(info.filename)
+        reason = unsafe_reason(info.filename)
         if reason:
             raise _refuse(archive, info.filename, reason)
         if stat.S_ISLNK(info.external_attr >> 16):
             target = zf.read(info).decode("utf-8", "replace")
-            if _unsafe_reason(target):
+            if unsafe_reason(target):
                 raise _refuse(archive, info.filename, f"is a link pointing outside ({target!r})")
             continue  # zipfile would write the link as a text file; an image set needs neither
         keep.append(info)

@@ -153,7 +153,8 @@ def draw_demo_image(class_index: int, rng: np.random.Generator,
     w, h = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, size=2))
     img = _background(rng, w, h)
     s = max(16, int(rng.uniform(0.4, 0.75) * min(w, h)))
-    colour = _hsv(hue_index / 8 + rng.uniform(-0.04, 0.04), rng.uniform(0.55, 1), rng.uniform(0.65, 1))
+    hue = hue_index / 8 + rng.uniform(-0.04, 0.04)
+    colour = _hsv(hue, rng.uniform(0.55, 1), rng.uniform(0.65, 1))
     obj = Image.fromarray(_texture(texture, s, colour, rng).astype(np.uint8))
     obj.putalpha(_shape_mask(shape, s))
     # Mild anisotropic stretch before rotating, so the shape is not a fixed template.

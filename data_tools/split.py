@@ -125,8 +125,8 @@ def scan_classes(root: Path) -> dict[str, list[str]]:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_dir() and not _is_hidden(entry.name):
             found[entry.name] = sorted(
-                f.name for f in os.scandir(entry.path)
-                if f.is_file() and not _is_hidden(f.name) and f.name.lower().endswith(IMAGE_EXTENSIONS))
+                f.name for f in os.scandir(entry.path) if f.is_file() and not _is_hidden(f.name)
+                and f.name.lower().endswith(IMAGE_EXTENSIONS))
     return found
 
 
@@ -152,7 +152,8 @@ def _select_classes(found: dict[str, list[str]], classes: list[str] | None,
         ranked = sorted((n for n in found if n not in NOT_AUTO_CLASSES and found[n]),
                         key=lambda n: (-len(found[n]), n))
         if not 1 <= num_classes <= len(ranked):
-            raise UserError(f"--num-classes must be in 1..{len(ranked)} for this source, got {num_classes}")
+            raise UserError(f"--num-classes must be in 1..{len(ranked)} for this source, "
+                            f"got {num_classes}")
         return ranked[:num_classes], True
     if classes is None:
         if not any(n in found for n in DEFAULT_CLASSES):
@@ -195,6 +196,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _clear_previous_split(dst: Path) -> None:
     """Delete the files an earlier split's manifest lists, then the folders they leave empty."""
+    for name in ("manifest.json", "train.txt", "eval.txt"):  # leftovers of _write_atomic
+        (dst / f".{name}.tmp").unlink(missing_ok=True)
     manifest = dst / "manifest.json"
     if not manifest.exists():
         return
@@ -206,7 +209,7 @@ def _clear_previous_split(dst: Path) -> None:
                         f"may delete, move the folder away instead") from None
     dirs = set()
     for rel in files:
-        if archive._unsafe_reason(rel) is None and (dst / rel).is_file():
+        if archive.unsafe_reason(rel) is None and (dst / rel).is_file():
             (dst / rel).unlink()
             dirs.update(p for p in Path(rel).parents if str(p) != ".")
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
@@ -224,7 +227,7 @@ def _check_dst(dst: Path, force: bool) -> None:
 
 
 def _place(src_file: Path, out: Path, link: bool) -> bool:
-    """Copy or hard-link; returns False when a hard link was impossible and it copied."""
+    """Hard-link when asked and possible (True), else copy (False)."""
     if link:
         try:
             os.link(src_file, out)
@@ -232,7 +235,7 @@ def _place(src_file: Path, out: Path, link: bool) -> bool:
         except OSError:
             pass
     shutil.copyfile(src_file, out)
-    return not link
+    return False
 
 
 def split_dataset(src, dst, classes=None, num_classes=None, eval_ratio=0.2, seed=0, link=False,
@@ -261,38 +264,53 @@ def split_dataset(src, dst, classes=None, num_classes=None, eval_ratio=0.2, seed
         elif archive.is_archive(src):
             root = archive.extract_image_tree(src, Path(tmp), find_class_root)
         else:
-            raise UserError(f"source {src} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive")
+            kinds = "/".join(archive.ARCHIVE_SUFFIXES)
+            raise UserError(f"source {src} is neither a folder nor a {kinds} archive")
         found = scan_classes(root)
         if not any(found.values()) and (deeper := find_class_root(root)) is not None:
             raise UserError(f"{src} has no class folders with images; did you mean --src {deeper}?")
         chosen, explicit = _select_classes(found, classes, num_classes)
-        return _split(root, dst, found, chosen, explicit, eval_ratio, seed, link, force, progress,
-                      source_name or str(src.resolve()))
+        stats, skipped = _check_images(root, found, chosen, progress)
+        plan, train_stats = _plan(root, found, chosen, explicit, stats, eval_ratio, seed, skipped)
+        mean, std = _mean_std(train_stats)
+        info = {"mean": mean, "std": std, "seed": seed, "eval_ratio": eval_ratio,
+                "source": source_name or str(src.resolve()), "skipped": skipped}
+        return _write_split(dst, plan, info, link, force, progress)
 
 
-def _split(root, dst, found, chosen, explicit, eval_ratio, seed, link, force, progress, source) -> dict:
-    skipped, plan = [], {}  # plan: out class -> {"train": [(src, name)], "eval": [...]}
+def _check_images(root: Path, found: dict, chosen: list[str], progress: bool):
+    """Decode every candidate: ({(class, file): pixel sums}, [skipped entries])."""
+    paths = [(c, f) for c in chosen for f in found[c]]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
+        results = list(tqdm(pool.map(_check_image, [str(root / c / f) for c, f in paths]),
+                            total=len(paths), desc="checking", unit="img", disable=not progress))
+    stats, skipped = {}, []
+    for (c, f), (st, reason) in zip(paths, results):
+        if st is None:
+            skipped.append({"path": f"{c}/{f}", "reason": reason})
+        else:
+            stats[(c, f)] = st
+    return stats, skipped
+
+
+def _plan(root: Path, found: dict, chosen: list[str], explicit: bool, stats: dict,
+          eval_ratio: float, seed: int, skipped: list) -> tuple[dict, list]:
+    """({out class: {"train"/"eval": [(source file, out name)]}}, train pixel sums).
+
+    Appends empty (unnamed) class folders to ``skipped``.
+    """
     names = {c: sanitize_name(c) for c in chosen}
-    clash = [c for c in chosen if [names[o].lower() for o in chosen].count(names[c].lower()) > 1]
+    lowered = [n.lower() for n in names.values()]
+    clash = [c for c in chosen if lowered.count(names[c].lower()) > 1]
     if clash:
         raise UserError(f"class folders {clash} have the same portable name; rename one")
-    paths = [(c, rel) for c in chosen for rel in found[c]]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(_check_image, [str(root / c / r) for c, r in paths]),
-                            total=len(paths), desc="checking", unit="img", disable=not progress))
-    stats = {}
-    for (c, rel), (st, reason) in zip(paths, results):
-        if st is None:
-            skipped.append({"path": f"{c}/{rel}", "reason": reason})
-        else:
-            stats[(c, rel)] = st
-    train_stats = []
+    plan, train_stats = {}, []
     for c in chosen:
-        usable = [rel for rel in found[c] if (c, rel) in stats]
         if not found[c] and not explicit:
             print(f"note: skipping empty class folder {c!r}", file=sys.stderr)
             skipped.append({"path": f"{c}/", "reason": "empty class folder"})
             continue
+        usable = [f for f in found[c] if (c, f) in stats]
         if len(usable) < 2:
             raise UserError(f"class {c!r} has {len(usable)} usable image(s); it needs at least 2")
         n_eval = min(max(round(len(usable) * eval_ratio), 1), len(usable) - 1)
@@ -300,31 +318,32 @@ def _split(root, dst, found, chosen, explicit, eval_ratio, seed, link, force, pr
         random.Random(f"{seed}/{c}").shuffle(order)  # per class: unaffected by other classes
         to_eval = set(order[:n_eval])
         out = _unique_names(usable)
-        plan[names[c]] = {s: [(root / c / rel, out[rel]) for rel in usable if (rel in to_eval) == (s == "eval")]
-                          for s in ("train", "eval")}
-        train_stats += [stats[(c, rel)] for rel in usable if rel not in to_eval]
+        plan[names[c]] = {"train": [(root / c / f, out[f]) for f in usable if f not in to_eval],
+                          "eval": [(root / c / f, out[f]) for f in usable if f in to_eval]}
+        train_stats += [stats[(c, f)] for f in usable if f not in to_eval]
     if not plan:
         raise UserError(f"no class folder in {root} holds images")
-    return _write_split(dst, plan, skipped, train_stats, eval_ratio, seed, link, force, progress, source)
+    return plan, train_stats
 
 
-def _write_split(dst, plan, skipped, train_stats, eval_ratio, seed, link, force, progress, source) -> dict:
-    classes = sorted(plan)
-    label = {c: i for i, c in enumerate(classes)}
-    lists = {s: [(f"{s}/{c}/{name}", src_file, label[c]) for c in classes for src_file, name in plan[c][s]]
-             for s in ("train", "eval")}
-    files = [rel for s in ("train", "eval") for rel, _, _ in lists[s]] + ["train.txt", "eval.txt", "manifest.json"]
+def _write_split(dst: Path, plan: dict, info: dict, link: bool, force: bool,
+                 progress: bool) -> dict:
+    """Write the planned files, the lists and the manifest (``info`` adds its fields)."""
+    classes = sorted(plan)  # DatasetFolder's order, so label == index in both
+    lists = {s: [(f"{s}/{c}/{name}", src_file, i) for i, c in enumerate(classes)
+                 for src_file, name in plan[c][s]] for s in ("train", "eval")}
+    files = [rel for s in ("train", "eval") for rel, _, _ in lists[s]] + [
+        "train.txt", "eval.txt", "manifest.json"]
     if force:
         _clear_previous_split(dst)
     taken = [rel for rel in files if (dst / rel).exists()]
     if taken:
-        raise UserError(f"{dst / taken[0]} exists and was not written by an earlier split; move it away")
-    mean, std = _mean_std(train_stats)
+        raise UserError(f"{dst / taken[0]} exists and was not written by an earlier split; "
+                        f"move it away")
     manifest = {
         "version": MANIFEST_VERSION, "complete": False, "classes": classes,
-        "counts": {c: {"train": len(plan[c]["train"]), "eval": len(plan[c]["eval"])} for c in classes},
-        "train": len(lists["train"]), "eval": len(lists["eval"]), "mean": mean, "std": std,
-        "seed": seed, "eval_ratio": eval_ratio, "source": source, "skipped": skipped, "files": files,
+        "counts": {c: {s: len(plan[c][s]) for s in ("train", "eval")} for c in classes},
+        "train": len(lists["train"]), "eval": len(lists["eval"]), **info, "files": files,
     }
     dst.mkdir(parents=True, exist_ok=True)
     # Written first, so that --force can clean up after a split that crashed half way.
@@ -332,16 +351,15 @@ def _write_split(dst, plan, skipped, train_stats, eval_ratio, seed, link, force,
     for c in classes:
         for s in ("train", "eval"):
             (dst / s / c).mkdir(parents=True, exist_ok=True)
-    jobs = lists["train"] + lists["eval"]
-    linked_all = True
-    for rel, src_file, _ in tqdm(jobs, desc="copying" if not link else "linking", unit="img",
-                                 disable=not progress):
-        linked_all &= _place(src_file, dst / rel, link)
-    if link and not linked_all:
-        print("note: some files could not be hard-linked (another filesystem?) and were copied",
-              file=sys.stderr)
+    copied = 0
+    for rel, src_file, _ in tqdm(lists["train"] + lists["eval"], unit="img", disable=not progress,
+                                 desc="linking" if link else "copying"):
+        copied += not _place(src_file, dst / rel, link)
+    if link and copied:
+        print(f"note: {copied} files could not be hard-linked (another filesystem?) "
+              f"and were copied", file=sys.stderr)
     for s in ("train", "eval"):
-        _write_atomic(dst / f"{s}.txt", "".join(f"{rel} {lab}\n" for rel, _, lab in lists[s]))
+        _write_atomic(dst / f"{s}.txt", "".join(f"{rel} {label}\n" for rel, _, label in lists[s]))
     manifest["complete"] = True
     _write_atomic(dst / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
@@ -358,11 +376,13 @@ def format_summary(manifest: dict) -> str:
     for c in manifest["classes"]:
         n = manifest["counts"][c]
         rows.append(f"{c:<{w}}  {n['train']:>6}  {n['eval']:>6}  {skipped.get(c, 0):>7}")
-    rows.append(f"{'total':<{w}}  {manifest['train']:>6}  {manifest['eval']:>6}  {len(manifest['skipped']):>7}")
+    rows.append(f"{'total':<{w}}  {manifest['train']:>6}  {manifest['eval']:>6}  "
+                f"{len(manifest['skipped']):>7}")
     return "\n".join(rows)
 
 
-def split_demo(dst=DEMO_DST, seed=0, force=False, progress=True, per_class=60, eval_ratio=0.2) -> dict:
+def split_demo(dst=DEMO_DST, seed=0, force=False, progress=True, per_class=60,
+               eval_ratio=0.2) -> dict:
     """Generate the procedural demo set (data_tools/demo.py) and split it into ``dst``.
 
     The generated sources live in a temporary folder next to ``dst`` that is always deleted.
@@ -372,15 +392,18 @@ def split_demo(dst=DEMO_DST, seed=0, force=False, progress=True, per_class=60, e
     dst.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".demo-src-", dir=dst.parent) as tmp:
         names = demo.make_demo_images(tmp, per_class=per_class, seed=seed)
-        return split_dataset(tmp, dst, classes=names, eval_ratio=eval_ratio, seed=seed, force=force,
-                             progress=progress, source_name=f"demo (seed={seed}, per_class={per_class})")
+        return split_dataset(tmp, dst, classes=names, eval_ratio=eval_ratio, seed=seed,
+                             force=force, progress=progress,
+                             source_name=f"demo (seed={seed}, per_class={per_class})")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--src", help=f"folder of class folders or .tar.gz/.tgz/.tar/.zip (default {DEFAULT_SRC})")
+    p.add_argument("--src", help="folder of class folders, or a .tar.gz/.tgz/.tar/.zip "
+                   f"holding one (default {DEFAULT_SRC})")
     p.add_argument("--dst", help=f"output folder (default {DEFAULT_DST}; {DEMO_DST} with --demo)")
-    p.add_argument("--classes", help="comma-separated class folder names (default: the 16 reference classes)")
+    p.add_argument("--classes", help="comma-separated class folder names "
+                   "(default: the 16 reference classes)")
     p.add_argument("--num-classes", type=int, help="take the N largest classes instead")
     p.add_argument("--eval-ratio", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
@@ -398,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
         manifest = split_demo(args.dst or DEMO_DST, seed=args.seed, force=args.force,
                               eval_ratio=args.eval_ratio)
     else:
-        classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()] or None
         manifest = split_dataset(args.src or DEFAULT_SRC, args.dst or DEFAULT_DST, classes=classes,
                                  num_classes=args.num_classes, eval_ratio=args.eval_ratio,
                                  seed=args.seed, link=args.link, force=args.force)

@@ -33,11 +33,13 @@ def make_tree(root: str | Path, counts: dict[str, int], ext: str = ".jpg") -> Pa
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             seed += 1
-            write_image(root / cls / f"img_{i:03d}{ext}", seed, size=(30 + seed % 17, 24 + seed % 11))
+            size = (30 + seed % 17, 24 + seed % 11)
+            write_image(root / cls / f"img_{i:03d}{ext}", seed, size=size)
     return root
 
 
 def tree_bytes(root: str | Path) -> dict[str, bytes]:
     """{relative posix path: bytes} of every file under ``root``."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}

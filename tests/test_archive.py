@@ -91,7 +91,8 @@ def evil_zip(path: Path, kind: str, outside: Path) -> None:
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             zf.writestr(info, str(outside))
         else:
-            name = str(outside / "evil.txt") if kind == "absolute" else "data/../../outside/evil.txt"
+            name = (str(outside / "evil.txt") if kind == "absolute"
+                    else "data/../../outside/evil.txt")
             zf.writestr(zipfile.ZipInfo(name), b"evil")
 
 

@@ -70,7 +70,8 @@ def split_root(tmp_path):
     for i, (name, mode) in enumerate(MODES):
         save_mode(src / ("cat", "dog", "eel")[i % 3] / name, mode, seed=100 + i)
     write_image(src / "dog" / "deep.png", 7)
-    Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)).save(src / "eel" / "deep16.png")
+    deep = np.arange(600, dtype=np.uint16).reshape(20, 30) * 100
+    Image.fromarray(deep).save(src / "eel" / "deep16.png")
     split_dataset(src, tmp_path / "split", progress=False)
     return tmp_path / "split"
 
@@ -98,7 +99,8 @@ def test_cached_eval_items_equal_uncached(split_root):
 
 
 def test_cached_train_items_are_still_augmented(split_root):
-    ds = ImageFolderDataset(split_root, "train", image_size=24, cache=True, progress=False, rotation=30)
+    ds = ImageFolderDataset(split_root, "train", image_size=24, cache=True, progress=False,
+                            rotation=30)
     draws = {ds[0][0].tobytes() for _ in range(8)}
     assert len(draws) > 1
     assert ds[0][0].shape == (3, 24, 24)
