@@ -2,7 +2,7 @@
 
   python eval.py --run runs/towernet_simam            # eval.json + confusion matrix + errors
   python eval.py --run runs/towernet_simam --image a.jpg b.jpg
-  python eval.py --compare runs                       # table + compare.png of all runs
+  python eval.py --compare runs                       # table, compare.png, study report.md
 """
 import argparse
 import sys
@@ -48,7 +48,11 @@ def main(argv=None) -> int:
         runs = evaluation.collect_runs(args.compare)
         out = Path(args.out or args.compare)
         print(report.write_comparison(runs, out))
-        print(f"wrote {out / 'compare.png'}")
+        from app.study import write_report
+
+        write_report(args.compare)
+        print(f"wrote {out / 'compare.png'}; {Path(args.compare) / 'report.md'}, report.json, "
+              f"study_curves.png")
         return 0
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be positive")

@@ -32,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument("--name", help="run folder name (default: the model name)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last epoch")
+    p.add_argument("--models", help="study: comma-separated models, each trained per seed")
+    p.add_argument("--seeds", help="study: comma-separated seeds, e.g. 0,1,2")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. -o data.num_workers=2 (repeatable)")
     return p.parse_args(argv)
@@ -51,6 +53,8 @@ def main(argv=None) -> int:
     overrides += [parse_override(o) for o in args.override]
     from app import trainer
 
+    if args.models or args.seeds:
+        return study(args, overrides)
     if args.resume:
         cfg = resume_config_overrides(trainer.resume_config(args.resume), overrides,
                                       given_config=args.config or args.model)
@@ -61,6 +65,29 @@ def main(argv=None) -> int:
     except trainer.RunStopped as e:
         print(e, file=sys.stderr)
         return e.exit_code
+    return 0
+
+
+def _int_list(text: str, flag: str) -> list:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}")
+
+
+def study(args, overrides) -> int:
+    """``--models a,b --seeds 0,1,2``: every model x seed into OUTPUT/<model>-s<seed>/."""
+    from app.study import run_study
+
+    if args.resume or args.name:
+        raise UserError("--models/--seeds name their runs <model>-s<seed> and resume them "
+                        "by themselves; drop --resume/--name")
+    models = [m.strip() for m in (args.models or args.model or "").split(",") if m.strip()]
+    seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed or 0]
+    if not models:
+        raise UserError("--seeds needs --model or --models")
+    overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
+    run_study(args.config, models, seeds, overrides)
     return 0
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import paddle
+from PIL import Image
 
 from app import report
 from app.atomic import atomic_write_json
@@ -81,7 +82,7 @@ def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
     for path in paths:
         try:
             batch.append(transform(read_rgb(path)))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise UserError(f"cannot read image {path}: {e}")
     network = load_network(weights, meta)
     with paddle.no_grad():

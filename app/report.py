@@ -92,3 +92,21 @@ def write_comparison(runs: list, out_dir) -> str:
                ("epoch s", "epoch_seconds", "{:.1f}"), ("img/s", "train_images_per_s", "{:.1f}")]
     plot_curves(runs, Path(out_dir) / "compare.png")
     return format_table(runs, columns)
+
+
+def plot_study_curves(runs: list, path) -> None:
+    """Eval top-1 per epoch: the mean over seeds per model, with a min-max band."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = sorted({r["model"] for r in runs})
+    for name in models:
+        curves = [[row["eval_acc"] for row in r["rows"]] for r in runs if r["model"] == name]
+        length = min(len(c) for c in curves)
+        acc = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        line, = ax.plot(epochs, acc.mean(0), label=f"{name} (n={len(curves)})")
+        ax.fill_between(epochs, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("eval top-1 (mean, min-max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

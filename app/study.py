@@ -1,0 +1,211 @@
+"""Multi-seed studies: train every model x seed, then report whether the gaps are real.
+
+A study folder holds one run per ``<model>-s<seed>``; :func:`write_report` reads every run
+below it (any folder with config.yaml + metrics.csv) and writes report.md, report.json,
+study_curves.png. The verdict for each model against the baseline uses the per-seed
+difference of *final* eval top-1 (the model at the end of the schedule: nothing picked
+on the eval set), with a paired t interval over seeds.
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from app.atomic import atomic_write_json, atomic_write_text
+from app.callbacks import read_metrics
+
+# Two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    if df > 30:
+        return 1.96
+    return T95.get(df) or T95[min(k for k in T95 if k >= df)]
+
+
+def study_run_name(model: str, seed: int) -> str:
+    return f"{model}-s{seed}"
+
+
+def read_runs(root) -> list:
+    """Every run below ``root``: model, seed, per-epoch rows, run dir (finished or not)."""
+    runs = []
+    for cfg_path in sorted(Path(root).rglob("config.yaml")):
+        rows = read_metrics(cfg_path.parent / "metrics.csv")
+        if not rows:
+            continue
+        cfg = yaml.safe_load(cfg_path.read_text())
+        state_path = cfg_path.parent / "state.json"
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        best_path = cfg_path.parent / "best.json"
+        best = json.loads(best_path.read_text()) if best_path.is_file() else {}
+        runs.append({"dir": cfg_path.parent, "model": cfg["model"]["name"],
+                     "seed": cfg["train"]["seed"], "epochs": cfg["train"]["epochs"],
+                     "image_size": cfg["data"]["image_size"], "rows": rows,
+                     "num_classes": best.get("num_classes", 16),
+                     "finished": state.get("status") == "finished"})
+    return runs
+
+
+def paired_verdict(diffs: list, name: str, baseline: str) -> dict:
+    """Mean per-seed difference (percentage points), its 95% interval, and plain words."""
+    d = np.asarray(diffs, dtype=float) * 100
+    out = {"n": len(d), "mean_pp": float(d.mean()) if len(d) else None, "diffs_pp": d.tolist()}
+    if len(d) < 2:
+        out["verdict"] = (f"{len(d)} paired seed(s): too few to tell {name} from {baseline} "
+                          f"beyond seed noise; run at least 3 seeds.")
+        return out
+    half = t95(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    lo, hi = d.mean() - half, d.mean() + half
+    out.update(ci95_pp=[float(lo), float(hi)])
+    if lo > 0 or hi < 0:
+        word = "better" if lo > 0 else "worse"
+        out["verdict"] = (f"{name} is {word} than {baseline} by {abs(d.mean()):.1f} points "
+                          f"(95% interval {lo:+.1f} to {hi:+.1f} over {len(d)} seeds): the gap "
+                          f"is larger than the seed-to-seed spread.")
+    else:
+        out["verdict"] = (f"no clear difference: {name} - {baseline} = {d.mean():+.1f} points, "
+                          f"but the 95% interval ({lo:+.1f} to {hi:+.1f}) over {len(d)} seeds "
+                          f"includes 0, so the gap is within seed noise.")
+    return out
+
+
+def summarize(runs: list, costs: dict) -> dict:
+    """Per-model statistics and verdicts against the baseline (``towernet`` if present)."""
+    by_model = {}
+    for run in runs:
+        by_model.setdefault(run["model"], []).append(run)
+    models = sorted(by_model)
+    baseline = "towernet" if "towernet" in by_model else models[0]
+    base_final = {r["seed"]: r["rows"][-1]["eval_acc"] for r in by_model[baseline]}
+    table = []
+    for name in models:
+        rs = by_model[name]
+        best = [max(row["eval_acc"] for row in r["rows"]) for r in rs]
+        final = [r["rows"][-1]["eval_acc"] for r in rs]
+        entry = {
+            "model": name, "seeds": sorted(r["seed"] for r in rs),
+            "epochs": [len(r["rows"]) for r in rs],
+            "best_mean": float(np.mean(best)), "best_std": _std(best),
+            "final_mean": float(np.mean(final)), "final_std": _std(final),
+            "train_images_per_s": float(np.median([row["train_images_per_s"]
+                                                   for r in rs for row in r["rows"]])),
+            "epoch_seconds": float(np.median([row["epoch_seconds"]
+                                              for r in rs for row in r["rows"]])),
+            **costs.get(name, {}),
+        }
+        if name != baseline:
+            diffs = [r["rows"][-1]["eval_acc"] - base_final[r["seed"]]
+                     for r in rs if r["seed"] in base_final]
+            entry["vs_baseline"] = paired_verdict(diffs, name, baseline)
+        table.append(entry)
+    return {"baseline": baseline, "models": table}
+
+
+def _std(values) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def model_costs(runs: list) -> dict:
+    """Parameters and GMACs per model at the study's image size."""
+    from models import create_model
+    from models.summary import count_macs, count_params
+
+    costs = {}
+    for run in runs:
+        if run["model"] not in costs:
+            net = create_model(run["model"], num_classes=run["num_classes"])
+            costs[run["model"]] = {"params": count_params(net),
+                                   "gmacs": count_macs(net, run["image_size"]) / 1e9}
+    return costs
+
+
+def to_markdown(summary: dict, runs: list) -> str:
+    lines = ["# Study report", "",
+             f"{len(runs)} runs; baseline: `{summary['baseline']}`. Eval top-1 as "
+             "mean ± std over seeds; `best` is the best epoch (chosen on the eval split, "
+             "so optimistic), `final` the last epoch.", "",
+             "| model | seeds | best top-1 | final top-1 | params | GMACs | train img/s "
+             "| epoch s |", "|---|---|---|---|---|---|---|---|"]
+    for m in summary["models"]:
+        lines.append(f"| {m['model']} | {','.join(map(str, m['seeds']))} | "
+                     f"{m['best_mean']:.4f} ± {m['best_std']:.4f} | "
+                     f"{m['final_mean']:.4f} ± {m['final_std']:.4f} | "
+                     f"{m.get('params', 0):,} | {m.get('gmacs', 0):.3f} | "
+                     f"{m['train_images_per_s']:.1f} | {m['epoch_seconds']:.1f} |")
+    lines += ["", f"## Against `{summary['baseline']}` (paired by seed, final top-1)", ""]
+    for m in summary["models"]:
+        if "vs_baseline" in m:
+            v = m["vs_baseline"]
+            diffs = ", ".join(f"{d:+.1f}" for d in v["diffs_pp"])
+            lines.append(f"- **{m['model']}**: per-seed differences [{diffs}] points. "
+                         f"{v['verdict']}")
+    lines += ["", "![eval accuracy per epoch](study_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(root) -> dict:
+    """Write report.md, report.json and study_curves.png for every run below ``root``."""
+    from app import report
+    from app.errors import UserError
+
+    root = Path(root)
+    runs = read_runs(root)
+    if not runs:
+        raise UserError(f"no runs with metrics.csv below {root}")
+    summary = summarize(runs, model_costs(runs))
+    summary["runs"] = [{"dir": str(r["dir"].relative_to(root)), "model": r["model"],
+                        "seed": r["seed"], "finished": r["finished"],
+                        "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in runs]
+    report.plot_study_curves(runs, root / "study_curves.png")
+    atomic_write_json(root / "report.json", summary)
+    atomic_write_text(root / "report.md", to_markdown(summary, runs))
+    return summary
+
+
+def run_study(config_file, models: list, seeds: list, overrides: list) -> Path:
+    """Train every model x seed into OUTPUT/<model>-s<seed>/, then write the report.
+
+    A run that finished is skipped; one that was interrupted is resumed, so re-running
+    the same command continues a study and returns at once when it is complete.
+    """
+    from app import trainer
+    from app.config import load_config
+    from app.engine import check_model_name
+    from app.errors import UserError
+
+    for model in models:
+        check_model_name(model)
+    output = None
+    # Seed-major order: a study cut short still has complete pairs to compare.
+    for seed in seeds:
+        for model in models:
+            name = study_run_name(model, seed)
+            cfg = load_config(config_file, model,
+                              list(overrides) + [("train.seed", seed), ("output.name", name)])
+            output = Path(cfg["output"]["dir"])
+            run_dir = output / name
+            state = trainer.load_state(run_dir)
+            if state.get("status") == "finished":
+                print(f"{name}: finished earlier, skipped")
+                continue
+            if run_dir.exists() and not state:
+                raise UserError(f"{run_dir} exists but is not a run folder; move it away")
+            print(f"== {name}", flush=True)
+            try:
+                if state:
+                    trainer.train(trainer.resume_config(run_dir), run_dir)
+                else:
+                    trainer.train(cfg)
+            except trainer.RunStopped as e:
+                if e.exit_code == 130:
+                    raise
+                print(f"{name}: {e}; the study goes on without it")
+    summary = write_report(output)
+    print(to_markdown(summary, read_runs(output)))
+    print(f"wrote {output / 'report.md'}, report.json, study_curves.png")
+    return output
