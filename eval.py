@@ -2,6 +2,7 @@
 
   python eval.py --run runs/towernet_simam            # eval.json + confusion matrix + errors
   python eval.py --run runs/towernet_simam --image a.jpg b.jpg
+  python eval.py --run runs/towernet_simam --attention-maps 6
   python eval.py --compare runs                       # table, compare.png, study report.md
 """
 import argparse
@@ -23,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--data", help="split folder to evaluate on (default: the run's own)")
     p.add_argument("--image", nargs="+", help="predict these image files instead")
     p.add_argument("--topk", type=int, default=5, help="predictions shown per image")
+    p.add_argument("--attention-maps", type=int, metavar="N",
+                   help="save attention_maps.png: N eval images with every attention layer")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="where to write results (default: the run folder)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
@@ -37,6 +40,27 @@ def show_evaluation(result: dict, out_dir: Path) -> None:
     for name, m in result["per_class"].items():
         print(f"{name.ljust(width)}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['support']:6d}")
     print(f"wrote {out_dir / 'eval.json'}, confusion_matrix.png, misclassified.png")
+
+
+def attention_maps(weights, meta, args, out_dir: Path) -> int:
+    from app import evaluation
+    from app.attention_maps import save_attention_grid
+
+    if args.attention_maps < 1:
+        raise UserError("--attention-maps takes a positive number of images")
+    network = evaluation.load_network(weights, meta)
+    ds = evaluation.eval_dataset(meta, args.data)
+    # Spread the picks over the classes: every k-th eval image, in class order.
+    n = min(args.attention_maps, len(ds))
+    indices = [round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)]
+    maps = save_attention_grid(network, ds, indices, meta["classes"],
+                               out_dir / "attention_maps.png")
+    if not maps:
+        print(f"{meta['model']} has no attention layers; the grid shows the images only")
+    for layer in maps:
+        print(f"{layer['name']}: {layer['kind']} {'x'.join(map(str, layer['values'].shape[1:]))}")
+    print(f"wrote {out_dir / 'attention_maps.png'}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -64,6 +88,8 @@ def main(argv=None) -> int:
         return 0
     out_dir = Path(args.out or weights.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.attention_maps is not None:
+        return attention_maps(weights, meta, args, out_dir)
     result = evaluation.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size)
     show_evaluation(result, out_dir)
     return 0

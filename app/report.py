@@ -110,3 +110,48 @@ def plot_study_curves(runs: list, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def thumbnail(image_path, size: int) -> np.ndarray:
+    """The image as the model saw it (RGB, square ``size``), uint8 HWC."""
+    from app.data import read_rgb
+
+    return np.asarray(read_rgb(image_path).resize((size, size)))
+
+
+def plot_attention_grid(originals: list, titles: list, maps: list, path) -> None:
+    """Rows: images; columns: the image, then one panel per attention layer (a heatmap
+    overlay for spatial maps, scaled per panel with its range in the title; a bar chart
+    of channel weights for channel attention)."""
+    from PIL import Image
+
+    rows, cols = len(originals), 1 + len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows), squeeze=False)
+    for r, (image, title) in enumerate(zip(originals, titles)):
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_title(title, fontsize=7)
+        axes[r, 0].axis("off")
+        for c, layer in enumerate(maps, start=1):
+            ax, values = axes[r, c], layer["values"][r]
+            if layer["kind"] == "channel":
+                ax.bar(np.arange(len(values)), np.nan_to_num(values), width=1.0)
+                ax.set_ylim(0, 1)
+                ax.set_xticks([])
+                ax.tick_params(labelsize=6)
+            else:
+                v = np.nan_to_num(values, nan=np.nanmin(values) if np.isfinite(values).any()
+                                  else 0.0)
+                lo, hi = float(v.min()), float(v.max())
+                norm = (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+                heat = np.asarray(Image.fromarray((norm * 255).astype(np.uint8)).resize(
+                    image.shape[1::-1], Image.BILINEAR)) / 255.0
+                ax.imshow(image)
+                ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                ax.axis("off")
+                ax.text(0.02, 0.02, f"{lo:.2f}-{hi:.2f}", transform=ax.transAxes, fontsize=6,
+                        color="white", backgroundcolor="black")
+            if r == 0:
+                shape = "x".join(map(str, values.shape))
+                unit = "channels" if layer["kind"] == "channel" else "map"
+                ax.set_title(f"{layer['name']}\n{unit} {shape}", fontsize=6)
+    save_figure(fig, path)

@@ -1,0 +1,111 @@
+"""Multi-seed studies, their report and verdicts, and attention-map capture."""
+import json
+import math
+
+import numpy as np
+import paddle
+import pytest
+import yaml
+
+from app import study
+from app.attention_maps import capture
+from conftest import FAST_TRAIN, run_cli
+from models import create_model
+from models.attention import SE, SimAM
+
+
+def test_paired_verdict_interval_matches_t_formula():
+    diffs = [0.02, 0.04, 0.03]  # +2, +4, +3 points
+    v = study.paired_verdict(diffs, "b", "a")
+    d = np.array(diffs) * 100
+    half = 4.303 * d.std(ddof=1) / math.sqrt(3)
+    assert v["ci95_pp"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert v["ci95_pp"][0] > 0 and "better" in v["verdict"]
+    noisy = study.paired_verdict([0.05, -0.04, 0.01], "b", "a")
+    assert noisy["ci95_pp"][0] < 0 < noisy["ci95_pp"][1] and "within seed noise" in noisy["verdict"]
+    worse = study.paired_verdict([-0.05, -0.06, -0.04], "b", "a")
+    assert "worse" in worse["verdict"]
+    assert "too few" in study.paired_verdict([0.1], "b", "a")["verdict"]
+
+
+def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
+    out = tmp_path / "study"
+    args = ["train.py", "--models", "towernet,towernet_simam", "--seeds", "0,1", "--data",
+            tiny_split, "--epochs", "1", "--output", out, *FAST_TRAIN]
+    run_cli(*args, check=True)
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["towernet-s0", "towernet-s1", "towernet_simam-s0", "towernet_simam-s1"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "towernet"
+    simam = next(m for m in report["models"] if m["model"] == "towernet_simam")
+    assert simam["seeds"] == [0, 1] and simam["vs_baseline"]["n"] == 2
+    assert simam["params"] == next(m for m in report["models"]
+                                   if m["model"] == "towernet")["params"]
+    assert "| towernet_simam |" in (out / "report.md").read_text()
+    assert (out / "study_curves.png").stat().st_size > 0
+    seeds = [yaml.safe_load((out / n / "config.yaml").read_text())["train"]["seed"]
+             for n in names]
+    assert seeds == [0, 1, 0, 1]
+
+    # An interrupted run (state says epoch 0, not finished) is resumed; finished ones skipped.
+    before = (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns
+    state_path = out / "towernet-s1" / "state.json"
+    state = json.loads(state_path.read_text())
+    state.update(status="interrupted", epoch=0)
+    state_path.write_text(json.dumps(state))
+    proc = run_cli(*args, check=True)
+    assert proc.stdout.count("finished earlier, skipped") == 3
+    assert "== towernet-s1" in proc.stdout
+    assert json.loads(state_path.read_text())["status"] == "finished"
+    assert (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns == before
+
+    (out / "report.md").unlink()
+    run_cli("eval.py", "--compare", out, check=True)
+    assert (out / "report.md").is_file()
+
+
+def test_study_flag_errors_exit_2(tiny_split, tmp_path):
+    for args in (["--models", "towernet,nope", "--seeds", "0"], ["--seeds", "a,b"]):
+        proc = run_cli("train.py", *args, "--model", "towernet", "--data", tiny_split,
+                       "--output", tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_capture_recovers_simam_weights_and_se_channel_gates():
+    paddle.seed(0)
+    x = paddle.randn([2, 8, 5, 5])
+    simam = SimAM()
+    net = paddle.nn.Sequential(simam)
+    (rec,) = capture(net, x.numpy())
+    xn = x.numpy()
+    d = (xn - xn.mean(axis=(2, 3), keepdims=True)) ** 2
+    y = d / (4 * (d.sum(axis=(2, 3), keepdims=True) / 24 + 1e-4)) + 0.5
+    expected = (1 / (1 + np.exp(-y))).mean(axis=1)
+    assert rec["kind"] == "spatial"
+    np.testing.assert_allclose(rec["values"], expected, atol=1e-5)
+
+    se = SE(32, reduction=4)
+    x = paddle.randn([2, 32, 4, 4])
+    (rec,) = capture(paddle.nn.Sequential(se), x.numpy())
+    pooled = x.numpy().mean(axis=(2, 3))
+    w1, w2 = se.fc1.weight.numpy(), se.fc2.weight.numpy()
+    gate = 1 / (1 + np.exp(-(np.maximum(pooled @ w1, 0) @ w2)))
+    assert rec["kind"] == "channel"
+    np.testing.assert_allclose(rec["values"], gate, atol=1e-5)
+
+
+def test_capture_finds_every_attention_layer_that_runs():
+    net = create_model("towernet_cbam", num_classes=4)
+    maps = capture(net, np.random.rand(2, 3, 128, 128).astype("float32"))
+    assert [m["name"] for m in maps] == ["att3", "att4", "att5a", "att5b"]
+    assert all(m["kind"] == "spatial" and m["values"].shape[0] == 2 for m in maps)
+
+
+def test_eval_attention_maps_cli(tiny_run):
+    runs, _ = tiny_run
+    run = runs / "towernet_simam"
+    proc = run_cli("eval.py", "--run", run, "--attention-maps", "3", check=True)
+    assert "spatial" in proc.stdout
+    assert (run / "attention_maps.png").stat().st_size > 0
+    proc = run_cli("eval.py", "--run", run, "--attention-maps", "0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
