@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import paddle
+import paddle.distributed as dist
 from paddle.callbacks import Callback
 from tqdm import tqdm
 
@@ -97,21 +99,13 @@ class EpochMetrics(Callback):
         self.train_seconds = time.perf_counter() - self.t0
         self.train_acc = _scalar(logs.get("acc_top1", 0.0))
 
-    def on_eval_begin(self, logs=None):
-        self.eval_loss_sum, self.eval_seen = 0.0, 0
-
-    def on_eval_batch_end(self, step, logs=None):
-        n = int(logs.get("batch_size", 1))
-        self.eval_loss_sum += _scalar(logs["loss"]) * n
-        self.eval_seen += n
-
     def on_eval_end(self, logs=None):
         top5 = next((k for k in logs if k.startswith("acc_top") and k != "acc_top1"), None)
         row = {
             "epoch": self.epoch,
             "train_loss": self.loss_sum / max(self.seen, 1),
             "train_acc": self.train_acc,
-            "eval_loss": self.eval_loss_sum / max(self.eval_seen, 1),
+            "eval_loss": _scalar(logs["mean_loss"]),  # over all ranks (engine.MeanLoss)
             "eval_acc": _scalar(logs["acc_top1"]),
             "eval_top5": _scalar(logs[top5]) if top5 else float("nan"),
             "lr": self.lr,
@@ -128,6 +122,27 @@ class EpochMetrics(Callback):
                   f"top5 {row['eval_top5']:.4f}  lr {row['lr']:.5f}  "
                   f"{row['epoch_seconds']:.1f}s  {row['train_images_per_s']:.1f} img/s",
                   flush=True)
+
+
+class AverageRunningStats(Callback):
+    """Data parallel: average the BatchNorm running statistics over the ranks after every
+    training epoch, before eval and the checkpoint.
+
+    ``paddle.DataParallel`` all-reduces gradients only. BatchNorm's ``_mean``/``_variance``
+    are parameters without gradients (not buffers), so each rank's follow its own shard: the
+    ranks would evaluate their shards with different statistics, and rank 0 would save
+    statistics of half the data. Every rank needs this callback (it is collective). The
+    shards' batches have equal sizes, so the averaged running mean is exactly the running
+    mean of the global batches.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        network, world = self.model.network, dist.get_world_size()
+        with paddle.no_grad():
+            for tensor in [*network.parameters(), *network.buffers()]:
+                if tensor.stop_gradient and paddle.is_floating_point(tensor):
+                    dist.all_reduce(tensor)
+                    tensor.set_value(tensor / world)
 
 
 class VisualDLLogger(Callback):

@@ -53,6 +53,19 @@ def is_main_process() -> bool:
     return paddle.distributed.get_rank() == 0
 
 
+def broadcast_from_main(obj):
+    """``obj`` as rank 0 has it, on every rank (a no-op in a single process).
+
+    Needs the parallel environment, which hapi's ``paddle.Model`` initialises when it is
+    built under ``paddle.distributed.launch``.
+    """
+    if world_size() < 2:
+        return obj
+    objects = [obj]
+    paddle.distributed.broadcast_object_list(objects, src=0)
+    return objects[0]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -101,8 +114,62 @@ class ClassificationLoss(paddle.nn.Layer):
         return loss
 
 
+class MeanLoss(paddle.metric.Metric):
+    """The eval loss: ``loss_fn`` averaged over every eval sample, logged as ``mean_loss``.
+
+    A metric rather than a callback on hapi's per-batch ``loss``: under data parallel hapi
+    feeds metrics the outputs it has gathered from all ranks and trimmed of the sampler's
+    padding, so the eval loss covers every eval image exactly once, like eval accuracy
+    (hapi's ``loss`` log is each rank's own shard). While ``network`` trains it adds nothing
+    (nan): the train loss is hapi's per-batch ``loss``.
+    """
+
+    def __init__(self, loss_fn, network: paddle.nn.Layer):
+        super().__init__()
+        self.loss_fn, self.network = loss_fn, network
+        self.reset()
+
+    def compute(self, logits, label):
+        if self.network.training:
+            return paddle.zeros([]), label[:0]
+        return self.loss_fn(logits.astype("float32"), label), label
+
+    def update(self, loss, label):
+        self.total += np.asarray(loss).item() * len(label)
+        self.count += len(label)
+        return self.accumulate()
+
+    def reset(self):
+        self.total, self.count = 0.0, 0
+
+    def accumulate(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    def name(self) -> str:
+        return "mean_loss"
+
+
 def topk_for(num_classes: int) -> tuple:
     return (1, min(5, num_classes))
+
+
+def amp_configs_for(amp: str) -> "dict | None":
+    """hapi ``amp_configs`` for ``train.amp`` (off | fp16 | bf16) on the current device.
+
+    Raises UserError on a CPU (Paddle's autocast only acts on GPUs) and for bf16 on a GPU
+    without bfloat16 support (before compute capability 8.0).
+    """
+    if amp == "off":
+        return None
+    if paddle.get_device().startswith("cpu"):
+        raise UserError(f"train.amp={amp} needs a GPU; on CPU use train.amp=off")
+    if amp == "bf16":
+        if not paddle.amp.is_bfloat16_supported():
+            raise UserError("train.amp=bf16: this GPU has no bfloat16 support; "
+                            "use train.amp=fp16")
+        # bfloat16 has float32's exponent range: no loss scaling needed.
+        return {"level": "O1", "init_loss_scaling": 1.0, "use_dynamic_loss_scaling": False}
+    return {"level": "O1"}
 
 
 def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddle.Model:
@@ -112,15 +179,14 @@ def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddl
                          inputs=[InputSpec([None, 3, size, size], "float32", "image")],
                          labels=[InputSpec([None, 1], "int64", "label")])
     amp = cfg["train"]["amp"]
-    amp_configs = None
-    if amp != "off":
-        if paddle.get_device().startswith("cpu"):
-            raise UserError(f"train.amp={amp} needs a GPU; on CPU use train.amp=off")
-        amp_configs = {"level": "O1", "dtype": "float16" if amp == "fp16" else "bfloat16"}
-    model.prepare(optimizer,
-                  ClassificationLoss(network, cfg["optimizer"]["nam_penalty"]),
-                  paddle.metric.Accuracy(topk=topk_for(num_classes)),
-                  amp_configs=amp_configs)
+    loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"])
+    model.prepare(optimizer, loss,
+                  [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(loss, network)],
+                  amp_configs=amp_configs_for(amp))
+    if amp == "bf16":
+        # hapi 3.3.1 rejects a "dtype" key in amp_configs and calls paddle.amp.auto_cast
+        # with its default float16; the keyword arguments it does pass on are these.
+        model._adapter._amp_custom_lists["dtype"] = "bfloat16"
     return model
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from app import callbacks as cb
 from app.config import load_config, save_config
 from app.data import ImageFolderDataset
-from app.engine import (build_loader, build_network, check_model_name, build_optimizer, is_main_process,
-                        prepare_model, seed_everything, select_device)
+from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
+                        check_model_name, build_optimizer, is_main_process, prepare_model,
+                        seed_everything, select_device, world_size)
 from app.errors import UserError
 from models.summary import count_params
 
@@ -70,6 +71,7 @@ def train(cfg: dict, run_dir=None) -> Path:
     main = is_main_process()
     check_model_name(cfg["model"]["name"])
     select_device(cfg["train"]["device"], cfg["train"]["threads"])
+    amp_configs_for(cfg["train"]["amp"])  # refuses AMP on a CPU before the data is loaded
     seed_everything(cfg["train"]["seed"])
     train_ds, eval_ds = load_datasets(cfg)
     network = build_network(cfg["model"]["name"], len(train_ds.classes), cfg["model"]["kwargs"])
@@ -89,7 +91,10 @@ def train(cfg: dict, run_dir=None) -> Path:
     if resume:
         model.load(str(Path(run_dir) / "last"))
     else:
-        run_dir = new_run_dir(cfg["output"]["dir"], cfg["output"]["name"] or cfg["model"]["name"])
+        name = cfg["output"]["name"] or cfg["model"]["name"]
+        # Rank 0 picks the folder and tells the others: looking for themselves, they could
+        # find rank 0's new folder already there and pick name-2.
+        run_dir = broadcast_from_main(new_run_dir(cfg["output"]["dir"], name) if main else None)
         if main:
             run_dir.mkdir(parents=True)
             save_config(cfg, run_dir / "config.yaml")
@@ -102,6 +107,8 @@ def train(cfg: dict, run_dir=None) -> Path:
             "params": count_params(network)}
 
     callbacks = [cb.NonFiniteLossGuard(start)]
+    if world_size() > 1:
+        callbacks.append(cb.AverageRunningStats())
     if main:
         rows = [r for r in cb.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start]
         metrics = cb.EpochMetrics(run_dir, start, epochs, rows)
