@@ -3,6 +3,8 @@
   python eval.py --run runs/towernet_simam            # eval.json + confusion matrix + errors
   python eval.py --run runs/towernet_simam --image a.jpg b.jpg
   python eval.py --run runs/towernet_simam --attention-maps 6
+  python eval.py --run runs/towernet_simam --export deploy/towernet_simam
+  python eval.py --model-dir deploy/towernet_simam --image a.jpg   # via paddle.inference
   python eval.py --compare runs                       # table, compare.png, study report.md
 """
 import argparse
@@ -21,11 +23,15 @@ def parse_args(argv=None):
     src.add_argument("--run", help="run folder (uses its best.pdparams + best.json)")
     src.add_argument("--checkpoint", help="a .pdparams file with its .json (or best.json) beside it")
     src.add_argument("--compare", metavar="DIR", help="compare every run below DIR")
+    src.add_argument("--model-dir", metavar="DIR",
+                     help="an exported model (--export) to predict --image with, on the CPU")
     p.add_argument("--data", help="split folder to evaluate on (default: the run's own)")
     p.add_argument("--image", nargs="+", help="predict these image files instead")
     p.add_argument("--topk", type=int, default=5, help="predictions shown per image")
     p.add_argument("--attention-maps", type=int, metavar="N",
                    help="save attention_maps.png: N eval images with every attention layer")
+    p.add_argument("--export", metavar="DIR",
+                   help="write the model as a Paddle inference model into DIR instead")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="where to write results (default: the run folder)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
@@ -63,6 +69,26 @@ def attention_maps(weights, meta, args, out_dir: Path) -> int:
     return 0
 
 
+def deploy(args) -> int:
+    """--export DIR (a run or checkpoint -> inference model), or --model-dir DIR --image."""
+    from app import evaluation, export
+
+    if args.model_dir:
+        if not args.image:
+            raise UserError("--model-dir predicts images: add --image FILE ...")
+        for path, preds in export.predict_files(args.model_dir, args.image, args.topk):
+            print(path + ": " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
+        return 0
+    if args.image or not (args.run or args.checkpoint):
+        raise UserError("--export exports a --run or --checkpoint; predict with --model-dir "
+                        "DIR --image FILE afterwards")
+    weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
+    out = export.export_model(weights, meta, args.export)
+    print(f"exported {weights} ({meta['model']}, input [N, 3, {meta['image_size']}, "
+          f"{meta['image_size']}], softmax output) to {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from app import evaluation, report
@@ -80,6 +106,8 @@ def main(argv=None) -> int:
         return 0
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be positive")
+    if args.model_dir or args.export:
+        return deploy(args)
     select_device(args.device)
     weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
     if args.image:

@@ -75,8 +75,9 @@ def evaluate_checkpoint(weights, meta: dict, out_dir, data=None, batch_size: int
     return result
 
 
-def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
-    """[(path, [(class, probability), ...]), ...] for each image file, best first."""
+def load_image_batch(paths, meta: dict) -> np.ndarray:
+    """Image files -> the eval-time preprocessed batch float32 [N, 3, S, S] that ``meta``
+    (best.json, or an export's export.json) describes."""
     transform = build_transform(meta["image_size"], meta["mean"], meta["std"], train=False)
     batch = []
     for path in paths:
@@ -84,12 +85,23 @@ def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
             batch.append(transform(read_rgb(path)))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise UserError(f"cannot read image {path}: {e}")
+    return np.stack(batch)
+
+
+def top_predictions(paths, probs: np.ndarray, classes, topk: int) -> list:
+    """[(path, [(class, probability), ...]), ...]: the ``topk`` best classes of each row."""
+    k = min(topk, probs.shape[1])
+    return [(str(p), [(classes[j], float(row[j])) for j in np.argsort(-row)[:k]])
+            for p, row in zip(paths, probs)]
+
+
+def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
+    """[(path, [(class, probability), ...]), ...] for each image file, best first."""
+    batch = load_image_batch(paths, meta)
     network = load_network(weights, meta)
     with paddle.no_grad():
-        probs = softmax(network(paddle.to_tensor(np.stack(batch))).numpy())
-    k = min(topk, probs.shape[1])
-    return [(str(p), [(meta["classes"][j], float(row[j])) for j in np.argsort(-row)[:k]])
-            for p, row in zip(paths, probs)]
+        probs = softmax(network(paddle.to_tensor(batch)).numpy())
+    return top_predictions(paths, probs, meta["classes"], topk)
 
 
 def collect_runs(root) -> list:

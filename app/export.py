@@ -1,0 +1,163 @@
+"""Deployment: export a trained model as a Paddle inference model; run it with paddle.inference.
+
+``export_model(weights, meta, out_dir)`` writes ``out_dir/``:
+
+    model.json + model.pdiparams   ``paddle.jit.save`` of the network with a softmax appended
+                                   (Paddle 3's PIR program; older Paddle writes model.pdmodel)
+    export.json                    classes, image size, mean/std, input/output description
+
+The input spec is ``[None, 3, S, S]`` with S the training image size: a fixed H and W, so the
+static graph's shapes are known and TowerNet's choice of skipping attention on too-small maps
+(models/towernet.py) is made once, as in training. ``InferencePredictor(out_dir)`` loads the
+folder with ``paddle.inference`` on the CPU and returns probabilities for a preprocessed batch.
+"""
+import json
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle.static import InputSpec
+
+from app.engine import available_cores
+from app.errors import UserError
+
+EXPORT_META = "export.json"
+MODEL_PREFIX = "model"
+PREPROCESS = ("RGB, resized to a square image_size x image_size (bilinear, aspect ratio not kept), "
+              "scaled to [0, 1], then (x - mean) / std per channel, NCHW float32")
+
+
+class SoftmaxHead(paddle.nn.Layer):
+    """``network`` followed by a softmax over classes: the exported model returns probabilities."""
+
+    def __init__(self, network: paddle.nn.Layer):
+        super().__init__()
+        self.network = network
+
+    def forward(self, image):
+        return F.softmax(self.network(image).astype("float32"), axis=-1)
+
+
+def _check_target(out_dir: Path) -> None:
+    """Refuse a file, or a non-empty folder that is not an earlier export (which is replaced)."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise UserError(f"export folder {out_dir}: a file is in the way; name a new folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / EXPORT_META).is_file():
+        raise UserError(f"export folder {out_dir} exists and holds something other than an "
+                        f"export; name a new or empty folder")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    shutil.rmtree(old)
+
+
+def export_model(weights, meta: dict, out_dir) -> Path:
+    """Export the checkpoint ``weights`` (with its best.json ``meta``) into ``out_dir``.
+
+    Everything is written into a temporary folder beside ``out_dir`` and renamed into place,
+    so a crash never leaves half an export; an earlier export in ``out_dir`` is replaced.
+    """
+    from app.evaluation import load_network
+
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    model = SoftmaxHead(load_network(weights, meta))
+    model.eval()
+    size = meta["image_size"]
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by a crashed export in a process with the same id
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as e:
+        raise UserError(f"export folder {out_dir}: {e.strerror or e}") from None
+    try:
+        paddle.jit.save(model, str(tmp / MODEL_PREFIX),
+                        input_spec=[InputSpec([None, 3, size, size], "float32", "image")])
+        program = next(f"{MODEL_PREFIX}{ext}" for ext in (".json", ".pdmodel")
+                       if (tmp / f"{MODEL_PREFIX}{ext}").is_file())
+        keys = ("model", "model_kwargs", "num_classes", "classes", "image_size", "mean", "std",
+                "epoch", "eval_acc")
+        info = {**{k: meta.get(k) for k in keys}, "checkpoint": str(weights),
+                "program": program, "params": f"{MODEL_PREFIX}.pdiparams",
+                "input": {"name": "image", "shape": [None, 3, size, size],
+                          "preprocess": PREPROCESS},
+                "output": "softmax probabilities [N, num_classes], columns in `classes` order",
+                "paddle_version": paddle.__version__}
+        (tmp / EXPORT_META).write_text(json.dumps(info, indent=2) + "\n")
+        _move_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir
+
+
+@contextmanager
+def _stdout_silenced():
+    """Send file descriptor 1 to /dev/null: Paddle 3.3.1's oneDNN mean kernel prints
+    "ReduceMeanCheckIfOneDNNSupport" to stdout from C++ (on the first run of SimAM models),
+    which would corrupt eval.py's output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class InferencePredictor:
+    """An exported model (:func:`export_model`) run by ``paddle.inference`` on the CPU.
+
+    ``meta`` is the folder's export.json (classes, image_size, mean, std, ...).
+    """
+
+    def __init__(self, model_dir, threads: int = 0):
+        model_dir = Path(model_dir)
+        meta_path = model_dir / EXPORT_META
+        if not meta_path.is_file():
+            raise UserError(f"{model_dir}: not an exported model (no {EXPORT_META}); create one "
+                            f"with: python eval.py --run RUN --export {model_dir}")
+        self.meta = json.loads(meta_path.read_text())
+        config = paddle.inference.Config(str(model_dir / self.meta["program"]),
+                                         str(model_dir / self.meta["params"]))
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(threads or available_cores())
+        config.disable_glog_info()
+        self.predictor = paddle.inference.create_predictor(config)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [N, num_classes] for a preprocessed float32 batch [N, 3, S, S]."""
+        size = self.meta["image_size"]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
+            raise ValueError(f"expected a batch [N, 3, {size}, {size}], got {batch.shape}")
+        inputs = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        inputs.reshape(list(batch.shape))
+        inputs.copy_from_cpu(batch)
+        with _stdout_silenced():
+            self.predictor.run()
+        return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
+
+
+def predict_files(model_dir, paths, topk: int = 5) -> list:
+    """As :func:`app.evaluation.predict_files`, through the exported model in ``model_dir``."""
+    from app.evaluation import load_image_batch, top_predictions
+
+    predictor = InferencePredictor(model_dir)
+    probs = predictor.predict(load_image_batch(paths, predictor.meta))
+    return top_predictions(paths, probs, predictor.meta["classes"], topk)
