@@ -62,6 +62,19 @@ def load_datasets(cfg: dict):
 
 
 def train(cfg: dict, run_dir=None) -> Path:
+    """Train ``cfg`` (see :func:`_train`) in a fresh scope of Paddle's generated names.
+
+    The optimizer state in last.pdopt is keyed by generated names (conv2d_0.w_0_velocity_0);
+    without the fresh scope, a run resumed in a process that built other models first
+    (a study) would look for conv2d_57.w_0_velocity_2 and fail to load.
+    """
+    import paddle
+
+    with paddle.utils.unique_name.guard():
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: dict, run_dir=None) -> Path:
     """Train ``cfg`` into a new run folder, or continue ``run_dir`` from its last epoch.
 
     Returns the run folder. Raises :class:`RunStopped` on Ctrl-C or a non-finite loss,
