@@ -1,0 +1,207 @@
+"""Training and inference throughput of a registered model, built and stepped as train.py does.
+
+    python bench/throughput.py --model towernet_simam --image-size 128 --batch-size 32
+                               [--steps N] [--rounds R] [--json] [--reference torch]
+                               [--data SPLIT_DIR] [-o section.key=value ...]
+
+train: the config train.py would resolve (configs/default.yaml <- configs/<model>.yaml <- -o),
+``select_device`` (threads), ``build_network``, ``build_optimizer``, ``prepare_model`` and hapi's
+``Model.train_batch`` on a fixed random batch, plus the per-step lr update, i.e. what
+``Model.fit`` runs per batch minus the data and the callbacks. infer: eval mode, no_grad, as
+``app.engine.predict_logits``. Each round times ``--steps`` steps after 2 warm-up steps; the
+figure is the median step of the best round (the machine may be shared; the rounds say how
+noisy it was). ``--reference torch`` builds the same TowerNet in PyTorch (bench/torch_towernet.py,
+only if torch is importable) and times it in the same rounds, interleaved, with the same
+thread count. ``--data`` also times one epoch of the train loader (``ImageFolderDataset`` +
+``build_loader``, cache and workers as configured) against that epoch's pure compute.
+``--json`` prints one JSON object per line per framework (train_img_s, infer_img_s, ...).
+
+A benchmark, not a test: figures depend on the machine. Measurements: bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import app  # noqa: E402,F401  (environment defaults; must come before paddle)
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+from app.config import load_config, parse_override  # noqa: E402
+from app.engine import (available_cores, build_loader, build_network, build_optimizer,  # noqa: E402
+                        prepare_model, seed_everything, select_device)
+from app.errors import UserError, exit_on_user_error  # noqa: E402
+
+WARMUP = 2
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="towernet_simam")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-classes", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--data", help="split folder: also time one epoch of its train loader")
+    p.add_argument("--reference", choices=["torch"], help="time the same network in PyTorch")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as in train.py (e.g. -o train.threads=1)")
+    return p.parse_args(argv)
+
+
+def timed(fn, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def paddle_runner(cfg: dict, num_classes: int, batch: tuple):
+    """(train_step, infer) exactly as train.py builds and steps the model."""
+    network = build_network(cfg["model"]["name"], num_classes, cfg["model"]["kwargs"])
+    optimizer = build_optimizer(cfg, network, steps_per_epoch=1000)
+    model = prepare_model(network, cfg, num_classes, optimizer)
+    x, y = paddle.to_tensor(batch[0]), paddle.to_tensor(batch[1])
+
+    def train_step():
+        network.train()
+        loss = model.train_batch([x], [y])  # numpy out: the step has finished
+        optimizer._learning_rate.step()  # hapi's fit steps the schedule every batch
+        return loss
+
+    @paddle.no_grad()
+    def infer():
+        network.eval()
+        return network(x).numpy()
+
+    return network, train_step, infer
+
+
+def torch_runner(cfg: dict, num_classes: int, batch: tuple, threads: int):
+    try:
+        import torch
+
+        from bench import torch_towernet
+    except ImportError:
+        raise UserError("--reference torch: torch is not importable in this environment "
+                        "(install it into a separate venv; the project does not need it)")
+    if not torch_towernet.supports(cfg["model"]["name"]):
+        raise UserError(f"--reference torch: no PyTorch twin of {cfg['model']['name']} "
+                        f"(towernet, towernet_simam)")
+    _, step, infer = torch_towernet.build(cfg["model"]["name"], num_classes, cfg, threads)
+    x, y = torch.from_numpy(batch[0]), torch.from_numpy(batch[1].reshape(-1))
+    return (lambda: step(x, y)), (lambda: infer(x))
+
+
+def loader_epoch(cfg: dict, data: str) -> dict:
+    """Seconds for one epoch of the train loader alone (no model), as train.py builds it."""
+    from app.data import ImageFolderDataset
+
+    d, t = cfg["data"], cfg["train"]
+    start = time.perf_counter()
+    ds = ImageFolderDataset(data, "train", image_size=d["image_size"], cache=d["cache"],
+                            rotation=d["rotation"], hflip=d["hflip"], progress=False)
+    build_s = time.perf_counter() - start
+    loader = build_loader(ds, t["batch_size"], True, d["num_workers"], seed=t["seed"])
+    start = time.perf_counter()
+    seen = sum(images.shape[0] for images, _ in loader)
+    seconds = time.perf_counter() - start
+    return {"loader_images": seen, "loader_steps": len(loader), "loader_epoch_s": seconds,
+            "loader_img_s": seen / seconds, "dataset_build_s": build_s}
+
+
+def summarize(rounds: list[list[float]], batch_size: int) -> dict:
+    medians = [statistics.median(r) for r in rounds]
+    best = min(medians)
+    return {"img_s": batch_size / best, "step_ms": 1000 * best,
+            "rounds_img_s": [round(batch_size / m, 2) for m in medians]}
+
+
+def run(args) -> list[dict]:
+    overrides = [("data.image_size", args.image_size), ("train.batch_size", args.batch_size)]
+    overrides += [parse_override(o) for o in args.override]
+    cfg = load_config(model=args.model, overrides=overrides)
+    select_device(cfg["train"]["device"], cfg["train"]["threads"])
+    threads = cfg["train"]["threads"] or available_cores()
+    seed_everything(cfg["train"]["seed"])
+    rng = np.random.default_rng(0)
+    s, bs = args.image_size, args.batch_size
+    batch = (rng.standard_normal((bs, 3, s, s), dtype=np.float32),
+             rng.integers(0, args.num_classes, (bs, 1)).astype(np.int64))
+
+    runners = {"paddle": paddle_runner(cfg, args.num_classes, batch)[1:]}
+    if args.reference == "torch":
+        runners["torch"] = torch_runner(cfg, args.num_classes, batch, threads)
+    times = {name: {"train": [], "infer": []} for name in runners}
+    for name, (train_step, infer) in runners.items():
+        timed(train_step, WARMUP)
+        timed(infer, 1)
+    for _ in range(args.rounds):  # interleaved, so a busy spell hits every framework
+        for name, (train_step, infer) in runners.items():
+            times[name]["train"].append(timed(train_step, args.steps))
+            times[name]["infer"].append(timed(infer, args.steps))
+
+    rows = []
+    for name in runners:
+        train = summarize(times[name]["train"], bs)
+        infer = summarize(times[name]["infer"], bs)
+        rows.append({"framework": name, "model": args.model, "image_size": s, "batch_size": bs,
+                     "threads": threads, "train_img_s": train["img_s"],
+                     "train_step_ms": train["step_ms"], "train_rounds_img_s": train["rounds_img_s"],
+                     "infer_img_s": infer["img_s"], "infer_rounds_img_s": infer["rounds_img_s"]})
+    if "torch" in runners:
+        rows[0]["train_vs_torch"] = rows[0]["train_img_s"] / rows[1]["train_img_s"]
+        rows[0]["infer_vs_torch"] = rows[0]["infer_img_s"] / rows[1]["infer_img_s"]
+    if args.data:
+        loader = loader_epoch(cfg, args.data)
+        compute_s = loader["loader_steps"] * rows[0]["train_step_ms"] / 1000
+        rows[0].update(loader, epoch_compute_s=compute_s,
+                       loader_share=loader["loader_epoch_s"] / compute_s)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    r0 = rows[0]
+    lines = [f"{r0['model']}  {r0['image_size']} px  batch {r0['batch_size']}  "
+             f"{r0['threads']} threads",
+             f"{'framework':<10} {'train img/s':>11} {'step ms':>8} {'infer img/s':>11}  "
+             f"rounds (train img/s)"]
+    for r in rows:
+        lines.append(f"{r['framework']:<10} {r['train_img_s']:>11.1f} {r['train_step_ms']:>8.0f} "
+                     f"{r['infer_img_s']:>11.1f}  {r['train_rounds_img_s']}")
+    if "train_vs_torch" in r0:
+        lines.append(f"paddle / torch: train {r0['train_vs_torch']:.2f}x, "
+                     f"infer {r0['infer_vs_torch']:.2f}x")
+    if "loader_epoch_s" in r0:
+        lines.append(f"loader: {r0['loader_images']} images in {r0['loader_epoch_s']:.1f}s "
+                     f"({r0['loader_img_s']:.0f} img/s; dataset built in "
+                     f"{r0['dataset_build_s']:.1f}s); epoch compute {r0['epoch_compute_s']:.1f}s; "
+                     f"loader = {100 * r0['loader_share']:.1f}% of compute")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        raise UserError("--steps and --rounds must be at least 1")
+    rows = run(args)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r), flush=True)
+    else:
+        print(format_table(rows), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(exit_on_user_error(main))
