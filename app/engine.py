@@ -28,7 +28,7 @@ def select_device(name: str = "auto", threads: int = 0) -> str:
     """Put Paddle on ``gpu`` (when CUDA is built in and a GPU is visible) or ``cpu``.
 
     On CPU the math kernels use ``threads`` threads (0: every core this process may use);
-    Paddle's own default is one thread, which trains TowerNet ~1.6x slower on 2 cores.
+    Paddle's own default (OMP_NUM_THREADS=1 at import) is one thread.
     """
     has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
     if name == "gpu" and not has_gpu:
