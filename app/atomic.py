@@ -27,7 +27,7 @@ def atomic_path(path):
 
 
 def atomic_write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
 
 

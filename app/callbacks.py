@@ -70,13 +70,11 @@ class EpochMetrics(Callback):
     """Collects one row per epoch (see METRIC_COLUMNS), shows a progress bar, prints a
     one-line summary and rewrites ``metrics.csv`` (keeping rows of earlier epochs)."""
 
-    def __init__(self, run_dir, start_epoch: int = 0, total_epochs: int = 0,
-                 rows=None, write: bool = True):
+    def __init__(self, run_dir, start_epoch: int = 0, total_epochs: int = 0, rows=None):
         super().__init__()
         self.path = Path(run_dir) / "metrics.csv"
         self.start_epoch, self.total_epochs = start_epoch, total_epochs
         self.rows = list(rows or [])
-        self.write = write
         self.last_row = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -85,7 +83,7 @@ class EpochMetrics(Callback):
         self.lr = float(self.model._optimizer.get_lr())
         self.loss_sum, self.seen = 0.0, 0
         self.bar = tqdm(total=self.params.get("steps"), desc=f"epoch {self.epoch}",
-                        leave=False, file=sys.stderr, disable=None if self.write else True)
+                        leave=False, file=sys.stderr, disable=None)
 
     def on_train_batch_end(self, step, logs=None):
         n = int(logs.get("batch_size", 1))
@@ -114,14 +112,13 @@ class EpochMetrics(Callback):
         }
         self.rows = [r for r in self.rows if r["epoch"] < self.epoch] + [row]
         self.last_row = row
-        if self.write:
-            write_metrics(self.path, self.rows)
-            print(f"epoch {self.epoch}/{self.total_epochs}  "
-                  f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-                  f"eval loss {row['eval_loss']:.4f} top1 {row['eval_acc']:.4f} "
-                  f"top5 {row['eval_top5']:.4f}  lr {row['lr']:.5f}  "
-                  f"{row['epoch_seconds']:.1f}s  {row['train_images_per_s']:.1f} img/s",
-                  flush=True)
+        write_metrics(self.path, self.rows)
+        print(f"epoch {self.epoch}/{self.total_epochs}  "
+              f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+              f"eval loss {row['eval_loss']:.4f} top1 {row['eval_acc']:.4f} "
+              f"top5 {row['eval_top5']:.4f}  lr {row['lr']:.5f}  "
+              f"{row['epoch_seconds']:.1f}s  {row['train_images_per_s']:.1f} img/s",
+              flush=True)
 
 
 class AverageRunningStats(Callback):

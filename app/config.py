@@ -6,6 +6,7 @@ file with ``_base_`` (resolved relative to itself) and overrides only what diffe
 Unknown keys, wrong types and bad choices raise :class:`UserError` naming the key.
 """
 import copy
+import functools
 from pathlib import Path
 
 import yaml
@@ -52,8 +53,14 @@ def read_yaml(path) -> dict:
     return merged
 
 
-def defaults() -> dict:
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict:
     return read_yaml(DEFAULT_FILE)
+
+
+def defaults() -> dict:
+    """A fresh copy of configs/default.yaml (read once per process)."""
+    return copy.deepcopy(_defaults())
 
 
 def _check_type(key: str, value, default):
@@ -142,10 +149,6 @@ def dump(cfg: dict) -> str:
 
 def save_config(cfg: dict, path) -> None:
     atomic_write_text(path, dump(cfg))
-
-
-def copy_config(cfg: dict) -> dict:
-    return copy.deepcopy(cfg)
 
 
 # What may change when a run is resumed: where and how fast it runs, not what it computes.

@@ -8,7 +8,6 @@ from PIL import Image
 
 from app import report
 from app.atomic import atomic_write_json
-from app.callbacks import read_metrics
 from app.data import ImageFolderDataset, build_transform, read_rgb
 from app.engine import build_loader, build_network, predict_logits, softmax
 from app.errors import UserError
@@ -106,25 +105,25 @@ def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
 
 def collect_runs(root) -> list:
     """Every run folder below ``root`` with a best.json and metrics.csv, as dicts."""
+    from app.study import read_runs
+
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"folder not found: {root}")
     runs = []
-    for meta_path in sorted(root.rglob("best.json")):
-        run_dir = meta_path.parent
-        rows = read_metrics(run_dir / "metrics.csv")
-        if not rows:
+    for r in read_runs(root):
+        if not r["meta"]:
             continue
-        meta = json.loads(meta_path.read_text())
-        best = max(rows, key=lambda r: r["eval_acc"])
+        rows, run_dir = r["rows"], r["dir"]
+        best = max(rows, key=lambda row: row["eval_acc"])
         runs.append({
             "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
-            "model": meta["model"], "params": meta.get("params"),
+            "model": r["meta"]["model"], "params": r["meta"].get("params"),
             "epochs": len(rows), "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
             "final_acc": rows[-1]["eval_acc"],
-            "epoch_seconds": float(np.median([r["epoch_seconds"] for r in rows])),
-            "train_images_per_s": float(np.median([r["train_images_per_s"] for r in rows])),
-            "curve": [(r["epoch"], r["eval_acc"]) for r in rows],
+            "epoch_seconds": float(np.median([row["epoch_seconds"] for row in rows])),
+            "train_images_per_s": float(np.median([row["train_images_per_s"] for row in rows])),
+            "curve": [(row["epoch"], row["eval_acc"]) for row in rows],
         })
     if not runs:
         raise UserError(f"no finished runs (best.json + metrics.csv) below {root}")

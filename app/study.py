@@ -32,7 +32,8 @@ def study_run_name(model: str, seed: int) -> str:
 
 
 def read_runs(root) -> list:
-    """Every run below ``root``: model, seed, per-epoch rows, run dir (finished or not)."""
+    """Every run below ``root`` (a folder with config.yaml + metrics.csv, finished or not):
+    dir, model, seed, epochs, image_size, per-epoch rows, best.json as ``meta`` ({} if none)."""
     runs = []
     for cfg_path in sorted(Path(root).rglob("config.yaml")):
         rows = read_metrics(cfg_path.parent / "metrics.csv")
@@ -46,7 +47,7 @@ def read_runs(root) -> list:
         runs.append({"dir": cfg_path.parent, "model": cfg["model"]["name"],
                      "seed": cfg["train"]["seed"], "epochs": cfg["train"]["epochs"],
                      "image_size": cfg["data"]["image_size"], "rows": rows,
-                     "num_classes": best.get("num_classes", 16),
+                     "num_classes": best.get("num_classes", 16), "meta": best,
                      "finished": state.get("status") == "finished"})
     return runs
 

@@ -3,6 +3,7 @@
 A run directory holds config.yaml, metrics.csv, VisualDL records, last.pdparams/.pdopt,
 state.json ({epoch, status, best_acc, best_epoch}), best.pdparams and best.json.
 """
+import json
 from pathlib import Path
 
 from app import callbacks as cb
@@ -34,8 +35,6 @@ def new_run_dir(output_dir, name: str) -> Path:
 
 
 def load_state(run_dir) -> dict:
-    import json
-
     path = Path(run_dir) / "state.json"
     if not path.is_file():
         return {}

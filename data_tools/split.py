@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from app.atomic import atomic_write_text  # noqa: E402
 from app.errors import UserError, exit_on_user_error  # noqa: E402
 from data_tools import archive, demo  # noqa: E402
 
@@ -188,16 +189,11 @@ def _mean_std(stats: list[np.ndarray]) -> tuple[list[float], list[float]]:
     return [float(m) for m in mean], [float(s) for s in np.sqrt(np.maximum(var, 0.0))]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _clear_previous_split(dst: Path) -> None:
     """Delete the files an earlier split's manifest lists, then the folders they leave empty."""
-    for name in ("manifest.json", "train.txt", "eval.txt"):  # leftovers of _write_atomic
-        (dst / f".{name}.tmp").unlink(missing_ok=True)
+    for name in ("manifest.json", "train.txt", "eval.txt"):  # leftovers of a killed write
+        for tmp in dst.glob(f".{name}*.tmp"):
+            tmp.unlink()
     manifest = dst / "manifest.json"
     if not manifest.exists():
         return
@@ -347,7 +343,7 @@ def _write_split(dst: Path, plan: dict, info: dict, link: bool, force: bool,
     }
     dst.mkdir(parents=True, exist_ok=True)
     # Written first, so that --force can clean up after a split that crashed half way.
-    _write_atomic(dst / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=1))
     for c in classes:
         for s in ("train", "eval"):
             (dst / s / c).mkdir(parents=True, exist_ok=True)
@@ -359,9 +355,9 @@ def _write_split(dst: Path, plan: dict, info: dict, link: bool, force: bool,
         print(f"note: {copied} files could not be hard-linked (another filesystem?) "
               f"and were copied", file=sys.stderr)
     for s in ("train", "eval"):
-        _write_atomic(dst / f"{s}.txt", "".join(f"{rel} {label}\n" for rel, _, label in lists[s]))
+        atomic_write_text(dst / f"{s}.txt", "".join(f"{rel} {label}\n" for rel, _, label in lists[s]))
     manifest["complete"] = True
-    _write_atomic(dst / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 
