@@ -38,6 +38,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def make_out_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"--out {path}: a file is in the way; name a folder")
+
+
 def show_evaluation(result: dict, out_dir: Path) -> None:
     print(f"{result['model']} (epoch {result['epoch']}) on {result['num_images']} eval images "
           f"of {result['data']}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
@@ -97,6 +104,7 @@ def main(argv=None) -> int:
     if args.compare:
         runs = evaluation.collect_runs(args.compare)
         out = Path(args.out or args.compare)
+        make_out_dir(out)
         print(report.write_comparison(runs, out))
         from app.study import write_report
 
@@ -115,7 +123,7 @@ def main(argv=None) -> int:
             print(path + ": " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
         return 0
     out_dir = Path(args.out or weights.parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
     if args.attention_maps is not None:
         return attention_maps(weights, meta, args, out_dir)
     result = evaluation.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size)

@@ -62,6 +62,10 @@ def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
     (out / "report.md").unlink()
     run_cli("eval.py", "--compare", out, check=True)
     assert (out / "report.md").is_file()
+    run_cli("eval.py", "--compare", out, "--out", tmp_path / "new" / "dir", check=True)
+    assert (tmp_path / "new" / "dir" / "compare.png").is_file()
+    proc = run_cli("eval.py", "--compare", out, "--out", state_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
