@@ -12,8 +12,9 @@ train: the config train.py would resolve (configs/default.yaml <- configs/<model
 figure is the median step of the best round (the machine may be shared; the rounds say how
 noisy it was). ``--reference torch`` builds the same TowerNet in PyTorch (bench/torch_towernet.py,
 only if torch is importable) and times it in the same rounds, interleaved, with the same
-thread count. ``--data`` also times one epoch of the train loader (``ImageFolderDataset`` +
-``build_loader``, cache and workers as configured) against that epoch's pure compute.
+thread count, in a child process of its own (bench/torch_towernet.py says why). ``--data``
+also times one epoch of the train loader (``ImageFolderDataset`` + ``build_loader``, cache
+and workers as configured) against that epoch's pure compute.
 ``--json`` prints one JSON object per line per framework (train_img_s, infer_img_s, ...).
 
 A benchmark, not a test: figures depend on the machine. Measurements: bench/README.md.
@@ -21,8 +22,10 @@ A benchmark, not a test: figures depend on the machine. Measurements: bench/READ
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,20 +90,41 @@ def paddle_runner(cfg: dict, num_classes: int, batch: tuple):
     return network, train_step, infer
 
 
-def torch_runner(cfg: dict, num_classes: int, batch: tuple, threads: int):
-    try:
-        import torch
+class TorchReference:
+    """The PyTorch twin in a child process (bench/torch_towernet.py), stepped round by round."""
 
-        from bench import torch_towernet
-    except ImportError:
-        raise UserError("--reference torch: torch is not importable in this environment "
-                        "(install it into a separate venv; the project does not need it)")
-    if not torch_towernet.supports(cfg["model"]["name"]):
-        raise UserError(f"--reference torch: no PyTorch twin of {cfg['model']['name']} "
-                        f"(towernet, towernet_simam)")
-    _, step, infer = torch_towernet.build(cfg["model"]["name"], num_classes, cfg, threads)
-    x, y = torch.from_numpy(batch[0]), torch.from_numpy(batch[1].reshape(-1))
-    return (lambda: step(x, y)), (lambda: infer(x))
+    def __init__(self, cfg: dict, num_classes: int, threads: int, steps: int) -> None:
+        if importlib.util.find_spec("torch") is None:
+            raise UserError("--reference torch: torch is not importable in this environment "
+                            "(install it into a separate venv; the project does not need it)")
+        if cfg["model"]["name"] not in ("towernet", "towernet_simam"):
+            raise UserError(f"--reference torch: no PyTorch twin of {cfg['model']['name']} "
+                            f"(towernet, towernet_simam)")
+        setup = {"model": cfg["model"]["name"], "num_classes": num_classes, "threads": threads,
+                 "image_size": cfg["data"]["image_size"], "batch_size": cfg["train"]["batch_size"],
+                 "optimizer": {k: cfg["optimizer"][k] for k in ("lr", "momentum", "weight_decay")},
+                 "seed": cfg["train"]["seed"], "warmup": WARMUP, "steps": steps}
+        script = Path(__file__).with_name("torch_towernet.py")
+        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        self._send(json.dumps(setup))
+
+    def _send(self, line: str) -> dict:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            raise UserError(f"--reference torch: the PyTorch process exited "
+                            f"(code {self.proc.wait()}); see its error above")
+        return json.loads(reply)
+
+    def round(self) -> dict:
+        return self._send("round")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
 def loader_epoch(cfg: dict, data: str) -> dict:
@@ -139,27 +163,34 @@ def run(args) -> list[dict]:
     batch = (rng.standard_normal((bs, 3, s, s), dtype=np.float32),
              rng.integers(0, args.num_classes, (bs, 1)).astype(np.int64))
 
-    runners = {"paddle": paddle_runner(cfg, args.num_classes, batch)[1:]}
+    train_step, infer = paddle_runner(cfg, args.num_classes, batch)[1:]
+    timed(train_step, WARMUP)
+    timed(infer, 1)
+    reference = None
     if args.reference == "torch":
-        runners["torch"] = torch_runner(cfg, args.num_classes, batch, threads)
-    times = {name: {"train": [], "infer": []} for name in runners}
-    for name, (train_step, infer) in runners.items():
-        timed(train_step, WARMUP)
-        timed(infer, 1)
-    for _ in range(args.rounds):  # interleaved, so a busy spell hits every framework
-        for name, (train_step, infer) in runners.items():
-            times[name]["train"].append(timed(train_step, args.steps))
-            times[name]["infer"].append(timed(infer, args.steps))
+        reference = TorchReference(cfg, args.num_classes, threads, args.steps)
+    names = ["paddle"] + (["torch"] if reference else [])
+    times = {name: {"train": [], "infer": []} for name in names}
+    try:
+        for _ in range(args.rounds):  # interleaved, so a busy spell hits every framework
+            times["paddle"]["train"].append(timed(train_step, args.steps))
+            times["paddle"]["infer"].append(timed(infer, args.steps))
+            if reference:
+                for phase, seconds in reference.round().items():
+                    times["torch"][phase].append(seconds)
+    finally:
+        if reference:
+            reference.close()
 
     rows = []
-    for name in runners:
+    for name in names:
         train = summarize(times[name]["train"], bs)
         infer = summarize(times[name]["infer"], bs)
         rows.append({"framework": name, "model": args.model, "image_size": s, "batch_size": bs,
                      "threads": threads, "train_img_s": train["img_s"],
                      "train_step_ms": train["step_ms"], "train_rounds_img_s": train["rounds_img_s"],
                      "infer_img_s": infer["img_s"], "infer_rounds_img_s": infer["rounds_img_s"]})
-    if "torch" in runners:
+    if reference:
         rows[0]["train_vs_torch"] = rows[0]["train_img_s"] / rows[1]["train_img_s"]
         rows[0]["infer_vs_torch"] = rows[0]["infer_img_s"] / rows[1]["infer_img_s"]
     if args.data:

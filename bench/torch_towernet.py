@@ -1,13 +1,20 @@
 """TowerNet in PyTorch, layer for layer as ``models/towernet.py``: the bench's reference.
 
-Only ``bench/throughput.py --reference torch`` imports this, and only when torch is
-importable; the project does not depend on torch. Same architecture and maths: bias-free
+Only ``bench/throughput.py --reference torch`` runs this, as a child process (``serve``), and
+only when torch is importable; the project does not depend on torch. A process of its own
+keeps PyTorch as its users run it: none of ``app``'s environment (its malloc setting) and no
+second OpenMP runtime (Paddle's) spinning on the same two cores. Same architecture and maths: bias-free
 convs + BatchNorm(eps=1e-3, Paddle's momentum 0.9 = torch's 0.1) + ReLU, 3x3/2/1 max pools,
 the GoogLeNet Inception blocks, SimAM with n = max(h*w - 1, 1) skipped on maps under 2
 positions, adaptive average pooling and a Linear head.
 """
 from __future__ import annotations
 
+import json
+import sys
+import time
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -87,13 +94,12 @@ def supports(model: str) -> bool:
     return model in ("towernet", "towernet_simam")
 
 
-def build(model: str, num_classes: int, cfg: dict, threads: int):
+def build(model: str, num_classes: int, optimizer: dict, threads: int):
     """(network, train_step(x, y) -> loss, infer(x) -> logits) mirroring the Paddle recipe."""
     torch.set_num_threads(threads)
     net = TowerNet(num_classes, attention=model == "towernet_simam")
-    opt_cfg = cfg["optimizer"]
-    opt = torch.optim.SGD(net.parameters(), lr=opt_cfg["lr"], momentum=opt_cfg["momentum"],
-                          weight_decay=opt_cfg["weight_decay"])
+    opt = torch.optim.SGD(net.parameters(), lr=optimizer["lr"], momentum=optimizer["momentum"],
+                          weight_decay=optimizer["weight_decay"])
     loss_fn = nn.CrossEntropyLoss()
 
     def train_step(x, y):
@@ -110,3 +116,37 @@ def build(model: str, num_classes: int, cfg: dict, threads: int):
         return net(x)
 
     return net, train_step, infer
+
+
+def _timed(fn, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def serve() -> None:
+    """Child side of ``throughput.py --reference torch``: one JSON setup line on stdin, then
+    per ``round`` line a JSON line of train and infer step seconds on stdout."""
+    setup = json.loads(sys.stdin.readline())
+    s, bs, k = setup["image_size"], setup["batch_size"], setup["num_classes"]
+    torch.manual_seed(setup["seed"])
+    rng = np.random.default_rng(0)  # the same batch as the Paddle side
+    x = torch.from_numpy(rng.standard_normal((bs, 3, s, s), dtype=np.float32))
+    y = torch.from_numpy(rng.integers(0, k, (bs, 1)).astype(np.int64).reshape(-1))
+    _, step, infer = build(setup["model"], k, setup["optimizer"], setup["threads"])
+    _timed(lambda: step(x, y), setup["warmup"])
+    _timed(lambda: infer(x), 1)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "round":
+            break
+        train = _timed(lambda: step(x, y), setup["steps"])
+        print(json.dumps({"train": train, "infer": _timed(lambda: infer(x), setup["steps"])}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,6 +1,8 @@
 """Speed levers change how TowerNet is computed, never what.
 
-The lever in use: ``app`` sets MKL_DEBUG_CPU_TYPE=5 on AMD CPUs, so MKL runs its AVX2 GEMM
+Levers in use: TowerNet's training max-pool takes Paddle's argmax path (same values and
+gradient, checked exactly below); ``app`` keeps freed memory in the heap (allocation only, no
+arithmetic; checked that it takes effect); and ``app`` sets MKL_DEBUG_CPU_TYPE=5 on AMD CPUs, so MKL runs its AVX2 GEMM
 kernels instead of its generic path. GEMMs are all it changes, and MKL reads the variable
 once, so each side runs in its own process.
 
@@ -73,3 +75,62 @@ def test_app_sets_mkl_cpu_type_only_on_amd():
     from app import _cpu_vendor
 
     assert out == ("5" if _cpu_vendor() == "AuthenticAMD" else "")
+
+
+def test_training_maxpool_equals_plain_pool_exactly():
+    import paddle
+    import paddle.nn.functional as F
+
+    from models.towernet import MaxPool2D
+
+    rng = np.random.default_rng(0)
+    # Rounded, post-ReLU values: many windows hold tied maxima (zeros and repeated values).
+    x = np.maximum(np.round(rng.standard_normal((4, 8, 9, 9)), 0), 0).astype(np.float32)
+    g = rng.standard_normal
+    for stride in (2, 1):
+        pool = MaxPool2D(3, stride=stride, padding=1)
+        xa = paddle.to_tensor(x, stop_gradient=False)
+        xb = paddle.to_tensor(x, stop_gradient=False)
+        ya = pool(xa)  # training: argmax path
+        yb = F.max_pool2d(xb, 3, stride, 1)
+        dy = paddle.to_tensor(g(ya.shape).astype(np.float32))
+        (ya * dy).sum().backward()
+        (yb * dy).sum().backward()
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+        np.testing.assert_array_equal(xa.grad.numpy(), xb.grad.numpy())
+        pool.eval()
+        np.testing.assert_array_equal(pool(xa).numpy(), yb.numpy())
+
+
+KEEP_HEAP_PROBE = r"""
+import ctypes, app
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.mallinfo2.restype = MallInfo2
+before = libc.mallinfo2().hblks
+block = libc.malloc(64 << 20)  # above glibc's largest mmap threshold (32 MB)
+print(app.HEAP_KEPT, libc.mallinfo2().hblks - before)
+"""
+
+
+def test_app_keeps_large_blocks_in_the_heap():
+    import ctypes
+
+    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        import pytest
+
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+
+    def probe(**env):
+        out = subprocess.run([sys.executable, "-c", KEEP_HEAP_PROBE], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), **env}, check=True,
+                             capture_output=True, text=True, timeout=120).stdout.split()
+        return out[0], int(out[1])
+
+    assert probe() == ("True", 0)  # no mmapped block: served from the heap
+    kept, mmapped = probe(TOWERNET_SYSTEM_MALLOC="1")
+    assert kept == "False" and mmapped == 1  # glibc's default: a 64 MB block is an mmap
