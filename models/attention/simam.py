@@ -37,8 +37,10 @@ class SimAM(nn.Layer):
         h, w = x.shape[2], x.shape[3]
         n = max(h * w - 1, 1)
         # Few ops on purpose (it must stay a few % of a training step): the denominator
-        # 4*(sum/n + lambda) is one fused scale, the "+ 0.5" another.
-        d = (x - x.mean(axis=[2, 3], keepdim=True)).square()
+        # 4*(sum/n + lambda) is one fused scale, the "+ 0.5" another, and the mean is a sum
+        # and a scale (Paddle 3.3.1's CPU mean backward is ~15x slower than sum's).
+        mu = paddle.scale(x.sum(axis=[2, 3], keepdim=True), scale=1.0 / (h * w))
+        d = (x - mu).square()
         denom = paddle.scale(d.sum(axis=[2, 3], keepdim=True), scale=4.0 / n, bias=4.0 * self.e_lambda)
         gate = F.sigmoid(paddle.scale(d / denom, bias=0.5))
         return x * gate
