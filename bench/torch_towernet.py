@@ -3,10 +3,12 @@
 Only ``bench/throughput.py --reference torch`` runs this, as a child process (``serve``), and
 only when torch is importable; the project does not depend on torch. A process of its own
 keeps PyTorch as its users run it: none of ``app``'s environment (its malloc setting) and no
-second OpenMP runtime (Paddle's) spinning on the same two cores. Same architecture and maths: bias-free
-convs + BatchNorm(eps=1e-3, Paddle's momentum 0.9 = torch's 0.1) + ReLU, 3x3/2/1 max pools,
-the GoogLeNet Inception blocks, SimAM with n = max(h*w - 1, 1) skipped on maps under 2
-positions, adaptive average pooling and a Linear head.
+second OpenMP runtime (Paddle's) spinning on the same two cores.
+
+Same architecture and maths: bias-free convs + BatchNorm(eps=1e-3, Paddle's momentum 0.9 =
+torch's 0.1) + ReLU, 3x3/2/1 max pools, the GoogLeNet Inception blocks, SimAM with
+n = max(h*w - 1, 1) skipped on maps under 2 positions, adaptive average pooling and a
+Linear head.
 """
 from __future__ import annotations
 
@@ -88,10 +90,6 @@ class TowerNet(nn.Module):
         x = self._attend(self.att5a, self.pool1(self.inc1(x)))
         x = self._attend(self.att5b, self.pool2(self.inc2(x)))
         return self.fc(self.avgpool(self.inc3(x)).flatten(1))
-
-
-def supports(model: str) -> bool:
-    return model in ("towernet", "towernet_simam")
 
 
 def build(model: str, num_classes: int, optimizer: dict, threads: int):
