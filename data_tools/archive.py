@@ -5,10 +5,14 @@ link whose target is absolute or contains ``..``, or a device/fifo member makes 
 archive refused with a :class:`UserError`. Link targets with ``..`` are refused even when
 they would stay inside, because a chain of in-archive links can otherwise walk out.
 Tar extraction also runs under Python's ``filter="data"`` as a second line of defence.
-Sizes are not limited: a zip bomb fills the disk (left alone; the sources here are known).
+Sizes: an archive whose members add up to more than the free space at the destination
+(minus a 1 GiB margin) is refused before anything is written, so a zip bomb cannot fill the
+disk. The sizes are the archive's own (a tar member's size is what gets written; zipfile
+stops each member at its declared size).
 """
 from __future__ import annotations
 
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -20,6 +24,8 @@ from app.errors import UserError
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # Nested archives are opened at most this deep (caltech-101.zip -> 101_ObjectCategories.tar.gz).
 MAX_NESTING = 3
+# Free space left untouched at the destination after extraction.
+DISK_MARGIN = 1 << 30
 
 
 def is_archive(path: str | Path) -> bool:
@@ -70,6 +76,14 @@ def _safe_zip_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInf
     return keep
 
 
+def _check_space(archive: Path, dest: Path, size: int) -> None:
+    free = shutil.disk_usage(dest).free
+    if size > free - DISK_MARGIN:
+        raise UserError(f"archive {archive} expands to {size / 2**30:.1f} GiB but {dest} has "
+                        f"{free / 2**30:.1f} GiB free (keeping {DISK_MARGIN >> 30} GiB spare); "
+                        f"nothing was extracted")
+
+
 def safe_extract(archive: str | Path, dest: str | Path) -> None:
     """Extract ``archive`` into ``dest`` after checking every member (see module docstring).
 
@@ -80,10 +94,13 @@ def safe_extract(archive: str | Path, dest: str | Path) -> None:
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
-                zf.extractall(dest, members=_safe_zip_members(zf, archive))
+                members = _safe_zip_members(zf, archive)
+                _check_space(archive, dest, sum(m.file_size for m in members))
+                zf.extractall(dest, members=members)
         else:
             with tarfile.open(archive) as tar:
                 members = _safe_tar_members(tar, archive)
+                _check_space(archive, dest, sum(m.size for m in members if m.isfile()))
                 tar.extractall(dest, members=members, filter="data")
     except UserError:
         raise

@@ -124,3 +124,31 @@ def test_archive_without_images_is_a_user_error(tmp_path):
         zf.writestr("readme.txt", b"nothing here")
     with pytest.raises(UserError, match="no folder of class folders"):
         split_dataset(arc, tmp_path / "dst", progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_archive_larger_than_free_space_refused(tmp_path, monkeypatch, fmt):
+    import shutil
+
+    from data_tools import archive
+
+    arc = tmp_path / f"big.{fmt}"
+    payload = b"\0" * 4096  # compresses to almost nothing, like a zip bomb's members
+    if fmt == "zip":
+        with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("cls/a.jpg", payload)
+    else:
+        with tarfile.open(arc, "w:gz") as tar:
+            info = tarfile.TarInfo("cls/a.jpg")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    real = shutil.disk_usage(tmp_path)
+    # 1 KiB free beyond the margin: the 4 KiB member does not fit.
+    fake = real._replace(free=archive.DISK_MARGIN + 1024)
+    monkeypatch.setattr(archive.shutil, "disk_usage", lambda path: fake)
+    with pytest.raises(UserError, match="expands to .* nothing was extracted"):
+        safe_extract(arc, tmp_path / "out")
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+    monkeypatch.setattr(archive.shutil, "disk_usage", lambda path: real)
+    safe_extract(arc, tmp_path / "out")
+    assert (tmp_path / "out" / "cls" / "a.jpg").read_bytes() == payload
