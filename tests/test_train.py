@@ -1,9 +1,8 @@
 """Training and evaluation end to end on a generated split (CPU, 64 px, seconds per run)."""
 import json
-import signal
+import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import paddle
@@ -79,6 +78,23 @@ def test_new_run_name_when_folder_exists(tmp_path):
     assert trainer.new_run_dir(tmp_path, "towernet") == tmp_path / "towernet-2"
 
 
+INTERRUPT_AFTER_EPOCH_1 = r"""
+import json, os, runpy, signal, sys
+from pathlib import Path
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.getcwd())
+import app
+from app import engine
+state, forward = Path(os.environ["CUT_STATE"]), engine.ClassificationLoss.forward
+def forward_then_interrupt(self, *args, **kwargs):
+    if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+        os.kill(os.getpid(), signal.SIGINT)
+    return forward(self, *args, **kwargs)
+engine.ClassificationLoss.forward = forward_then_interrupt
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
 def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path):
     epochs = "4"
     args = ["train.py", "--model", "towernet", "--data", tiny_split, "--epochs", epochs, *FAST]
@@ -86,15 +102,13 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path):
     full = read_metrics(tmp_path / "full" / "towernet" / "metrics.csv")
 
     run = tmp_path / "cut" / "towernet"
-    proc = subprocess.Popen([sys.executable, *map(str, args), "--output", tmp_path / "cut"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while trainer.load_state(run).get("epoch", 0) < 1 and time.time() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    # A real SIGINT, sent by the process to itself on epoch 2's first step: polling state.json
+    # from here raced a run that now finishes its remaining epochs in well under a second.
+    env = {**os.environ, "CUT_STATE": str(run / "state.json")}
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_EPOCH_1, *map(str, args),
+                           "--output", tmp_path / "cut"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    err = proc.stderr
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     state = json.loads((run / "state.json").read_text())
