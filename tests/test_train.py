@@ -85,6 +85,8 @@ sys.argv = sys.argv[1:]
 sys.path.insert(0, os.getcwd())
 import app
 from app import engine
+# As in a terminal; a shell running this suite in the background hands SIGINT down ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 state, forward = Path(os.environ["CUT_STATE"]), engine.ClassificationLoss.forward
 def forward_then_interrupt(self, *args, **kwargs):
     if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
