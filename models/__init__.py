@@ -6,6 +6,10 @@
 Importing the package registers every model. A model built by :func:`create_model` remembers
 how: ``model_spec(model)`` gives ``{"name": ..., "kwargs": {...}}`` for a checkpoint, and
 ``create_model(spec["name"], **spec["kwargs"])`` rebuilds it.
+
+Every model's ``nn.Conv2D`` layers are switched to :class:`models.onednn.Conv2D` (same layers
+and parameters; their dygraph CPU passes run on the oneDNN inside the Paddle wheel, ~2x faster
+than Paddle's own CPU conv). ``TOWERNET_ONEDNN=0`` in the environment turns that off.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Callable
 
 from paddle import nn
 
-from . import baselines
+from . import baselines, onednn
 from .attention import list_attentions
 from .towernet import TowerNet
 
@@ -45,7 +49,7 @@ def create_model(name: str, num_classes: int = 16, **kwargs) -> nn.Layer:
     """Build model ``name`` with fresh weights; unknown names raise ValueError listing the known ones."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    model = _MODELS[name](num_classes=num_classes, **kwargs)
+    model = onednn.convert(_MODELS[name](num_classes=num_classes, **kwargs))
     model._model_spec = {"name": name, "kwargs": {"num_classes": num_classes, **kwargs}}
     return model
 
