@@ -36,10 +36,12 @@ PLAIN_BELOW = 8
 # oneDNN 3.x C ABI constants (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h).
 _F32, _CPU, _STREAM_DEFAULT = 3, 1, 1
 _TAG_A, _TAG_ANY, _TAG_NCHW, _TAG_GOIHW = 2, 1, 5, 6  # nchw = oihw = "abcd", goihw = "abcde"
-_FORWARD_TRAINING, _CONV_DIRECT = 64, 1
+_FORWARD_TRAINING, _CONV_DIRECT, _POOLING_MAX = 64, 1, 511
 _Q_IMPL_INFO, _Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = 8, 129, 130, 131, 132, 133, 134
+_Q_WORKSPACE = 135
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
 _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS, _ARG_DIFF_BIAS = 129, 145, 161, 169
+_ARG_WORKSPACE = 64
 
 _Dims = C.c_int64 * 12
 
@@ -102,7 +104,7 @@ class _Dnnl:
 
     def empty(self, md: int) -> paddle.Tensor:
         """A Paddle-allocated buffer big enough for ``md`` (so Paddle's allocator owns all memory)."""
-        return paddle.empty([self.lib.dnnl_memory_desc_get_size(md) // 4], "float32")
+        return paddle.empty([(self.lib.dnnl_memory_desc_get_size(md) + 3) // 4], "float32")
 
 
 def _dims(values) -> _Dims:
@@ -221,6 +223,40 @@ class _ConvPlan:
         return dx, self.from_pass(dw, "w", md["dw"]), db
 
 
+class _MaxPoolPlan:
+    """Max-pool forward (with the argmax workspace) and backward, plain NCHW in and out."""
+
+    def __init__(self, dnnl: _Dnnl, x_shape: list[int], kernel: tuple[int, int],
+                 stride: tuple[int, int], padding: tuple[int, int]) -> None:
+        n, c, h, w = x_shape
+        out_hw = [(size + 2 * p - k) // s + 1 for size, p, k, s in zip((h, w), padding, kernel, stride)]
+        self.dnnl, self.x_shape, self.y_shape = dnnl, x_shape, [n, c, *out_hw]
+        x, y = (C.c_void_p(dnnl.memory_desc(shape, _TAG_NCHW)) for shape in (x_shape, self.y_shape))
+        geometry = (_dims(stride), _dims(kernel), _dims([0, 0]), _dims(padding), _dims(padding))
+        lib, none = dnnl.lib, C.c_void_p(0)
+        fwd, bwd = C.c_void_p(), C.c_void_p()
+        dnnl.check(lib.dnnl_pooling_forward_primitive_desc_create(
+            C.byref(fwd), dnnl.engine, _FORWARD_TRAINING, _POOLING_MAX, x, y, *geometry, none))
+        dnnl.check(lib.dnnl_pooling_backward_primitive_desc_create(
+            C.byref(bwd), dnnl.engine, _POOLING_MAX, x, y, *geometry, fwd, none))
+        self.workspace_md = lib.dnnl_primitive_desc_query_md(fwd, _Q_WORKSPACE, 0)
+        self.fwd, self.bwd = dnnl.primitive(fwd), dnnl.primitive(bwd)
+        self.x, self.y, self.workspace = dnnl.memory(x.value), dnnl.memory(y.value), dnnl.memory(self.workspace_md)
+        self.implementation = _impl_name(dnnl, fwd)
+
+    def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
+        y, workspace = paddle.empty(self.y_shape, "float32"), self.dnnl.empty(self.workspace_md)
+        self.dnnl.execute(self.fwd, [(_ARG_SRC, self.x, x), (_ARG_DST, self.y, y),
+                                     (_ARG_WORKSPACE, self.workspace, workspace)])
+        return y, workspace
+
+    def backward(self, dy: paddle.Tensor, workspace: paddle.Tensor) -> paddle.Tensor:
+        dx = paddle.empty(self.x_shape, "float32")
+        self.dnnl.execute(self.bwd, [(_ARG_DIFF_DST, self.y, dy), (_ARG_DIFF_SRC, self.x, dx),
+                                     (_ARG_WORKSPACE, self.workspace, workspace)])
+        return dx
+
+
 def _impl_name(dnnl: _Dnnl, pd: C.c_void_p) -> str:
     name = C.c_char_p()
     dnnl.lib.dnnl_primitive_desc_query(pd, _Q_IMPL_INFO, 0, C.byref(name))
@@ -229,7 +265,7 @@ def _impl_name(dnnl: _Dnnl, pd: C.c_void_p) -> str:
 
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
-_PLANS: dict[tuple, _ConvPlan] = {}
+_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | None"] = {}  # None: oneDNN refused this geometry
 
 
 def _load() -> _Dnnl | None:
@@ -262,6 +298,20 @@ class _OneDnnConv2D(PyLayer):
         return (dx, dw, db) if ctx.has_bias else (dx, dw)
 
 
+class _OneDnnMaxPool2D(PyLayer):
+    @staticmethod
+    def forward(ctx, x, plan):
+        y, workspace = plan.forward(x)
+        ctx.plan = plan
+        ctx.save_for_backward(workspace)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (workspace,) = ctx.saved_tensor()
+        return ctx.plan.backward(dy.contiguous(), workspace)
+
+
 def _pair(value) -> tuple[int, int] | None:
     if isinstance(value, int):
         return value, value
@@ -277,14 +327,46 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None =
     if not (available() and None not in geometry and x.dtype == paddle.float32
             and weight.dtype == paddle.float32 and x.ndim == 4 and x.place.is_cpu_place()):
         return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    in_channels = x.shape[1]
     key = (tuple(x.shape), tuple(weight.shape), bias is not None, *geometry, groups)
-    plan = _PLANS.get(key)
+    plan = _plan(key, _ConvPlan, list(x.shape), list(weight.shape), bias is not None, *geometry, groups,
+                 x.shape[1] >= PLAIN_BELOW)
     if plan is None:
-        blocked = in_channels >= PLAIN_BELOW
-        plan = _PLANS[key] = _ConvPlan(_DNNL, list(x.shape), list(weight.shape), bias is not None,
-                                       *geometry, groups, blocked)
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
     return _OneDnnConv2D.apply(x.contiguous(), weight.contiguous(), bias, plan)
+
+
+def _plan(key: tuple, build, *args):
+    """The cached plan for ``key``, built on first use; None if oneDNN refuses the geometry."""
+    if key not in _PLANS:
+        try:
+            _PLANS[key] = build(_DNNL, *args)
+        except RuntimeError:  # a status other than success: leave this shape to Paddle
+            _PLANS[key] = None
+    return _PLANS[key]
+
+
+def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0) -> paddle.Tensor:
+    """``F.max_pool2d`` (NCHW, floor mode, int padding), on oneDNN when :func:`available`.
+
+    The gradient goes to the first maximum of each window, as in ``F.max_pool2d``
+    (ties included; tests/test_onednn.py).
+    """
+    geometry = _pair(kernel_size), _pair(kernel_size if stride is None else stride), _pair(padding)
+    if not (available() and None not in geometry and x.dtype == paddle.float32 and x.ndim == 4
+            and x.place.is_cpu_place()):
+        return _paddle_max_pool2d(x, kernel_size, stride, padding)
+    plan = _plan(("maxpool", tuple(x.shape), *geometry), _MaxPoolPlan, list(x.shape), *geometry)
+    if plan is None:
+        return _paddle_max_pool2d(x, kernel_size, stride, padding)
+    return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
+
+
+def _paddle_max_pool2d(x: paddle.Tensor, kernel_size, stride, padding) -> paddle.Tensor:
+    # Where gradients flow, Paddle's argmax path: same values and gradient as the plain pool,
+    # but its CPU backward scatters through saved indices instead of rescanning each window.
+    if x.stop_gradient or not paddle.is_grad_enabled():
+        return F.max_pool2d(x, kernel_size, stride, padding)
+    return F.max_pool2d(x, kernel_size, stride, padding, return_mask=True)[0]
 
 
 class Conv2D(nn.Conv2D):
@@ -301,18 +383,32 @@ class Conv2D(nn.Conv2D):
         return conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation, self._groups)
 
 
+class MaxPool2D(nn.MaxPool2D):
+    """``nn.MaxPool2D`` on oneDNN (see :func:`max_pool2d`); same values and gradients."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return max_pool2d(x, self.ksize, self.stride, self.padding)
+
+
 def convertible(layer: nn.Layer) -> bool:
-    return (type(layer) is nn.Conv2D and layer._data_format == "NCHW" and layer._padding_mode == "zeros"
-            and None not in (_pair(layer._stride), _pair(layer._padding), _pair(layer._dilation)))
+    """Whether :func:`convert` switches ``layer`` (other forms stay with Paddle's kernels)."""
+    if type(layer) is nn.Conv2D:
+        return (layer._data_format == "NCHW" and layer._padding_mode == "zeros"
+                and None not in (_pair(layer._stride), _pair(layer._padding), _pair(layer._dilation)))
+    if type(layer) is nn.MaxPool2D:
+        return (layer.data_format == "NCHW" and not layer.ceil_mode and not layer.return_mask
+                and None not in (_pair(layer.ksize), _pair(layer.padding))
+                and (layer.stride is None or _pair(layer.stride) is not None))
+    return False
 
 
 def convert(model: nn.Layer) -> nn.Layer:
-    """Turn every plain NCHW zero-padded ``nn.Conv2D`` in ``model`` into :class:`Conv2D`, in place.
+    """Switch ``model``'s plain ``nn.Conv2D`` / ``nn.MaxPool2D`` layers to this module's, in place.
 
     The layers keep their identity, parameters and buffers (``__class__`` is swapped: the
-    subclass adds no state), so optimizers, checkpoints and hooks see no difference.
+    subclasses add no state), so optimizers, checkpoints and hooks see no difference.
     """
     for layer in model.sublayers(include_self=True):
         if convertible(layer):
-            layer.__class__ = Conv2D
+            layer.__class__ = Conv2D if isinstance(layer, nn.Conv2D) else MaxPool2D
     return model

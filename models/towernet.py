@@ -12,7 +12,8 @@
 BasicConv2d is a bias-free conv (the BatchNorm after it has the bias; a conv bias would be
 redundant and costs ~23% of a CPU step) + BatchNorm(eps=1e-3) + ReLU. Every maxpool is
 3x3/stride 2/padding 1, which maps n to ceil(n/2) and so works down to 1x1 maps; adaptive
-pooling before the Linear makes any input from 64 to 512 px valid.
+pooling before the Linear makes any input from 64 to 512 px valid. Built by
+``models.create_model``, its convs and max-pools run on oneDNN on a CPU (models/onednn.py).
 
 Small maps: at 128 px the last attention slot sees a 1x1 map, at 64 px the last two do. An
 attention module declares ``min_hw``, the smallest H*W it carries (SimAM: 2, since its energy
@@ -35,7 +36,6 @@ element-wise ops left out), by hand:
 from __future__ import annotations
 
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
 from .attention import create_attention
@@ -53,23 +53,6 @@ class BasicConv2d(nn.Sequential):
         )
 
 
-class MaxPool2D(nn.MaxPool2D):
-    """``nn.MaxPool2D`` that, in training, takes the argmax path (``return_mask=True``).
-
-    Same forward values and the same gradient (ties included: both send it to the first
-    maximum of the window; tests/test_speed_equivalence.py), but Paddle 3.3.1's CPU backward
-    is then a scatter through the saved indices instead of a second scan of every window: the
-    TowerNet step is ~10% faster (bench/README.md). Eval and export use the plain pool, whose
-    forward does not build the index tensor.
-    """
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if not self.training:
-            return super().forward(x)
-        return F.max_pool2d(x, self.ksize, self.stride, self.padding, return_mask=True,
-                            ceil_mode=self.ceil_mode, data_format=self.data_format)[0]
-
-
 class Inception(nn.Layer):
     """GoogLeNet block: 1x1 | 1x1->3x3 | 1x1->5x5 | maxpool->1x1, concatenated on channels."""
 
@@ -78,14 +61,14 @@ class Inception(nn.Layer):
         self.p1 = BasicConv2d(in_channels, c1, 1)
         self.p2 = nn.Sequential(BasicConv2d(in_channels, c2[0], 1), BasicConv2d(c2[0], c2[1], 3))
         self.p3 = nn.Sequential(BasicConv2d(in_channels, c3[0], 1), BasicConv2d(c3[0], c3[1], 5))
-        self.p4 = nn.Sequential(MaxPool2D(3, stride=1, padding=1), BasicConv2d(in_channels, c4, 1))
+        self.p4 = nn.Sequential(nn.MaxPool2D(3, stride=1, padding=1), BasicConv2d(in_channels, c4, 1))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return paddle.concat([self.p1(x), self.p2(x), self.p3(x), self.p4(x)], axis=1)
 
 
-def _maxpool() -> MaxPool2D:
-    return MaxPool2D(3, stride=2, padding=1)
+def _maxpool() -> nn.MaxPool2D:
+    return nn.MaxPool2D(3, stride=2, padding=1)
 
 
 class TowerNet(nn.Layer):

@@ -48,6 +48,20 @@ def test_forward_and_all_gradients_match_float64(n, ci, co, k, stride, padding, 
         assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), name
 
 
+@pytest.mark.parametrize("k,stride,padding,hw", [(3, 2, 1, 9), (3, 1, 1, 5), (2, 2, 0, 8), (3, 2, 1, 1)])
+def test_max_pool_matches_paddle(k, stride, padding, hw):
+    rng = np.random.default_rng(k + hw)
+    x = rng.standard_normal((3, 16, hw, hw)).astype(np.float32)
+    xa = paddle.to_tensor(x, stop_gradient=False)
+    xb = paddle.to_tensor(x, stop_gradient=False)
+    ya, yb = onednn.max_pool2d(xa, k, stride, padding), F.max_pool2d(xb, k, stride, padding)
+    dy = paddle.to_tensor(rng.integers(-3, 4, yb.shape).astype(np.float32))
+    (ya * dy).sum().backward()
+    (yb * dy).sum().backward()
+    np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    np.testing.assert_array_equal(xa.grad.numpy(), xb.grad.numpy())
+
+
 def test_input_without_gradient_gets_weight_gradient_only():
     rng = np.random.default_rng(1)
     x = paddle.to_tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
@@ -72,9 +86,10 @@ def test_towernet_trains_through_onednn_and_matches_paddle_conv(monkeypatch):
     net = create_model("towernet_simam", num_classes=5)
     net.eval()  # BatchNorm on running stats: logits depend smoothly on the conv results
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32))
-    before = len(onednn._PLANS)
+    onednn._PLANS.clear()
     fast = net(x).numpy()
-    assert len(onednn._PLANS) > before  # the oneDNN path ran
+    kinds = {type(plan).__name__ for plan in onednn._PLANS.values()}
+    assert kinds == {"_ConvPlan", "_MaxPoolPlan"}  # the oneDNN path ran
     monkeypatch.setenv("TOWERNET_ONEDNN", "0")
     slow = net(x).numpy()
     assert np.abs(fast - slow).max() <= 1e-4 * max(1.0, np.abs(slow).max())
@@ -87,23 +102,40 @@ def test_towernet_trains_through_onednn_and_matches_paddle_conv(monkeypatch):
     assert convs and all(p.grad is not None and np.isfinite(p.grad.numpy()).all() for p in convs)
 
 
+def test_a_geometry_onednn_refuses_falls_back_to_paddle(monkeypatch):
+    def refuse(*args):
+        raise RuntimeError("oneDNN call failed with status 3")
+
+    monkeypatch.setattr(onednn, "_ConvPlan", refuse)
+    monkeypatch.setattr(onednn, "_PLANS", {})
+    x, w = paddle.randn([2, 8, 6, 6]), paddle.randn([4, 8, 3, 3])
+    np.testing.assert_array_equal(onednn.conv2d(x, w, None, 1, 1).numpy(), F.conv2d(x, w, padding=1).numpy())
+    assert list(onednn._PLANS.values()) == [None]
+
+
 def test_convert_swaps_plain_convs_in_place_and_keeps_the_state_dict():
     net = paddle.nn.Sequential(
         paddle.nn.Conv2D(3, 8, 3, padding=1),
         paddle.nn.Conv2D(8, 8, 3, padding="SAME"),  # string padding: left to Paddle
         paddle.nn.Conv2D(8, 8, 3, padding=1, padding_mode="reflect"),  # not zero padding: left
         paddle.nn.Conv2D(8, 8, 3, padding=1, data_format="NHWC"),
+        paddle.nn.MaxPool2D(3, 2, 1),
+        paddle.nn.MaxPool2D(3, 2, 1, ceil_mode=True),  # ceil mode: left
     )
     keys, weights = list(net.state_dict()), [p for p in net.parameters()]
     first = net[0]
     onednn.convert(net)
     assert net[0] is first and type(net[0]) is onednn.Conv2D
-    assert [type(layer) for layer in net[1:]] == [paddle.nn.Conv2D] * 3
+    assert [type(layer) for layer in net[1:4]] == [paddle.nn.Conv2D] * 3
+    assert type(net[4]) is onednn.MaxPool2D and type(net[5]) is paddle.nn.MaxPool2D
     assert list(net.state_dict()) == keys and all(a is b for a, b in zip(net.parameters(), weights))
 
 
-def test_every_registered_model_has_its_convs_converted():
+def test_every_registered_model_has_its_convs_and_pools_converted():
     from models import list_models
     for name in list_models():
-        convs = [m for m in create_model(name, num_classes=4).sublayers() if isinstance(m, paddle.nn.Conv2D)]
+        layers = create_model(name, num_classes=4).sublayers()
+        convs = [m for m in layers if isinstance(m, paddle.nn.Conv2D)]
+        pools = [m for m in layers if isinstance(m, paddle.nn.MaxPool2D)]
         assert convs and all(type(m) is onednn.Conv2D for m in convs), name
+        assert all(type(m) is onednn.MaxPool2D for m in pools), name

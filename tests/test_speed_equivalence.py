@@ -1,7 +1,8 @@
 """Speed levers change how TowerNet is computed, never what.
 
-Levers in use: TowerNet's training max-pool takes Paddle's argmax path (same values and
-gradient, checked exactly below); ``app`` keeps freed memory in the heap (allocation only, no
+Levers in use: max-pools run on oneDNN, or where it is off take Paddle's argmax path while
+training (same values and gradient, ties included, checked exactly below; the convs on oneDNN
+are checked in tests/test_onednn.py); ``app`` keeps freed memory in the heap (allocation only, no
 arithmetic; checked that it takes effect); and ``app`` sets MKL_DEBUG_CPU_TYPE=5 on AMD CPUs, so MKL runs its AVX2 GEMM
 kernels instead of its generic path. GEMMs are all it changes, and MKL reads the variable
 once, so each side runs in its own process.
@@ -17,6 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT
 
@@ -77,21 +79,24 @@ def test_app_sets_mkl_cpu_type_only_on_amd():
     assert out == ("5" if _cpu_vendor() == "AuthenticAMD" else "")
 
 
-def test_training_maxpool_equals_plain_pool_exactly():
+@pytest.mark.parametrize("onednn_on", ["1", "0"])  # oneDNN's pool; Paddle's argmax path
+def test_training_maxpool_equals_plain_pool_exactly(onednn_on, monkeypatch):
     import paddle
     import paddle.nn.functional as F
 
-    from models.towernet import MaxPool2D
+    from models.onednn import MaxPool2D
 
+    monkeypatch.setenv("TOWERNET_ONEDNN", onednn_on)
     rng = np.random.default_rng(0)
     # Rounded, post-ReLU values: many windows hold tied maxima (zeros and repeated values).
     x = np.maximum(np.round(rng.standard_normal((4, 8, 9, 9)), 0), 0).astype(np.float32)
-    g = rng.standard_normal
+    # Integer upstream gradients: where stride-1 windows overlap, sums are exact in any order.
+    g = (lambda shape: rng.integers(-3, 4, shape))
     for stride in (2, 1):
         pool = MaxPool2D(3, stride=stride, padding=1)
         xa = paddle.to_tensor(x, stop_gradient=False)
         xb = paddle.to_tensor(x, stop_gradient=False)
-        ya = pool(xa)  # training: argmax path
+        ya = pool(xa)
         yb = F.max_pool2d(xb, 3, stride, 1)
         dy = paddle.to_tensor(g(ya.shape).astype(np.float32))
         (ya * dy).sum().backward()
