@@ -34,16 +34,23 @@ class SimAM(nn.Layer):
         self.e_lambda = e_lambda
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        n = max(h * w - 1, 1)
-        # Few ops on purpose (it must stay a few % of a training step): the denominator
-        # 4*(sum/n + lambda) is one fused scale, the "+ 0.5" another, and the mean is a sum
-        # and a scale (Paddle 3.3.1's CPU mean backward is ~15x slower than sum's).
-        mu = paddle.scale(x.sum(axis=[2, 3], keepdim=True), scale=1.0 / (h * w))
-        d = (x - mu).square()
-        denom = paddle.scale(d.sum(axis=[2, 3], keepdim=True), scale=4.0 / n, bias=4.0 * self.e_lambda)
-        gate = F.sigmoid(paddle.scale(d / denom, bias=0.5))
-        return x * gate
+        b, c, h, w = x.shape
+        m = h * w
+        n = max(m - 1, 1)
+        # Cheap on purpose (it must stay under 3% of a CPU training step). Each channel is a
+        # row of a [b*c, h*w] matrix; its two sums are GEMVs with a column of ones (MKL,
+        # multi-threaded, and a backward that is one outer product) instead of Paddle's
+        # single-threaded reduce and broadcast-expand; the denominator 4*(sum/n + lambda) is
+        # one fused scale and the division a multiply by its reciprocal. Sums stay float32
+        # under AMP.
+        rows = x.reshape([b * c, m])
+        with paddle.amp.auto_cast(enable=False):
+            ones = paddle.ones([m, 1], dtype=rows.dtype)
+            d = (rows - paddle.scale(paddle.matmul(rows, ones), scale=1.0 / m)).square()
+            inv_denom = paddle.reciprocal(
+                paddle.scale(paddle.matmul(d, ones), scale=4.0 / n, bias=4.0 * self.e_lambda))
+        gate = F.sigmoid(paddle.scale(d * inv_denom, bias=0.5))
+        return (rows * gate).reshape([b, c, h, w])
 
     def extra_repr(self) -> str:
         return f"e_lambda={self.e_lambda}"
