@@ -15,6 +15,9 @@ only if torch is importable) and times it in the same rounds, interleaved, with 
 thread count, in a child process of its own (bench/torch_towernet.py says why). ``--data``
 also times one epoch of the train loader (``ImageFolderDataset`` + ``build_loader``, cache
 and workers as configured) against that epoch's pure compute.
+``--attention-share`` also times the network's attention modules alone (forward + backward,
+train mode, on the input shapes one training step gives them, in the same rounds) and
+reports their share of the training step.
 ``--json`` prints one JSON object per line per framework (train_img_s, infer_img_s, ...).
 
 A benchmark, not a test: figures depend on the machine. Measurements: bench/README.md.
@@ -54,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data", help="split folder: also time one epoch of its train loader")
     p.add_argument("--reference", choices=["torch"], help="time the same network in PyTorch")
+    p.add_argument("--attention-share", action="store_true",
+                   help="also time the attention modules alone: their share of the train step")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as in train.py (e.g. -o train.threads=1)")
@@ -88,6 +93,30 @@ def paddle_runner(cfg: dict, num_classes: int, batch: tuple):
         return network(x).numpy()
 
     return network, train_step, infer
+
+
+def attention_runner(network, x: np.ndarray):
+    """(names, fn): forward + backward of ``network``'s attention modules on one step's inputs."""
+    from models.attention import _ATTENTIONS
+
+    kinds = tuple(_ATTENTIONS.values())
+    seen = []
+    hooks = [layer.register_forward_post_hook(lambda layer, inputs, out: seen.append((layer, inputs[0].shape)))
+             for layer in network.sublayers() if isinstance(layer, kinds)]
+    network.train()
+    network(paddle.to_tensor(x))
+    for hook in hooks:
+        hook.remove()
+    rng = np.random.default_rng(1)
+    calls = [(layer, paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32), stop_gradient=False),
+              paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32))) for layer, shape in seen]
+
+    def step():
+        for layer, inp, grad in calls:
+            layer(inp).backward(grad)
+            inp.clear_gradient()
+
+    return [f"{type(layer).__name__}{list(inp.shape)}" for layer, inp, _ in calls], step
 
 
 class TorchReference:
@@ -163,7 +192,11 @@ def run(args) -> list[dict]:
     batch = (rng.standard_normal((bs, 3, s, s), dtype=np.float32),
              rng.integers(0, args.num_classes, (bs, 1)).astype(np.int64))
 
-    train_step, infer = paddle_runner(cfg, args.num_classes, batch)[1:]
+    network, train_step, infer = paddle_runner(cfg, args.num_classes, batch)
+    attention_calls, attention = (attention_runner(network, batch[0]) if args.attention_share
+                                  else ([], None))
+    if args.attention_share and not attention_calls:
+        raise UserError(f"--attention-share: {args.model} runs no attention module")
     timed(train_step, WARMUP)
     timed(infer, 1)
     reference = None
@@ -171,10 +204,13 @@ def run(args) -> list[dict]:
         reference = TorchReference(cfg, args.num_classes, threads, args.steps)
     names = ["paddle"] + (["torch"] if reference else [])
     times = {name: {"train": [], "infer": []} for name in names}
+    attention_times = []
     try:
         for _ in range(args.rounds):  # interleaved, so a busy spell hits every framework
             times["paddle"]["train"].append(timed(train_step, args.steps))
             times["paddle"]["infer"].append(timed(infer, args.steps))
+            if attention:
+                attention_times.append(timed(attention, args.steps))
             if reference:
                 for phase, seconds in reference.round().items():
                     times["torch"][phase].append(seconds)
@@ -190,6 +226,10 @@ def run(args) -> list[dict]:
                      "threads": threads, "train_img_s": train["img_s"],
                      "train_step_ms": train["step_ms"], "train_rounds_img_s": train["rounds_img_s"],
                      "infer_img_s": infer["img_s"], "infer_rounds_img_s": infer["rounds_img_s"]})
+    if attention:
+        attention_ms = 1000 * min(statistics.median(r) for r in attention_times)
+        rows[0].update(attention_calls=attention_calls, attention_ms=attention_ms,
+                       attention_share=attention_ms / rows[0]["train_step_ms"])
     if reference:
         rows[0]["train_vs_torch"] = rows[0]["train_img_s"] / rows[1]["train_img_s"]
         rows[0]["infer_vs_torch"] = rows[0]["infer_img_s"] / rows[1]["infer_img_s"]
@@ -213,6 +253,9 @@ def format_table(rows: list[dict]) -> str:
     if "train_vs_torch" in r0:
         lines.append(f"paddle / torch: train {r0['train_vs_torch']:.2f}x, "
                      f"infer {r0['infer_vs_torch']:.2f}x")
+    if "attention_ms" in r0:
+        lines.append(f"attention alone (fwd+bwd, {len(r0['attention_calls'])} calls): "
+                     f"{r0['attention_ms']:.1f} ms a step = {100 * r0['attention_share']:.1f}% of the train step")
     if "loader_epoch_s" in r0:
         lines.append(f"loader: {r0['loader_images']} images in {r0['loader_epoch_s']:.1f}s "
                      f"({r0['loader_img_s']:.0f} img/s; dataset built in "

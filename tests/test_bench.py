@@ -33,3 +33,13 @@ def test_bench_torch_reference_is_optional():
         assert proc.returncode == 0, proc.stderr
         frameworks = [json.loads(line)["framework"] for line in proc.stdout.splitlines()]
         assert frameworks == ["paddle", "torch"]
+
+
+def test_bench_attention_share():
+    simam = [*TINY[:2], "towernet_simam", *TINY[3:]]
+    row = json.loads(run_cli(*simam, "--attention-share", check=True).stdout)
+    # 64 px: SimAM runs on the 4x4 and 2x2 maps (TowerNet skips it on 1x1).
+    assert row["attention_calls"] == ["SimAM[2, 256, 4, 4]", "SimAM[2, 256, 2, 2]"]
+    assert row["attention_ms"] > 0 and 0 < row["attention_share"] < 1
+    none = run_cli(*TINY, "--attention-share")
+    assert none.returncode == 2 and "runs no attention module" in none.stderr
