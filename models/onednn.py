@@ -1,25 +1,29 @@
-"""Convolutions through the oneDNN that ships inside the Paddle wheel, for dygraph training on CPU.
+"""Convolutions and max-pools on the oneDNN inside the Paddle wheel, for dygraph on CPU.
 
 Paddle 3.3.1's dygraph CPU conv is a per-sample im2col + MKL GEMM with single-threaded
-im2col/col2im; its oneDNN kernels run only in static-graph programs, where TowerNet cannot
-train (bench/README.md). This module calls the wheel's own ``libs/libdnnl.so.3`` (oneDNN 3.6)
-through its C API with ``ctypes``, as PyTorch's CPU conv does through ideep: the input is
-reordered into oneDNN's blocked layout, the JIT convolution runs, the result is reordered
-back to NCHW. Forward, backward-data and backward-weights of TowerNet's convs are ~2x
-faster than Paddle's at batch 32 on an AVX-512 machine; ResNet50 trains 1.4x and MobileNetV2
-3.4x faster (bench/README.md). Bias, stride, padding, dilation and groups are supported.
+im2col/col2im, and its max-pool is single-threaded; its oneDNN kernels run only in
+static-graph programs, where TowerNet cannot train (bench/README.md). This module calls the
+wheel's own ``libs/libdnnl.so.3`` (oneDNN 3.6) through its C API with ``ctypes``, much as
+PyTorch's CPU conv goes through ideep: the input is reordered into oneDNN's blocked layout,
+the JIT convolution runs, the result is reordered back to NCHW. Forward, backward-data and
+backward-weights of TowerNet's convs are ~2x faster than Paddle's at batch 32 on an AVX-512
+machine, its max-pools ~3x; ResNet50 and MobileNetV2 train 1.4x and 3.4x faster
+(bench/README.md). Convs take bias, stride, padding, dilation and groups.
 
-Same maths as ``F.conv2d``: the sums run in another order, so results differ in the last
-bits (relative 1e-6; tests/test_onednn.py). Inputs with fewer than ``PLAIN_BELOW`` channels
-(an RGB stem) stay in plain NCHW, where oneDNN's GEMM convolution is the faster one.
+Same maths as ``F.conv2d`` / ``F.max_pool2d``: conv sums run in another order, so results
+differ in the last bits (relative 1e-6); the pool's values and gradients are identical, ties
+included (tests/test_onednn.py, tests/test_speed_equivalence.py). Conv inputs with fewer than
+``PLAIN_BELOW`` channels (an RGB stem) stay in plain NCHW, where oneDNN's GEMM convolution is
+the faster one.
 
-:func:`conv2d` falls back to ``F.conv2d`` where this path does not apply: no libdnnl (a
-Paddle build without it, a GPU, a non-x86 machine), a dtype other than float32, padding
-given as a string or per side, static graph (``paddle.jit`` export), or ``TOWERNET_ONEDNN=0``
-in the environment. No compiler is needed: the enum values below are oneDNN 3.x's stable C
-ABI (``dnnl_types.h``), checked against the library's major version at load. Primitives are
-built once per input shape and kept for the process (a few per layer: train and eval batch
-sizes, the last partial batch).
+:func:`conv2d` and :func:`max_pool2d` fall back to Paddle where this path does not apply: no
+libdnnl (a Paddle build without it, a GPU, a non-x86 machine), a dtype other than float32,
+padding given as a string or per side, ceil mode, static graph (``paddle.jit`` export), a
+geometry oneDNN refuses, or ``TOWERNET_ONEDNN=0`` in the environment. No compiler is needed:
+the enum values below are oneDNN 3.x's stable C ABI (``dnnl_types.h``), checked against the
+library's major version at load. Primitives are built once per input shape and kept for the
+process (a few per layer: train and eval batch sizes, the last partial batch). All buffers,
+blocked copies included, come from Paddle's allocator.
 """
 from __future__ import annotations
 
