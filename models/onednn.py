@@ -5,10 +5,11 @@ im2col/col2im, and its max-pool is single-threaded; its oneDNN kernels run only 
 static-graph programs, where TowerNet cannot train (bench/README.md). This module calls the
 wheel's own ``libs/libdnnl.so.3`` (oneDNN 3.6) through its C API with ``ctypes``, much as
 PyTorch's CPU conv goes through ideep: the input is reordered into oneDNN's blocked layout,
-the JIT convolution runs, the result is reordered back to NCHW. Forward, backward-data and
-backward-weights of TowerNet's convs are ~2x faster than Paddle's at batch 32 on an AVX-512
-machine, its max-pools ~3x; ResNet50 and MobileNetV2 train 1.4x and 3.4x faster
-(bench/README.md). Convs take bias, stride, padding, dilation and groups.
+the JIT convolution runs, the result is reordered back to NCHW. On a 2-core AVX-512 machine,
+batch 32, TowerNet's convs (forward + both backwards) are 1.4-1.6x faster than Paddle's and
+its max-pools 1.6-2.8x (bench/kernels.py); TowerNet-SimAM trains ~1.3x faster, ResNet50
+1.2-1.4x and MobileNetV2 3.1-3.4x (bench/README.md). Convs take bias, stride, padding,
+dilation and groups.
 
 Same maths as ``F.conv2d`` / ``F.max_pool2d``: conv sums run in another order, so results
 differ in the last bits (relative 1e-6); the pool's values and gradients are identical, ties

@@ -1,0 +1,92 @@
+"""Per-layer kernel timings: Paddle's own CPU conv / max-pool against models.onednn's.
+
+    python bench/kernels.py [--model towernet_simam] [--image-size 128] [--batch-size 32] [--repeats 5]
+
+Runs the model once to record the input shape of every conv and max-pool it runs (train
+mode), then times forward + backward of each distinct layer geometry both ways, alternating
+(``TOWERNET_ONEDNN`` toggled), and prints ms per call (best of two sets of ``--repeats``).
+A benchmark, not a test. Figures: bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import app  # noqa: E402,F401  (environment defaults; must come before paddle)
+import paddle  # noqa: E402
+
+from app.engine import select_device  # noqa: E402
+from models import create_model, onednn  # noqa: E402
+
+
+def record_layers(model: str, image_size: int, batch_size: int) -> list[tuple]:
+    """(kind, layer, input shape) for each distinct conv / max-pool geometry one step runs."""
+    net = create_model(model, num_classes=16)
+    net.train()
+    seen: dict[tuple, tuple] = {}
+
+    def hook(layer, inputs, output):
+        key = (type(layer).__name__, repr(layer), tuple(inputs[0].shape))
+        seen.setdefault(key, (layer, tuple(inputs[0].shape)))
+
+    hooks = [layer.register_forward_post_hook(hook) for layer in net.sublayers()
+             if isinstance(layer, (paddle.nn.Conv2D, paddle.nn.MaxPool2D))]
+    net(paddle.randn([batch_size, 3, image_size, image_size]))
+    for h in hooks:
+        h.remove()
+    return [(key[0], layer, shape) for key, (layer, shape) in seen.items()]
+
+
+def time_layer(layer, shape: tuple, repeats: int) -> float:
+    x = paddle.randn(list(shape))
+    x.stop_gradient = False
+
+    def once():
+        y = layer(x)
+        y.backward(paddle.ones_like(y))
+        x.clear_gradient()
+
+    once()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="towernet_simam")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    select_device("cpu", 0)
+    if not onednn.available():
+        print("oneDNN is not available in this process (see models/onednn.py)")
+        return 2
+    print(f"{args.model} {args.image_size} px batch {args.batch_size}: forward + backward, ms per call")
+    print(f"{'layer':<58} {'input':<20} {'paddle':>8} {'onednn':>8} {'speed-up':>8}")
+    total = {"0": 0.0, "1": 0.0}
+    for kind, layer, shape in record_layers(args.model, args.image_size, args.batch_size):
+        best = {}
+        for setting in ("0", "1", "0", "1"):
+            os.environ["TOWERNET_ONEDNN"] = setting
+            t = time_layer(layer, shape, args.repeats)
+            best[setting] = min(best.get(setting, t), t)
+        os.environ.pop("TOWERNET_ONEDNN")
+        total["0"] += best["0"]
+        total["1"] += best["1"]
+        print(f"{repr(layer)[:58]:<58} {str(list(shape)):<20} {best['0']:>8.1f} {best['1']:>8.1f} "
+              f"{best['0'] / best['1']:>7.2f}x")
+    print(f"{'distinct geometries, summed':<79} {total['0']:>8.1f} {total['1']:>8.1f} "
+          f"{total['0'] / total['1']:>7.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
