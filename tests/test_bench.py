@@ -44,3 +44,13 @@ def test_bench_attention_share():
     assert row["attention_ms"] > 0 and 0 < row["attention_share"] < 1
     none = run_cli(*TINY, "--attention-share")
     assert none.returncode == 2 and "runs no attention module" in none.stderr
+
+
+def test_kernels_bench_runs():
+    proc = run_cli("bench/kernels.py", "--image-size", "64", "--batch-size", "2", "--repeats", "1")
+    if proc.returncode == 2:  # no oneDNN in this Paddle build: said in one line
+        assert "oneDNN is not available" in proc.stdout
+        return
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("Conv2D", "MaxPool2D"))]
+    assert rows and "distinct geometries, summed" in proc.stdout
