@@ -102,6 +102,19 @@ def test_towernet_trains_through_onednn_and_matches_paddle_conv(monkeypatch):
     assert convs and all(p.grad is not None and np.isfinite(p.grad.numpy()).all() for p in convs)
 
 
+def test_a_paddle_without_usable_libdnnl_falls_back_to_paddle(monkeypatch):
+    def missing(path):
+        raise OSError(f"{path}: cannot open shared object file")
+
+    monkeypatch.setattr(onednn, "_Dnnl", missing)
+    monkeypatch.setattr(onednn, "_DNNL", None)
+    monkeypatch.setattr(onednn, "_LOAD_ERROR", None)
+    assert not onednn.available() and "cannot open" in onednn._LOAD_ERROR
+    x, w = paddle.randn([2, 8, 6, 6]), paddle.randn([4, 8, 3, 3])
+    np.testing.assert_array_equal(onednn.conv2d(x, w, None, 1, 1).numpy(), F.conv2d(x, w, padding=1).numpy())
+    np.testing.assert_array_equal(onednn.max_pool2d(x, 3, 2, 1).numpy(), F.max_pool2d(x, 3, 2, 1).numpy())
+
+
 def test_a_geometry_onednn_refuses_falls_back_to_paddle(monkeypatch):
     def refuse(*args):
         raise RuntimeError("oneDNN call failed with status 3")
