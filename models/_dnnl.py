@@ -115,7 +115,7 @@ class ConvPlan:
         co, ci_g, kh, kw = w_shape
         out_hw = [(size + 2 * p - d * (k - 1) - 1) // s + 1
                   for size, p, d, k, s in zip((h, w), padding, dilation, (kh, kw), stride)]
-        self.dnnl = dnnl
+        self.dnnl, self.has_bias = dnnl, bias
         self.shapes = {"x": x_shape, "w": w_shape, "b": [co], "y": [n, co, *out_hw]}
         w_dims, w_tag = (w_shape, _TAG_NCHW) if groups == 1 else ([groups, co // groups, ci_g, kh, kw], _TAG_GOIHW)
         self.plain = {"x": dnnl.memory_desc(x_shape, _TAG_NCHW), "w": dnnl.memory_desc(w_dims, w_tag),
@@ -182,23 +182,27 @@ class ConvPlan:
         self.run(self.fwd, x=self.to_pass(x, "x", md["x"]), w=self.to_pass(w, "w", md["w"]), y=y, **extra)
         return self.from_pass(y, "y", md["y"])
 
-    def backward(self, x: paddle.Tensor, w: paddle.Tensor, dy: paddle.Tensor, need_dx: bool, need_db: bool):
-        dx = db = None
+    def backward(self, x: paddle.Tensor, w: paddle.Tensor, dy: paddle.Tensor,
+                 need_dx: bool, need_weights: bool) -> tuple:
+        """(dx, dw, db): dx only if ``need_dx``, dw and db (None without bias) if ``need_weights``."""
+        dx = dw = db = None
         dy_data = self.to_pass(dy, "y", self.bwd_data["md"]["dy"])
         if need_dx:
             md = self.bwd_data["md"]
             dx = self.dnnl.empty(md["dx"])
             self.run(self.bwd_data, dy=dy_data, w=self.to_pass(w, "w", md["w"]), dx=dx)
             dx = self.from_pass(dx, "x", md["dx"])
-        md = self.bwd_weights["md"]
-        same = self.dnnl.lib.dnnl_memory_desc_equal(md["dy"], self.bwd_data["md"]["dy"])
-        dw = self.dnnl.empty(md["dw"])
-        extra = {}
-        if need_db:
-            db = extra["db"] = paddle.empty(self.shapes["b"], "float32")
-        self.run(self.bwd_weights, x=self.to_pass(x, "x", md["x"]), dw=dw,
-                 dy=dy_data if same else self.to_pass(dy, "y", md["dy"]), **extra)
-        return dx, self.from_pass(dw, "w", md["dw"]), db
+        if need_weights:
+            md = self.bwd_weights["md"]
+            same = self.dnnl.lib.dnnl_memory_desc_equal(md["dy"], self.bwd_data["md"]["dy"])
+            dw = self.dnnl.empty(md["dw"])
+            extra = {}
+            if self.has_bias:  # the primitive writes the bias gradient whenever it has a bias
+                db = extra["db"] = paddle.empty(self.shapes["b"], "float32")
+            self.run(self.bwd_weights, x=self.to_pass(x, "x", md["x"]), dw=dw,
+                     dy=dy_data if same else self.to_pass(dy, "y", md["dy"]), **extra)
+            dw = self.from_pass(dw, "w", md["dw"])
+        return dx, dw, db
 
 
 class MaxPoolPlan:

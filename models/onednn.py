@@ -64,15 +64,17 @@ def available() -> bool:
 class _OneDnnConv2D(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
-        ctx.plan, ctx.need_dx, ctx.has_bias = plan, not x.stop_gradient, bias is not None
+        # A PyLayer must return None for every input that takes no gradient (frozen layers).
+        ctx.plan, ctx.has_bias = plan, bias is not None
+        ctx.needs = [not t.stop_gradient for t in (x, weight) + ((bias,) if ctx.has_bias else ())]
         ctx.save_for_backward(x, weight)
         return plan.forward(x, weight, bias)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensor()
-        dx, dw, db = ctx.plan.backward(x, weight, dy.contiguous(), ctx.need_dx, ctx.has_bias)
-        return (dx, dw, db) if ctx.has_bias else (dx, dw)
+        grads = ctx.plan.backward(x, weight, dy.contiguous(), ctx.needs[0], any(ctx.needs[1:]))
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs))
 
 
 class _OneDnnMaxPool2D(PyLayer):
@@ -164,6 +166,8 @@ class MaxPool2D(nn.MaxPool2D):
     """``nn.MaxPool2D`` on oneDNN (see :func:`max_pool2d`); same values and gradients."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if not (self.training or available()):  # eval / export without oneDNN: the plain pool
+            return super().forward(x)
         return max_pool2d(x, self.ksize, self.stride, self.padding)
 
 

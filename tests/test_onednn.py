@@ -73,6 +73,25 @@ def test_input_without_gradient_gets_weight_gradient_only():
     np.testing.assert_allclose(w.grad.numpy(), w_ref.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_frozen_weights_and_bias_get_no_gradient():
+    net = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding=1), paddle.nn.ReLU(),
+                               paddle.nn.Conv2D(4, 2, 3, padding=1))
+    reference = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding=1), paddle.nn.ReLU(),
+                                     paddle.nn.Conv2D(4, 2, 3, padding=1))
+    reference.set_state_dict(net.state_dict())
+    onednn.convert(net)
+    for model in (net, reference):
+        model[0].weight.stop_gradient = True  # frozen weight, trainable bias
+        model[2].bias.stop_gradient = True  # trainable weight, frozen bias
+    x = paddle.randn([2, 3, 8, 8])
+    net(x).sum().backward()
+    reference(x).sum().backward()
+    assert net[0].weight.grad is None and net[2].bias.grad is None
+    for name in ("0.bias", "2.weight"):
+        got, want = dict(net.named_parameters())[name].grad, dict(reference.named_parameters())[name].grad
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_switched_off_by_environment_is_exactly_f_conv2d(monkeypatch):
     monkeypatch.setenv("TOWERNET_ONEDNN", "0")
     assert not onednn.available()
