@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--num-classes", type=int, default=16)
     p.add_argument("--steps", type=int, default=5, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--data", help="split folder: also time one epoch of its train loader")
+    p.add_argument("--data", help="split folder: also time its train loader, and real epochs "
+                                   "against pure compute")
     p.add_argument("--reference", choices=["torch"], help="time the same network in PyTorch")
     p.add_argument("--attention-share", action="store_true",
                    help="also time the attention modules alone: their share of the train step")

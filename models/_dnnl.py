@@ -134,6 +134,8 @@ class ConvPlan:
             C.byref(bwd_data), dnnl.engine, _CONV_DIRECT, x, w, y, *geometry, fwd, none))
         dnnl.check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
             C.byref(bwd_weights), dnnl.engine, _CONV_DIRECT, x, w, b, y, *geometry, fwd, none))
+        # The primitive descriptors are never destroyed: the memory descriptors queried from
+        # them belong to them, and a plan lives as long as the process.
         query = lib.dnnl_primitive_desc_query_md
         self.fwd = self._pass(fwd, {"x": query(fwd, _Q_SRC, 0), "w": query(fwd, _Q_WEIGHTS, 0),
                                     "y": query(fwd, _Q_DST, 0), "b": self.plain["b"]})
