@@ -115,7 +115,11 @@ class ClassificationLoss(paddle.nn.Layer):
 
 
 class MeanLoss(paddle.metric.Metric):
-    """The eval loss: ``loss_fn`` averaged over every eval sample, logged as ``mean_loss``.
+    """The eval loss: cross-entropy averaged over every eval sample, logged as ``mean_loss``.
+
+    Cross-entropy alone: NAM's sparsity penalty is part of the training objective (hapi's
+    train ``loss``), not of how well the model predicts, and leaving it out keeps eval losses
+    comparable across attention modules.
 
     A metric rather than a callback on hapi's per-batch ``loss``: under data parallel hapi
     feeds metrics the outputs it has gathered from all ranks and trimmed of the sampler's
@@ -124,15 +128,15 @@ class MeanLoss(paddle.metric.Metric):
     (nan): the train loss is hapi's per-batch ``loss``.
     """
 
-    def __init__(self, loss_fn, network: paddle.nn.Layer):
+    def __init__(self, network: paddle.nn.Layer):
         super().__init__()
-        self.loss_fn, self.network = loss_fn, network
+        self.network = network
         self.reset()
 
     def compute(self, logits, label):
         if self.network.training:
             return paddle.zeros([]), label[:0]
-        return self.loss_fn(logits.astype("float32"), label), label
+        return F.cross_entropy(logits.astype("float32"), label), label
 
     def update(self, loss, label):
         self.total += np.asarray(loss).item() * len(label)
@@ -181,7 +185,7 @@ def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddl
     amp = cfg["train"]["amp"]
     loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"])
     model.prepare(optimizer, loss,
-                  [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(loss, network)],
+                  [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(network)],
                   amp_configs=amp_configs_for(amp))
     if amp == "bf16":
         # hapi 3.3.1 rejects a "dtype" key in amp_configs and calls paddle.amp.auto_cast
