@@ -56,6 +56,18 @@ def test_simam_matches_numpy():
     np.testing.assert_allclose(run(create_attention("simam", 8), x), xd * sigmoid(y), atol=1e-5)
 
 
+def test_simam_keeps_a_half_precision_input_dtype():
+    # AMP feeds SimAM bfloat16/float16 activations on a GPU; on CPU Paddle has bfloat16
+    # kernels only. The output keeps the input's dtype and agrees with the float32 result
+    # to bfloat16's precision (statistics and gate are computed in float32).
+    x = (np.random.default_rng(2).standard_normal((2, 4, 16, 16)) * 40).astype(np.float32)
+    layer = create_attention("simam", 4)
+    expected = layer(paddle.to_tensor(x)).numpy()
+    out = layer(paddle.to_tensor(x).astype("bfloat16"))
+    assert out.dtype == paddle.bfloat16
+    np.testing.assert_allclose(out.astype("float32").numpy(), expected, rtol=2e-2, atol=0.5)
+
+
 def test_simam_is_parameter_free_and_finite_on_1x1():
     layer = create_attention("simam", 64)
     assert n_params(layer) == 0 and len(layer.parameters()) == 0

@@ -41,15 +41,18 @@ class SimAM(nn.Layer):
         # row of a [b*c, h*w] matrix; its two sums are GEMVs with a column of ones (MKL,
         # multi-threaded, and a backward that is one outer product) instead of Paddle's
         # single-threaded reduce and broadcast-expand; the denominator 4*(sum/n + lambda) is
-        # one fused scale and the division a multiply by its reciprocal. Sums stay float32
-        # under AMP.
+        # one fused scale and the division a multiply by its reciprocal. The statistics and
+        # the gate are float32 even for half-precision input (AMP on a GPU).
         rows = x.reshape([b * c, m])
         with paddle.amp.auto_cast(enable=False):
-            ones = paddle.ones([m, 1], dtype=rows.dtype)
-            d = (rows - paddle.scale(paddle.matmul(rows, ones), scale=1.0 / m)).square()
+            rows32 = rows if rows.dtype == paddle.float32 else rows.astype("float32")
+            ones = paddle.ones([m, 1], dtype="float32")
+            d = (rows32 - paddle.scale(paddle.matmul(rows32, ones), scale=1.0 / m)).square()
             inv_denom = paddle.reciprocal(
                 paddle.scale(paddle.matmul(d, ones), scale=4.0 / n, bias=4.0 * self.e_lambda))
-        gate = F.sigmoid(paddle.scale(d * inv_denom, bias=0.5))
+            gate = F.sigmoid(paddle.scale(d * inv_denom, bias=0.5))
+        if gate.dtype != rows.dtype:
+            gate = gate.astype(rows.dtype)
         return (rows * gate).reshape([b, c, h, w])
 
     def extra_repr(self) -> str:
