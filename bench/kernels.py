@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,6 +20,7 @@ import app  # noqa: E402,F401  (environment defaults; must come before paddle)
 import paddle  # noqa: E402
 
 from app.engine import select_device  # noqa: E402
+from bench.timing import timed  # noqa: E402
 from models import create_model, onednn  # noqa: E402
 
 
@@ -52,10 +52,7 @@ def time_layer(layer, shape: tuple, repeats: int) -> float:
         x.clear_gradient()
 
     once()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        once()
-    return (time.perf_counter() - start) / repeats * 1000
+    return sum(timed(once, repeats)) / repeats * 1000
 
 
 def main() -> int:

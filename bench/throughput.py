@@ -44,6 +44,7 @@ from app.config import load_config, parse_override  # noqa: E402
 from app.engine import (available_cores, build_loader, build_network, build_optimizer,  # noqa: E402
                         prepare_model, seed_everything, select_device)
 from app.errors import UserError, exit_on_user_error  # noqa: E402
+from bench.timing import timed  # noqa: E402
 
 WARMUP = 2
 
@@ -65,15 +66,6 @@ def parse_args(argv=None):
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as in train.py (e.g. -o train.threads=1)")
     return p.parse_args(argv)
-
-
-def timed(fn, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def paddle_runner(cfg: dict, num_classes: int, batch: tuple):

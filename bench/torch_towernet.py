@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.timing import timed  # noqa: E402
 
 
 class BasicConv2d(nn.Sequential):
@@ -116,15 +119,6 @@ def build(model: str, num_classes: int, optimizer: dict, threads: int):
     return net, train_step, infer
 
 
-def _timed(fn, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def serve() -> None:
     """Child side of ``throughput.py --reference torch``: one JSON setup line on stdin, then
     per ``round`` line a JSON line of train and infer step seconds on stdout."""
@@ -135,14 +129,14 @@ def serve() -> None:
     x = torch.from_numpy(rng.standard_normal((bs, 3, s, s), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, k, (bs, 1)).astype(np.int64).reshape(-1))
     _, step, infer = build(setup["model"], k, setup["optimizer"], setup["threads"])
-    _timed(lambda: step(x, y), setup["warmup"])
-    _timed(lambda: infer(x), 1)
+    timed(lambda: step(x, y), setup["warmup"])
+    timed(lambda: infer(x), 1)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         if line.strip() != "round":
             break
-        train = _timed(lambda: step(x, y), setup["steps"])
-        print(json.dumps({"train": train, "infer": _timed(lambda: infer(x), setup["steps"])}),
+        train = timed(lambda: step(x, y), setup["steps"])
+        print(json.dumps({"train": train, "infer": timed(lambda: infer(x), setup["steps"])}),
               flush=True)
 
 
