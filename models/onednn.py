@@ -103,12 +103,12 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None =
            stride=1, padding=0, dilation=1, groups: int = 1) -> paddle.Tensor:
     """``F.conv2d`` for NCHW float32 with symmetric int padding, on oneDNN when :func:`available`."""
     geometry = _pair(stride), _pair(padding), _pair(dilation)
-    if not (available() and None not in geometry and x.dtype == paddle.float32
+    plan = None
+    if (available() and None not in geometry and x.dtype == paddle.float32
             and weight.dtype == paddle.float32 and x.ndim == 4 and x.place.is_cpu_place()):
-        return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    key = (tuple(x.shape), tuple(weight.shape), bias is not None, *geometry, groups)
-    plan = _plan(key, _ConvPlan, list(x.shape), list(weight.shape), bias is not None, *geometry, groups,
-                 x.shape[1] >= PLAIN_BELOW)
+        key = (tuple(x.shape), tuple(weight.shape), bias is not None, *geometry, groups)
+        plan = _plan(key, _ConvPlan, list(x.shape), list(weight.shape), bias is not None,
+                     *geometry, groups, x.shape[1] >= PLAIN_BELOW)
     if plan is None:
         return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
     return _OneDnnConv2D.apply(x.contiguous(), weight.contiguous(), bias, plan)
@@ -131,19 +131,16 @@ def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0) -> paddle.
     (ties included; tests/test_onednn.py).
     """
     geometry = _pair(kernel_size), _pair(kernel_size if stride is None else stride), _pair(padding)
-    if not (available() and None not in geometry and x.dtype == paddle.float32 and x.ndim == 4
+    plan = None
+    if (available() and None not in geometry and x.dtype == paddle.float32 and x.ndim == 4
             and x.place.is_cpu_place()):
-        return _paddle_max_pool2d(x, kernel_size, stride, padding)
-    plan = _plan(("maxpool", tuple(x.shape), *geometry), _MaxPoolPlan, list(x.shape), *geometry)
-    if plan is None:
-        return _paddle_max_pool2d(x, kernel_size, stride, padding)
-    return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
-
-
-def _paddle_max_pool2d(x: paddle.Tensor, kernel_size, stride, padding) -> paddle.Tensor:
-    # Where gradients flow, Paddle's argmax path: same values and gradient as the plain pool,
-    # but its CPU backward scatters through saved indices instead of rescanning each window.
-    if x.stop_gradient or not paddle.is_grad_enabled():
+        plan = _plan(("maxpool", tuple(x.shape), *geometry), _MaxPoolPlan, list(x.shape), *geometry)
+    if plan is not None:
+        return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
+    # Where gradients flow in dygraph, Paddle's argmax path: same values and gradient as the
+    # plain pool, but its CPU backward scatters through saved indices instead of rescanning
+    # each window. Static graphs (export) and no-grad evaluation take the plain pool.
+    if x.stop_gradient or not paddle.is_grad_enabled() or not paddle.in_dynamic_mode():
         return F.max_pool2d(x, kernel_size, stride, padding)
     return F.max_pool2d(x, kernel_size, stride, padding, return_mask=True)[0]
 
@@ -152,13 +149,11 @@ class Conv2D(nn.Conv2D):
     """``nn.Conv2D`` whose dygraph CPU forward and backward run on oneDNN (see module doc).
 
     Same parameters, state-dict keys and maths. :func:`convert` turns a model's ``nn.Conv2D``
-    layers into this class in place; static graphs (export) and other devices take
-    ``nn.Conv2D.forward`` unchanged.
+    layers into this class in place; static graphs (export) and other devices get ``F.conv2d``
+    (:func:`convertible` admits only the layers for which that is ``nn.Conv2D.forward``).
     """
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if not available():
-            return super().forward(x)
         return conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation, self._groups)
 
 
@@ -166,8 +161,6 @@ class MaxPool2D(nn.MaxPool2D):
     """``nn.MaxPool2D`` on oneDNN (see :func:`max_pool2d`); same values and gradients."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if not (self.training or available()):  # eval / export without oneDNN: the plain pool
-            return super().forward(x)
         return max_pool2d(x, self.ksize, self.stride, self.padding)
 
 
