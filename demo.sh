@@ -2,7 +2,7 @@
 # The quick start: needs nothing but this repository and Python 3.9+.
 # Creates .venv (unless a virtual environment is active), installs the CPU requirements,
 # generates the 16-class demo set, trains TowerNet-SimAM for 8 epochs at 96 px and
-# evaluates it. About a minute on 2 CPU cores (with pip's cache warm).
+# evaluates it. One to two minutes on 2 CPU cores (with pip's cache warm).
 set -euo pipefail
 cd "$(dirname "$0")"
 
