@@ -1,4 +1,4 @@
-"""Per-layer kernel timings: Paddle's own CPU conv / max-pool against models.onednn's.
+"""Per-layer kernel timings: Paddle's own CPU conv / max-pool against backend.onednn's.
 
     python bench/kernels.py [--model towernet_simam] [--image-size 128] [--batch-size 32] [--repeats 5]
 
@@ -21,7 +21,8 @@ import paddle  # noqa: E402
 
 from app.engine import select_device  # noqa: E402
 from bench.timing import timed  # noqa: E402
-from models import create_model, onednn  # noqa: E402
+from backend import onednn  # noqa: E402
+from models import create_model  # noqa: E402
 
 
 def record_layers(model: str, image_size: int, batch_size: int) -> list[tuple]:
@@ -64,7 +65,7 @@ def main() -> int:
     args = p.parse_args()
     select_device("cpu", 0)
     if not onednn.available():
-        print("oneDNN is not available in this process (see models/onednn.py)")
+        print("oneDNN is not available in this process (see backend/onednn.py)")
         return 2
     print(f"{args.model} {args.image_size} px batch {args.batch_size}: forward + backward, ms per call")
     print(f"{'layer':<58} {'input':<20} {'paddle':>8} {'onednn':>8} {'speed-up':>8}")

@@ -8,7 +8,7 @@ how: ``model_spec(model)`` gives ``{"name": ..., "kwargs": {...}}`` for a checkp
 ``create_model(spec["name"], **spec["kwargs"])`` rebuilds it.
 
 Every model's ``nn.Conv2D`` and ``nn.MaxPool2D`` layers are switched in place to
-:mod:`models.onednn`'s (same layers and parameters; their dygraph CPU passes run on the oneDNN
+:mod:`backend.onednn`'s (same layers and parameters; their dygraph CPU passes run on the oneDNN
 inside the Paddle wheel, 1.4x and 2x faster than Paddle's own CPU kernels).
 ``TOWERNET_ONEDNN=0`` in the environment turns that off.
 """
@@ -19,7 +19,9 @@ from typing import Callable
 
 from paddle import nn
 
-from . import baselines, onednn
+from backend import onednn
+
+from . import baselines
 from .attention import list_attentions
 from .towernet import TowerNet
 

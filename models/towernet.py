@@ -13,7 +13,7 @@ BasicConv2d is a bias-free conv (the BatchNorm after it has the bias; a conv bia
 redundant and costs ~23% of a CPU step) + BatchNorm(eps=1e-3) + ReLU. Every maxpool is
 3x3/stride 2/padding 1, which maps n to ceil(n/2) and so works down to 1x1 maps; adaptive
 pooling before the Linear makes any input from 64 to 512 px valid. Built by
-``models.create_model``, its convs and max-pools run on oneDNN on a CPU (models/onednn.py).
+``models.create_model``, its convs and max-pools run on oneDNN on a CPU (backend/onednn.py).
 
 Small maps: at 128 px the last attention slot sees a 1x1 map, at 64 px the last two do. An
 attention module declares ``min_hw``, the smallest H*W it carries (SimAM: 2, since its energy

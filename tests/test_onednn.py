@@ -1,10 +1,11 @@
-"""models.onednn: convolutions on the oneDNN inside the Paddle wheel compute what F.conv2d does."""
+"""backend.onednn: convolutions on the oneDNN inside the Paddle wheel compute what F.conv2d does."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
-from models import create_model, onednn
+from backend import onednn
+from models import create_model
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this Paddle build has no usable libdnnl")
 

@@ -84,7 +84,7 @@ def test_training_maxpool_equals_plain_pool_exactly(onednn_on, monkeypatch):
     import paddle
     import paddle.nn.functional as F
 
-    from models.onednn import MaxPool2D
+    from backend.onednn import MaxPool2D
 
     monkeypatch.setenv("TOWERNET_ONEDNN", onednn_on)
     rng = np.random.default_rng(0)

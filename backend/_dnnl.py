@@ -1,6 +1,6 @@
 """The oneDNN C API through ``ctypes``: the library in the Paddle wheel, reorders, conv and max-pool plans.
 
-Used by :mod:`models.onednn` (which says why). The enum values are oneDNN 3.x's stable C ABI
+Used by :mod:`backend.onednn` (which says why). The enum values are oneDNN 3.x's stable C ABI
 (``oneapi/dnnl/dnnl_types.h``, ``dnnl_common_types.h``); :class:`Dnnl` checks the library's
 major version at load. A plan builds its primitives once for one geometry; every buffer it
 runs on, blocked copies included, is a Paddle tensor, so Paddle's allocator owns all memory.

@@ -1,0 +1,10 @@
+"""Execution backends: where a model's layers run, not what they compute.
+
+``backend.onednn`` runs ``nn.Conv2D`` and ``nn.MaxPool2D`` forward and backward on the oneDNN
+library inside the Paddle wheel (dygraph, CPU, float32), through ``backend._dnnl``, a ``ctypes``
+binding of oneDNN's C API. ``models.create_model`` switches every model's layers to it in
+place with :func:`backend.onednn.convert`; the layers keep their parameters and state-dict
+keys, so a reader of ``models/`` sees the architectures only, and checkpoints do not depend
+on the backend. ``TOWERNET_ONEDNN=0`` (or no usable libdnnl, a GPU, a static graph) falls
+back to Paddle's own kernels. Tests: tests/test_onednn.py, tests/test_speed_equivalence.py.
+"""
