@@ -2,7 +2,7 @@
 
 ``ImageFolderDataset(root, "train")`` reads ``root/train/<class>/*`` through paddle's
 ``DatasetFolder`` and returns ``(float32 [3, S, S], int64 [1])``. Every image is converted to
-8-bit RGB first (grayscale, CMYK, alpha, palette, 16-bit; see ``data_tools.split.to_rgb``).
+8-bit RGB first (grayscale, CMYK, alpha, palette, 16-bit; see ``app.images.to_rgb``).
 Normalisation uses the split's manifest mean/std, or the reference tutorial's constants
 with a warning when there is no manifest.
 
@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from app.errors import UserError
-from data_tools.split import IMAGE_EXTENSIONS, read_rgb
+from app.images import IMAGE_EXTENSIONS, read_rgb
 
 # The reference tutorial's hard-coded statistics, used only when a split has no manifest.
 FALLBACK_MEAN = (0.5095, 0.5463, 0.5741)
