@@ -1,7 +1,7 @@
 """Train a model: ``python train.py --model towernet_simam [--data DIR] [-o key=value ...]``.
 
-Resolves the config (configs/default.yaml <- configs/<model>.yaml or -c FILE <- flags <- -o),
-then hands over to app.trainer. ``--resume RUN_DIR`` continues a run on its own config.
+Resolves the config (configs/default.yaml <- configs/<model or its family>.yaml or -c FILE <-
+flags <- -o), then hands over to app.trainer. ``--resume RUN_DIR`` continues a run on its own config.
 """
 import argparse
 import sys
@@ -19,7 +19,8 @@ FLAGS = {  # flag -> config key
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--config", help="YAML config (default: configs/<model>.yaml)")
+    p.add_argument("-c", "--config", help="YAML config (default: configs/<model>.yaml, else "
+                   "its family's: towernet.yaml, resnet50.yaml, mobilenet_v2.yaml)")
     p.add_argument("--model", help="registered model name (see --list-models)")
     p.add_argument("--list-models", action="store_true", help="print model names and exit")
     p.add_argument("--data", help="split folder with train/ and eval/ (data.root)")

@@ -122,16 +122,26 @@ def parse_override(text: str):
 
 
 def model_config_file(model: str):
-    """configs/<model>.yaml when it exists, else None."""
-    path = CONFIG_DIR / f"{model}.yaml"
-    return path if path.is_file() else None
+    """The YAML that ``--model`` picks: the model's own, else its family's, else None.
+
+    ``configs/<model>.yaml`` when it exists; otherwise the longest ``_``-separated prefix of
+    the name with a file (``towernet_cbam`` -> ``towernet.yaml``, ``mobilenet_v2_ca`` ->
+    ``mobilenet_v2.yaml``); None means configs/default.yaml alone. Adding an attention module
+    or a host therefore needs no new YAML: only what really differs between models has one.
+    """
+    parts = model.split("_")
+    for n in range(len(parts), 0, -1):
+        path = CONFIG_DIR / f"{'_'.join(parts[:n])}.yaml"
+        if path.is_file() and path != DEFAULT_FILE:
+            return path
+    return None
 
 
 def load_config(config_file=None, model=None, overrides=()) -> dict:
     """Resolve a run's config: defaults <- file <- ``overrides`` (``(key, value)`` pairs).
 
-    Without ``config_file``, ``configs/<model>.yaml`` is used when it exists, so
-    ``--model towernet`` picks up TowerNet's own weight decay.
+    Without ``config_file``, :func:`model_config_file` picks the model's (or its family's)
+    YAML, so ``--model towernet_se`` picks up TowerNet's own weight decay.
     """
     if config_file is None and model is not None:
         config_file = model_config_file(model)

@@ -4,7 +4,7 @@
                                [--steps N] [--rounds R] [--json] [--reference torch]
                                [--data SPLIT_DIR] [-o section.key=value ...]
 
-train: the config train.py would resolve (configs/default.yaml <- configs/<model>.yaml <- -o),
+train: the config train.py would resolve (default.yaml <- the model's or family's YAML <- -o),
 ``select_device`` (threads), ``build_network``, ``build_optimizer``, ``prepare_model`` and hapi's
 ``Model.train_batch`` on a fixed random batch, plus the per-step lr update, i.e. what
 ``Model.fit`` runs per batch minus the data and the callbacks. infer: eval mode, no_grad, as
