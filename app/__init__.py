@@ -1,4 +1,16 @@
-"""The training application: config, data, engine, callbacks, metrics, reports.
+"""The training application, below the thin entry scripts train.py and eval.py.
+
+    config.py          YAML (default.yaml <- family/model YAML <- -o) -> checked two-level dict
+    images.py          any image file -> 8-bit RGB (the one place files are decoded)
+    data.py            DatasetFolder-backed dataset, transforms, decoded-image cache, loaders
+    engine.py          builders: device, network, optimizer + schedule, hapi Model, evaluate
+    trainer.py         a run: folder, resume, fit, exit codes; study.py: seeds x models
+    callbacks.py       save best/last (atomic), VisualDL, NaN guard, state.json
+    evaluation.py      eval / predict on a checkpoint; export.py: paddle.jit.save + predictor
+    metrics.py report.py attention_maps.py   accuracy, tables and figures, attention pictures
+    atomic.py errors.py                      atomic writes; UserError -> one line, exit 2
+
+It imports ``models`` (architectures) and never ``data_tools`` (the CLIs import ``app``).
 
 Importing ``app`` (every entry point does so before Paddle) quietens Paddle's import-time
 chatter: the C++ INFO log lines and the "No ccache found" warning, which concern building
