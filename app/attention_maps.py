@@ -8,14 +8,19 @@ so the gate is recovered where ``x != 0``: ``gate = out / x``. From it:
 - CBAM's spatial map is its SpatialGate's own output (hooked directly, exact);
 - channel modules (SE, ECA, Darknet SE) give one weight per channel, the least-squares
   ``sum(out * x) / sum(x * x)`` over the channel's positions (exact: the gate is constant).
+
+The non-local block is not a gate (``out = x + y``): its map is the mean attention each
+position receives, ``NonLocal.attention(x)`` (softmax weights [queries, keys]) averaged over
+the queries and laid out on the key grid (half the size with ``sub_sample``). SAM's 3-D gate
+is shown like SimAM's, averaged over channels.
 """
 import numpy as np
 import paddle
 
-from models.attention import CBAM, ECA, NAM, SE, CoordAttention, DarknetSE, SimAM
+from models.attention import CBAM, ECA, NAM, SAM, SE, CoordAttention, DarknetSE, NonLocal, SimAM
 from models.attention.cbam import SpatialGate
 
-SPATIAL = (SimAM, CoordAttention, NAM)
+SPATIAL = (SimAM, CoordAttention, NAM, SAM)
 CHANNEL = (SE, ECA, DarknetSE)
 
 
@@ -32,6 +37,15 @@ def _channel_from_ratio(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.maximum(den, 1e-30), np.nan)  # [N,C]
 
 
+def _received_attention(layer: NonLocal, x) -> np.ndarray:
+    """Mean softmax weight each key position receives over all queries, [N, H', W']."""
+    weights = layer.attention(x).numpy().mean(axis=1)  # [N, m]
+    h, w = x.shape[2], x.shape[3]
+    if layer.sub_sample:
+        h, w = -(-h // 2), -(-w // 2)
+    return weights.reshape(-1, h, w)
+
+
 def attention_layers(network) -> list:
     """(name, layer, kind) for every attention module; kind is "spatial" or "channel"."""
     found = []
@@ -39,6 +53,8 @@ def attention_layers(network) -> list:
         if isinstance(layer, CBAM):
             gate = next(sub for sub in layer.sublayers() if isinstance(sub, SpatialGate))
             found.append((name, gate, "cbam"))
+        elif isinstance(layer, NonLocal):
+            found.append((name, layer, "nonlocal"))
         elif isinstance(layer, SPATIAL):
             found.append((name, layer, "spatial"))
         elif isinstance(layer, CHANNEL):
@@ -58,6 +74,8 @@ def capture(network, images: np.ndarray) -> list:
             x, out = inputs[0].numpy(), output.numpy()
             if kind == "cbam":
                 records[name] = ("spatial", out[:, 0])
+            elif kind == "nonlocal":
+                records[name] = ("spatial", _received_attention(layer, inputs[0]))
             elif kind == "spatial":
                 records[name] = ("spatial", _spatial_from_ratio(x, out))
             else:

@@ -12,6 +12,7 @@ from app.data import ImageFolderDataset, build_transform, read_rgb
 from app.engine import build_loader, build_network, predict_logits, softmax
 from app.errors import UserError
 from app.metrics import classification_report
+from models import upgrade_state_dict
 
 
 def find_checkpoint(run=None, checkpoint=None) -> tuple:
@@ -39,8 +40,10 @@ def find_checkpoint(run=None, checkpoint=None) -> tuple:
 
 
 def load_network(weights, meta: dict) -> paddle.nn.Layer:
+    """The run's network with ``weights`` loaded (earlier resnet50_<att> key layouts mapped)."""
     network = build_network(meta["model"], meta["num_classes"], meta.get("model_kwargs"))
-    network.set_state_dict(paddle.load(str(weights)))
+    state, _ = upgrade_state_dict(paddle.load(str(weights)))
+    network.set_state_dict(state)
     network.eval()
     return network
 

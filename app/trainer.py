@@ -6,6 +6,8 @@ state.json ({epoch, status, best_acc, best_epoch}), best.pdparams and best.json.
 import json
 from pathlib import Path
 
+import paddle
+
 from app import callbacks as cb
 from app.config import load_config, save_config
 from app.data import ImageFolderDataset
@@ -13,6 +15,7 @@ from app.engine import (amp_configs_for, broadcast_from_main, build_loader, buil
                         check_model_name, build_optimizer, is_main_process, prepare_model,
                         seed_everything, select_device, world_size)
 from app.errors import UserError
+from models import upgrade_state_dict
 from models.summary import count_params
 
 
@@ -46,6 +49,14 @@ def resume_config(run_dir) -> dict:
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "state.json").is_file():
         raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml/state.json)")
     return load_config(run_dir / "config.yaml")
+
+
+def _refuse_legacy_layout(path: Path) -> None:
+    """One line instead of hapi's key error for a run saved with the earlier resnet50_<att> keys."""
+    if upgrade_state_dict(paddle.load(str(path)))[1]:
+        raise UserError(f"{path} uses the earlier resnet50_<attention> layout (conv2.0 / bn3.0 "
+                        f"keys): eval.py and --pretrained read it, resuming it is not supported; "
+                        f"start a new run")
 
 
 def load_datasets(cfg: dict):
@@ -101,6 +112,7 @@ def _train(cfg: dict, run_dir=None) -> Path:
     model = prepare_model(network, cfg, len(train_ds.classes), optimizer)
 
     if resume:
+        _refuse_legacy_layout(Path(run_dir) / "last.pdparams")
         model.load(str(Path(run_dir) / "last"))
     else:
         name = cfg["output"]["name"] or cfg["model"]["name"]

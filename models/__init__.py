@@ -68,9 +68,13 @@ def model_spec(model: nn.Layer) -> dict:
 register_model(functools.partial(TowerNet, attention="none"), name="towernet")
 for _att in list_attentions():
     register_model(functools.partial(TowerNet, attention=_att), name=f"towernet_{_att}")
+    register_model(functools.partial(baselines.mobilenet_v2_with, _att), name=f"mobilenet_v2_{_att}")
     if _att != "darknet_se":
         register_model(functools.partial(baselines.resnet50_with, _att), name=f"resnet50_{_att}")
 for _fn in (baselines.vgg19, baselines.resnet50, baselines.mobilenet_v2):
     register_model(_fn)
 
-__all__ = ["TowerNet", "create_model", "list_models", "model_spec", "register_model"]
+upgrade_state_dict = baselines.upgrade_state_dict
+
+__all__ = ["TowerNet", "create_model", "list_models", "model_spec", "register_model",
+           "upgrade_state_dict"]

@@ -1,46 +1,122 @@
-"""Baselines from ``paddle.vision.models`` and ResNet-50 with attention in every bottleneck.
+"""Hosts from ``paddle.vision.models``: VGG-19, ResNet-50 and MobileNetV2, with attention inserted.
 
 He, Zhang, Ren, Sun. "Deep Residual Learning for Image Recognition", CVPR 2016.
-https://arxiv.org/abs/1512.03385 (VGG-19 and MobileNetV2 are paddle's own definitions.)
-Weights are always freshly initialised: nothing here downloads.
+https://arxiv.org/abs/1512.03385  Sandler, Howard, Zhu, Zhmoginov, Chen. "MobileNetV2:
+Inverted Residuals and Linear Bottlenecks", CVPR 2018. https://arxiv.org/abs/1801.04381
+(VGG-19, ResNet-50 and MobileNetV2 are paddle's own definitions.) Weights are freshly
+initialised: nothing here downloads.
 
-Where the attention goes in a bottleneck (conv1-bn1-relu, conv2-bn2-relu, conv3-bn3, + identity):
+Every host keeps every state-dict key and shape of the plain paddle.vision model, so that
+its ImageNet weights load by name; an attention module is a new sublayer ``att`` of the block
+it sits in, and the block's ``forward`` calls it (through ``models.attention.attend``, which
+skips it on maps outside its ``min_hw``/``max_hw``).
+
+Where the attention goes in a ResNet bottleneck (conv1-bn1-relu, conv2-bn2-relu, conv3-bn3,
++ identity, relu):
 - SimAM right after the 3x3 conv2, before bn2, as the official SimAM code does
-  (https://github.com/ZjjConan/SimAM, networks/imagenet/resnet.py: ``self.conv2 =
-  nn.Sequential(self.conv2, attention_module(width))``);
-- every other module after bn3, before the residual add, as SE-ResNet, CBAM and ECA-Net do
-  (same file: ``self.bn3 = nn.Sequential(self.bn3, attention_module(planes * 4))``).
+  (https://github.com/ZjjConan/SimAM, networks/imagenet/resnet.py);
+- non-local after the block's output, in every other block of res3 and res4 (blocks 1, 3 of
+  layer2 and 1, 3, 5 of layer3: 5 blocks), as Wang et al. place them (section 4.1; the
+  reference code's ``nonlocal_mod = 2``); the other bottlenecks carry none;
+- every other module after bn3, before the residual add, as SE-ResNet, CBAM and ECA-Net do.
+
+In a MobileNetV2 inverted residual (expand 1x1, depthwise 3x3, project 1x1) the module goes
+after the depthwise conv's BN + ReLU6 and before the projection, in every block: where
+Coordinate Attention's paper (Hou, Zhou, Feng, CVPR 2021, Figure 5) and MobileNetV3's SE put it.
+
+``upgrade_state_dict`` maps checkpoints of the earlier ``resnet50_<att>`` layout, which wrapped
+conv2 / bn3 in a Sequential (``layer1.0.conv2.0.weight``), onto these keys.
 """
 from __future__ import annotations
 
-import functools
+import collections
+import re
 
+import paddle
 from paddle import nn
 from paddle.vision import models as pvm
+from paddle.vision.models.mobilenetv2 import InvertedResidual
 from paddle.vision.models.resnet import BottleneckBlock, ResNet
 
-from .attention import create_attention
+from .attention import attend, create_attention
+
+# ResNet-50's stage widths (planes) -> the bottleneck indices that carry a non-local block.
+_NONLOCAL_BLOCKS = {128: (1, 3), 256: (1, 3, 5)}
 
 
 class AttentionBottleneck(BottleneckBlock):
-    """paddle's BottleneckBlock with ``attention`` wrapped into conv2 (SimAM) or bn3 (others).
+    """paddle's BottleneckBlock plus a sublayer ``att`` at ``position``: conv2 | bn3 | out."""
 
-    Wrapping the existing sublayers keeps paddle's ``forward`` unchanged.
-    """
-
-    def __init__(self, *args, attention: str, **kwargs) -> None:
+    def __init__(self, *args, attention: str, position: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if attention == "simam":
-            self.conv2 = nn.Sequential(self.conv2, create_attention(attention, self.conv2._out_channels))
-        else:
-            self.bn3 = nn.Sequential(self.bn3, create_attention(attention, self.conv3._out_channels))
+        channels = self.conv2._out_channels if position == "conv2" else self.conv3._out_channels
+        self.att = create_attention(attention, channels)
+        self.position = position
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        identity = x
+        out = self.conv2(self.relu(self.bn1(self.conv1(x))))
+        if self.position == "conv2":
+            out = attend(self.att, out)
+        out = self.bn3(self.conv3(self.relu(self.bn2(out))))
+        if self.position == "bn3":
+            out = attend(self.att, out)
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out = self.relu(out + identity)
+        return attend(self.att, out) if self.position == "out" else out
+
+
+def _bottleneck_factory(attention: str):
+    """A block class stand-in for ResNet that puts ``attention`` where this module says."""
+    position = {"simam": "conv2", "nonlocal": "out"}.get(attention, "bn3")
+    seen = collections.Counter()
+
+    def make(inplanes, planes, *args, **kwargs):
+        index = seen[planes]
+        seen[planes] += 1
+        att = attention
+        if attention == "nonlocal" and index not in _NONLOCAL_BLOCKS.get(planes, ()):
+            att = "none"
+        return AttentionBottleneck(inplanes, planes, *args, attention=att, position=position,
+                                   **kwargs)
+
+    make.expansion = BottleneckBlock.expansion  # ResNet reads it off the block class
+    return make
 
 
 def resnet50_with(attention: str, num_classes: int = 16) -> ResNet:
-    """ResNet-50 whose 16 bottlenecks each carry ``attention``."""
-    block = functools.partial(AttentionBottleneck, attention=attention)
-    block.expansion = BottleneckBlock.expansion  # ResNet reads it off the block class
-    return ResNet(block, depth=50, num_classes=num_classes)
+    """ResNet-50 with ``attention`` in its bottlenecks (every one; non-local in five)."""
+    return ResNet(_bottleneck_factory(attention), depth=50, num_classes=num_classes)
+
+
+class AttentionInvertedResidual(nn.Layer):
+    """paddle's InvertedResidual (its ``conv`` Sequential adopted as is) + ``att`` after the depthwise conv."""
+
+    def __init__(self, block: InvertedResidual, attention: str) -> None:
+        super().__init__()
+        self.stride = block.stride
+        self.use_res_connect = block.use_res_connect
+        self.conv = block.conv
+        self._depthwise = len(self.conv) - 3  # [expand], depthwise CNA, project conv, BN
+        self.att = create_attention(attention, self.conv[self._depthwise][0]._out_channels)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        out = x
+        for i, layer in enumerate(self.conv):
+            out = layer(out)
+            if i == self._depthwise:
+                out = attend(self.att, out)
+        return x + out if self.use_res_connect else out
+
+
+def mobilenet_v2_with(attention: str, num_classes: int = 16) -> nn.Layer:
+    """MobileNetV2 with ``attention`` in each of its 17 inverted residual blocks."""
+    model = pvm.mobilenet_v2(pretrained=False, num_classes=num_classes)
+    for name, block in list(model.features.named_children()):
+        if isinstance(block, InvertedResidual):
+            setattr(model.features, name, AttentionInvertedResidual(block, attention))
+    return model
 
 
 def vgg19(num_classes: int = 16) -> nn.Layer:
@@ -53,3 +129,23 @@ def resnet50(num_classes: int = 16) -> nn.Layer:
 
 def mobilenet_v2(num_classes: int = 16) -> nn.Layer:
     return pvm.mobilenet_v2(pretrained=False, num_classes=num_classes)
+
+
+_LEGACY_KEY = re.compile(r"^(layer\d\.\d+)\.(conv2|bn3)\.([01])\.(.+)$")
+
+
+def upgrade_state_dict(state: dict) -> tuple[dict, bool]:
+    """``(state, changed)``: keys of the earlier resnet50_<att> layout renamed to today's.
+
+    ``layerX.Y.conv2.0.*`` / ``bn3.0.*`` -> ``conv2.*`` / ``bn3.*``; ``conv2.1.*`` / ``bn3.1.*``
+    (the attention module) -> ``att.*``. Other keys pass unchanged.
+    """
+    out, changed = {}, False
+    for key, value in state.items():
+        m = _LEGACY_KEY.match(key)
+        if m:
+            block, layer, index, rest = m.groups()
+            key = f"{block}.{layer}.{rest}" if index == "0" else f"{block}.att.{rest}"
+            changed = True
+        out[key] = value
+    return out, changed

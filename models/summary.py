@@ -4,9 +4,11 @@
 
 ``paddle.flops`` crashes under numpy 2 with paddle 3.3.1 (``int()`` of a 1-element array),
 so :func:`count_macs` counts multiply-accumulates itself with forward post-hooks on the
-matmul-like layers: Conv1D/Conv2D (grouped convs included) and Linear. BatchNorm, activations,
-pooling and element-wise attention arithmetic (SimAM, gating products) are left out; they are
-a fraction of a percent of any model here. 1 MAC = 2 FLOPs.
+matmul-like layers: Conv1D/Conv2D (grouped convs included) and Linear, plus what a layer
+reports through an ``extra_macs(input_shape)`` method (the non-local block's two attention
+matmuls). BatchNorm, activations, pooling and element-wise attention arithmetic (SimAM,
+gating products) are left out; they are a fraction of a percent of any model here.
+1 MAC = 2 FLOPs.
 """
 from __future__ import annotations
 
@@ -44,8 +46,15 @@ def count_macs(model: nn.Layer, image_size: int, in_channels: int = 3) -> int:
         nonlocal total
         total += _layer_macs(layer, output)
 
-    handles = [m.register_forward_post_hook(hook) for m in model.sublayers(include_self=True)
+    def extra_hook(layer, inputs, output):
+        nonlocal total
+        total += layer.extra_macs(inputs[0].shape)
+
+    layers = model.sublayers(include_self=True)
+    handles = [m.register_forward_post_hook(hook) for m in layers
                if isinstance(m, (*_CONVS, nn.Linear))]
+    handles += [m.register_forward_post_hook(extra_hook) for m in layers
+                if callable(getattr(m, "extra_macs", None))]
     was_training = model.training
     model.eval()
     try:

@@ -17,8 +17,10 @@ pooling before the Linear makes any input from 64 to 512 px valid. Built by
 
 Small maps: at 128 px the last attention slot sees a 1x1 map, at 64 px the last two do. An
 attention module declares ``min_hw``, the smallest H*W it carries (SimAM: 2, since its energy
-compares a position with the others; the channel attentions: 1), and ``forward`` skips a slot
-whose map is smaller, deciding from the static spatial shape of the tensor. Under
+compares a position with the others; the channel attentions: 1), and may declare ``max_hw``
+(non-local: 1024 positions, its memory grows with (H*W)^2); ``forward`` skips a slot whose
+map is outside that range (``models.attention.attend``), deciding from the static spatial
+shape of the tensor. Under
 ``paddle.jit.to_static`` the default (SOT) mode handles varying input sizes; with
 ``full_graph=True`` give the InputSpec a fixed H and W.
 
@@ -38,7 +40,7 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
-from .attention import create_attention
+from .attention import attend, create_attention
 
 
 class BasicConv2d(nn.Sequential):
@@ -92,18 +94,11 @@ class TowerNet(nn.Layer):
         self.avgpool = nn.AdaptiveAvgPool2D(1)
         self.fc = nn.Linear(256, num_classes)
 
-    @staticmethod
-    def _attend(attention: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
-        # Static shape: known in dygraph and under to_static with a fixed input size.
-        if x.shape[2] * x.shape[3] < getattr(attention, "min_hw", 1):
-            return x
-        return attention(x)
-
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.b2(self.b1(x))
-        x = self._attend(self.att3, self.b3(x))
-        x = self._attend(self.att4, self.b4(x))
-        x = self._attend(self.att5a, self.pool1(self.inc1(x)))
-        x = self._attend(self.att5b, self.pool2(self.inc2(x)))
+        x = attend(self.att3, self.b3(x))
+        x = attend(self.att4, self.b4(x))
+        x = attend(self.att5a, self.pool1(self.inc1(x)))
+        x = attend(self.att5b, self.pool2(self.inc2(x)))
         x = self.avgpool(self.inc3(x)).flatten(1)
         return self.fc(x)

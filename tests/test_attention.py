@@ -4,7 +4,7 @@ import paddle
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from models.attention import create_attention, has_nam, list_attentions, nam_sparsity_penalty
+from models.attention import attend, create_attention, has_nam, list_attentions, nam_sparsity_penalty
 
 SHAPES = [(2, 8, 1, 1), (2, 16, 5, 7), (3, 64, 9, 9), (1, 96, 2, 3), (2, 512, 4, 4)]
 
@@ -23,8 +23,9 @@ def run(layer, x):
         return layer(paddle.to_tensor(x)).numpy().astype(np.float64)
 
 
-def test_list_attentions_has_the_seven():
-    assert list_attentions() == sorted(["simam", "se", "eca", "ca", "cbam", "nam", "darknet_se"])
+def test_list_attentions_has_the_nine():
+    assert list_attentions() == sorted(["simam", "se", "eca", "ca", "cbam", "nam", "darknet_se",
+                                        "nonlocal", "sam"])
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -157,3 +158,88 @@ def test_nam_spatial_branch():
 def test_no_nam_no_penalty():
     model = create_attention("se", 32)
     assert not has_nam(model) and nam_sparsity_penalty(model) is None
+
+
+def _randomise_bn(bn, rng):
+    """Non-trivial BatchNorm scale, shift and running statistics (the layer runs in eval mode)."""
+    c = bn.weight.shape[0]
+    for t, v in ((bn.weight, rng.uniform(0.5, 1.5, c)), (bn.bias, rng.normal(0, 0.2, c)),
+                 (bn._mean, rng.normal(0, 0.3, c)), (bn._variance, rng.uniform(0.5, 2.0, c))):
+        t.set_value(v.astype(np.float32))
+    return [t.numpy().astype(np.float64) for t in (bn.weight, bn.bias, bn._mean, bn._variance)]
+
+
+def _bn_numpy(x, params, eps=1e-5):
+    g, b, m, v = (p[None, :, None, None] for p in params)
+    return (x - m) / np.sqrt(v + eps) * g + b
+
+
+def _conv1x1(x, w, b=None):
+    y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0].astype(np.float64), x)
+    return y if b is None else y + b.astype(np.float64)[None, :, None, None]
+
+
+def test_sam_matches_numpy():
+    c, rng = 12, np.random.default_rng(5)
+    layer = create_attention("sam", c)
+    bn = _randomise_bn(layer.bn, rng)
+    x = rng.standard_normal((2, c, 5, 7)).astype(np.float32)
+    xd = x.astype(np.float64)
+    gate = sigmoid(_bn_numpy(_conv1x1(xd, layer.conv.weight.numpy()), bn))
+    np.testing.assert_allclose(run(layer, x), xd * gate, atol=1e-5)
+    assert n_params(layer) == c * c + 2 * c
+
+
+def _nonlocal_numpy(layer, x, bn, sub_sample):
+    theta = _conv1x1(x, layer.theta.weight.numpy(), layer.theta.bias.numpy())
+    phi = _conv1x1(x, layer.phi.weight.numpy(), layer.phi.bias.numpy())
+    g = _conv1x1(x, layer.g.weight.numpy(), layer.g.bias.numpy())
+    if sub_sample:  # 2x2 max-pool, ceil mode: pad with -inf to even sizes
+        def pool(t):
+            n, c, h, w = t.shape
+            t = np.pad(t, ((0, 0), (0, 0), (0, h % 2), (0, w % 2)), constant_values=-np.inf)
+            return t.reshape(n, c, (h + 1) // 2, 2, (w + 1) // 2, 2).max(axis=(3, 5))
+        phi, g = pool(phi), pool(g)
+    n, ci, h, w = theta.shape
+    q = theta.reshape(n, ci, h * w).transpose(0, 2, 1)
+    k, v = phi.reshape(n, ci, -1), g.reshape(n, ci, -1).transpose(0, 2, 1)
+    logits = q @ k
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    y = (weights @ v).transpose(0, 2, 1).reshape(n, ci, h, w)
+    return x + _bn_numpy(_conv1x1(y, layer.out.weight.numpy()), bn), weights
+
+
+@pytest.mark.parametrize("sub_sample", [False, True])
+def test_nonlocal_matches_numpy(sub_sample):
+    c, rng = 16, np.random.default_rng(6)
+    layer = create_attention("nonlocal", c, sub_sample=sub_sample)
+    bn = _randomise_bn(layer.bn, rng)  # a trained block: BN scale no longer zero
+    x = rng.standard_normal((2, c, 5, 7)).astype(np.float32)
+    expected, weights = _nonlocal_numpy(layer, x.astype(np.float64), bn, sub_sample)
+    np.testing.assert_allclose(run(layer, x), expected, atol=1e-5)
+    np.testing.assert_allclose(layer.attention(paddle.to_tensor(x)).numpy(), weights, atol=1e-5)
+    assert weights.shape[-1] == (12 if sub_sample else 35)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_nonlocal_is_the_identity_when_built(train):
+    layer = create_attention("nonlocal", 32)
+    layer.train(train)
+    x = paddle.randn([2, 32, 6, 6])
+    np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
+
+
+def test_nonlocal_parameter_count():
+    c = 64
+    assert n_params(create_attention("nonlocal", c)) == 3 * (c * c // 2 + c // 2) + c // 2 * c + 2 * c
+
+
+def test_attend_skips_maps_outside_min_and_max_hw():
+    layer = create_attention("nonlocal", 8, max_hw=16)
+    paddle.nn.initializer.Constant(1.0)(layer.bn.weight)  # no longer the identity
+    inside, too_big, too_small = (paddle.randn([1, 8, h, w]) for h, w in ((4, 4), (4, 5), (1, 1)))
+    assert attend(layer, too_big) is too_big
+    assert attend(layer, too_small) is too_small
+    assert not np.allclose(attend(layer, inside).numpy(), inside.numpy())
+    assert create_attention("nonlocal", 8).max_hw == 1024

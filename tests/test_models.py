@@ -18,6 +18,9 @@ def test_registry_names():
     expected = {"towernet", "vgg19", "resnet50", "mobilenet_v2"}
     expected |= {f"towernet_{a}" for a in list_attentions()}
     expected |= {f"resnet50_{a}" for a in list_attentions() if a != "darknet_se"}
+    expected |= {f"mobilenet_v2_{a}" for a in list_attentions()}
+    assert {"towernet_nonlocal", "towernet_sam", "resnet50_nonlocal", "resnet50_sam",
+            "mobilenet_v2_ca", "mobilenet_v2_nonlocal"} <= expected
     assert expected <= names
     assert list_models() == sorted(names)
 
@@ -35,11 +38,21 @@ def test_forward_backward(name, size):
     paddle.seed(0)
     model = create_model(name, num_classes=16)
     model.train()
+    # An attention module skipped on a map outside its min_hw / max_hw (non-local on the
+    # large early maps) leaves its parameters without a gradient; every other one gets one.
+    ran = set()
+    hooks = [m.register_forward_post_hook(lambda layer, i, o: ran.add(id(layer)))
+             for m in model.sublayers() if hasattr(m, "min_hw")]
     logits = model(paddle.randn([2, 3, size, size]))
+    for h in hooks:
+        h.remove()
     assert logits.shape == [2, 16]
     assert bool(paddle.isfinite(logits).all())
     logits.sum().backward()
-    missing = [p.name for p in model.parameters() if not p.stop_gradient and p.grad is None]
+    skipped = {id(p) for m in model.sublayers() if hasattr(m, "min_hw") and id(m) not in ran
+               for p in m.parameters()}
+    missing = [p.name for p in model.parameters()
+               if not p.stop_gradient and p.grad is None and id(p) not in skipped]
     assert not missing, f"no gradient for {missing}"
 
 
@@ -77,9 +90,76 @@ def test_model_spec_rebuilds_the_model():
 
 def test_resnet50_attention_placement():
     simam_block = create_model("resnet50_simam").layer1[0]
-    assert type(simam_block.conv2[1]).__name__ == "SimAM"  # right after the 3x3 conv, before bn2
+    assert type(simam_block.att).__name__ == "SimAM" and simam_block.position == "conv2"
     se_block = create_model("resnet50_se").layer1[0]
-    assert type(se_block.bn3[1]).__name__ == "SE"  # after bn3, before the residual add
+    assert type(se_block.att).__name__ == "SE" and se_block.position == "bn3"
+    assert se_block.att.fc1.weight.shape[0] == 256  # bn3's width
+
+
+def test_resnet50_nonlocal_in_five_blocks_of_res3_and_res4():
+    model = create_model("resnet50_nonlocal")
+    where = [name for name, m in model.named_sublayers() if type(m).__name__ == "NonLocal"]
+    assert where == ["layer2.1.att", "layer2.3.att", "layer3.1.att", "layer3.3.att", "layer3.5.att"]
+
+
+def test_resnet50_nonlocal_at_init_computes_plain_resnet50():
+    paddle.seed(3)
+    plain, nl = create_model("resnet50"), create_model("resnet50_nonlocal")
+    nl.set_state_dict(plain.state_dict())  # backbone weights; the non-local blocks keep theirs
+    plain.eval(), nl.eval()
+    x = paddle.randn([1, 3, 64, 64])
+    np.testing.assert_allclose(nl(x).numpy(), plain(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mobilenet_v2_attention_sits_after_the_depthwise_conv():
+    model = create_model("mobilenet_v2_se")
+    blocks = [m for m in model.features if hasattr(m, "att")]
+    assert len(blocks) == 17
+    for block in blocks:
+        depthwise = block.conv[block._depthwise][0]
+        assert depthwise._groups == depthwise._in_channels > 1  # the 3x3 depthwise conv
+        assert block.att.fc1.weight.shape[0] == depthwise._out_channels
+    # The module runs between the depthwise conv's ReLU6 and the projection.
+    seen = []
+    block = blocks[3]
+    for layer in (block.conv[block._depthwise], block.att, block.conv[block._depthwise + 1]):
+        layer.register_forward_post_hook(lambda layer, i, o, tag=type(layer).__name__: seen.append(tag))
+    model.eval()
+    with paddle.no_grad():
+        model(paddle.randn([1, 3, 64, 64]))
+    assert seen == ["ConvNormActivation", "SE", "Conv2D"]
+
+
+HOSTS = {"resnet50": paddle.vision.models.resnet50,
+         "mobilenet_v2": paddle.vision.models.mobilenet_v2}
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith(tuple(f"{h}_" for h in HOSTS))])
+def test_hosts_keep_every_paddle_vision_key_and_shape(name):
+    host = "resnet50" if name.startswith("resnet50_") else "mobilenet_v2"
+    plain = {k: v.shape for k, v in HOSTS[host](num_classes=16).state_dict().items()}
+    ours = {k: v.shape for k, v in create_model(name, num_classes=16).state_dict().items()}
+    assert {k: ours.get(k) for k in plain} == plain
+    assert all(".att." in k for k in set(ours) - set(plain))
+
+
+def test_checkpoints_of_the_earlier_resnet50_layout_still_load():
+    from models import upgrade_state_dict
+
+    model = create_model("resnet50_se")
+    state = model.state_dict()
+    legacy = {}
+    for key, value in state.items():  # the earlier layout: conv2 / bn3 wrapped in a Sequential
+        block, _, rest = key.partition(".att.")
+        if rest:
+            legacy[f"{block}.bn3.1.{rest}"] = value
+        elif ".bn3." in key and key.startswith("layer"):
+            legacy[key.replace(".bn3.", ".bn3.0.")] = value
+        else:
+            legacy[key] = value
+    upgraded, changed = upgrade_state_dict(legacy)
+    assert changed and upgrade_state_dict(state)[1] is False
+    assert set(upgraded) == set(state)
 
 
 def test_count_params_tiny_net():

@@ -113,3 +113,23 @@ def test_eval_attention_maps_cli(tiny_run):
     assert (run / "attention_maps.png").stat().st_size > 0
     proc = run_cli("eval.py", "--run", run, "--attention-maps", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_capture_maps_of_nonlocal_and_sam():
+    from models.attention import SAM, NonLocal
+
+    paddle.seed(0)
+    x = paddle.randn([2, 8, 4, 6])
+    nl = NonLocal(8, sub_sample=True)
+    (rec,) = capture(paddle.nn.Sequential(nl), x.numpy())
+    weights = nl.attention(x).numpy()  # [2, 24 queries, 2*3 keys]
+    assert rec["kind"] == "spatial" and rec["values"].shape == (2, 2, 3)
+    np.testing.assert_allclose(rec["values"], weights.mean(axis=1).reshape(2, 2, 3), atol=1e-6)
+    np.testing.assert_allclose(rec["values"].sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+    sam = SAM(8)
+    (rec,) = capture(paddle.nn.Sequential(sam), x.numpy())
+    sam.eval()
+    gate = paddle.nn.functional.sigmoid(sam.bn(sam.conv(x))).numpy().mean(axis=1)
+    assert rec["kind"] == "spatial"
+    np.testing.assert_allclose(rec["values"], gate, atol=1e-4)

@@ -1,9 +1,10 @@
 """Attention modules, one per file, built by name.
 
 ``create_attention(name, channels, **kwargs)`` returns a layer that keeps its input's shape;
-``"none"`` gives ``paddle.nn.Identity()``. Every module has a class attribute ``min_hw``: the
-smallest H*W map it carries meaningfully (SimAM needs 2; the rest work on 1x1), which host
-networks use to skip a module on maps that are too small.
+``"none"`` gives ``paddle.nn.Identity()``. Every module has an attribute ``min_hw``: the
+smallest H*W map it carries meaningfully (SimAM and non-local need 2; the rest work on 1x1);
+a module may also have ``max_hw``, the largest (non-local: its memory grows with (H*W)^2).
+Host networks call :func:`attend`, which skips a module on a map outside that range.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from .cbam import CBAM
 from .darknet_se import DarknetSE
 from .eca import ECA, eca_kernel_size
 from .nam import NAM
+from .nonlocal_block import NonLocal
+from .sam import SAM
 from .se import SE
 from .simam import SimAM
 
@@ -26,11 +29,14 @@ _ATTENTIONS: dict[str, type[nn.Layer]] = {
     "cbam": CBAM,
     "nam": NAM,
     "darknet_se": DarknetSE,
+    "nonlocal": NonLocal,
+    "sam": SAM,
 }
 
 __all__ = [
-    "CBAM", "ECA", "NAM", "SE", "CoordAttention", "DarknetSE", "SimAM",
-    "create_attention", "eca_kernel_size", "has_nam", "list_attentions", "nam_sparsity_penalty",
+    "CBAM", "ECA", "NAM", "SAM", "SE", "CoordAttention", "DarknetSE", "NonLocal", "SimAM",
+    "attend", "create_attention", "eca_kernel_size", "has_nam", "list_attentions",
+    "nam_sparsity_penalty",
 ]
 
 
@@ -49,6 +55,18 @@ def create_attention(name: str, channels: int, **kwargs) -> nn.Layer:
     if name not in _ATTENTIONS:
         raise ValueError(f"unknown attention {name!r}; known: none, {', '.join(list_attentions())}")
     return _ATTENTIONS[name](channels, **kwargs)
+
+
+def attend(attention: nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+    """``attention(x)``, or ``x`` itself when its H*W is outside the module's [min_hw, max_hw].
+
+    Decided from the static spatial shape: known in dygraph, and under ``to_static`` with a
+    fixed input size.
+    """
+    hw = x.shape[2] * x.shape[3]
+    if hw < getattr(attention, "min_hw", 1) or hw > getattr(attention, "max_hw", hw):
+        return x
+    return attention(x)
 
 
 def _nam_norms(model: nn.Layer) -> list[nn.Layer]:
