@@ -9,6 +9,13 @@ Channel attention that keeps position along one axis: the map is average-pooled 
 sigmoid turn them into a_h [N, C, H, 1] and a_w [N, C, 1, W]:
 
     out = x * a_h * a_w
+
+Computed for speed on a CPU, same maths: the two poolings are a GEMV with a ones column (mean
+along W) and a batched product with a ones row (mean along H), and the gate a_h * a_w is a
+batched outer product [H, 1] x [1, W] per channel, multiplied with x element by element.
+Paddle 3.3.1's CPU kernels broadcast a [N, C, 1, W] factor ~12x slower than a same-shape
+product, and its mean backward is single-threaded; written this way CA's forward + backward
+on MobileNetV2's [32, 96, 32, 32] maps takes 24 ms instead of 46 (bench/README.md).
 """
 from __future__ import annotations
 
@@ -31,12 +38,15 @@ class CoordAttention(nn.Layer):
         self.conv_w = nn.Conv2D(mid, channels, 1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        x_h = x.mean(axis=3, keepdim=True)  # [N, C, H, 1]
-        x_w = x.mean(axis=2, keepdim=True).transpose([0, 1, 3, 2])  # [N, C, W, 1]
+        n, c, h, w = x.shape
+        rows = x.reshape([n * c, h, w])
+        x_h = paddle.scale(paddle.matmul(rows.reshape([n * c * h, w]), paddle.ones([w, 1], x.dtype)),
+                           1.0 / w).reshape([n, c, h, 1])
+        x_w = paddle.scale(paddle.matmul(paddle.ones([1, h], x.dtype), rows),
+                           1.0 / h).reshape([n, c, w, 1])  # [N*C, 1, W] laid out as [N, C, W, 1]
         y = F.hardswish(self.bn1(self.conv1(paddle.concat([x_h, x_w], axis=2))))
         y_h, y_w = paddle.split(y, [h, w], axis=2)
         a_h = F.sigmoid(self.conv_h(y_h))  # [N, C, H, 1]
-        a_w = F.sigmoid(self.conv_w(y_w.transpose([0, 1, 3, 2])))  # [N, C, 1, W]
-        gate = a_h * a_w
-        return x * gate
+        a_w = F.sigmoid(self.conv_w(y_w))  # [N, C, W, 1], i.e. a_w along W
+        gate = paddle.matmul(a_h.reshape([n * c, h, 1]), a_w.reshape([n * c, 1, w]))
+        return x * gate.reshape([n, c, h, w])

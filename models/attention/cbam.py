@@ -21,6 +21,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ._pool import channel_mean, spatial_mean
+
 
 class ChannelGate(nn.Layer):
     """sigmoid(MLP(avg) + MLP(max)) over the spatial dimensions, shape [N, C, 1, 1]."""
@@ -32,7 +34,7 @@ class ChannelGate(nn.Layer):
         self.fc2 = nn.Linear(hidden, channels, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        avg, mx = x.mean(axis=[2, 3]), F.adaptive_max_pool2d(x, 1).flatten(1)
+        avg, mx = spatial_mean(x), F.adaptive_max_pool2d(x, 1).flatten(1)
         s = self.fc2(F.relu(self.fc1(avg))) + self.fc2(F.relu(self.fc1(mx)))
         return F.sigmoid(s).unsqueeze([2, 3])
 
@@ -45,7 +47,7 @@ class SpatialGate(nn.Layer):
         self.conv = nn.Conv2D(2, 1, kernel_size, padding=kernel_size // 2, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        s = paddle.concat([x.mean(axis=1, keepdim=True), paddle.topk(x, 1, axis=1)[0]], axis=1)
+        s = paddle.concat([channel_mean(x), paddle.topk(x, 1, axis=1)[0]], axis=1)
         return F.sigmoid(self.conv(s))
 
 

@@ -19,6 +19,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ._pool import spatial_mean
+
 
 class DarknetSE(nn.Layer):
     """GAP -> 1x1 conv + BN + ReLU -> 1x1 conv + BN + logistic -> scale channels."""
@@ -34,7 +36,7 @@ class DarknetSE(nn.Layer):
         self.bn2 = nn.BatchNorm2D(channels)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        s = x.mean(axis=[2, 3], keepdim=True)
+        s = spatial_mean(x).unsqueeze([2, 3])
         s = F.relu(self.bn1(self.conv1(s)))
         gate = F.sigmoid(self.bn2(self.conv2(s)))
         return x * gate

@@ -17,6 +17,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ._pool import spatial_mean
+
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     """The adaptive, odd 1-D kernel size of ECA-Net for ``channels`` channels."""
@@ -35,6 +37,6 @@ class ECA(nn.Layer):
         self.conv = nn.Conv1D(1, 1, k, padding=(k - 1) // 2, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        s = x.mean(axis=[2, 3]).unsqueeze(1)  # [N, 1, C]: channels become the sequence
+        s = spatial_mean(x).unsqueeze(1)  # [N, 1, C]: channels become the sequence
         gate = F.sigmoid(self.conv(s)).transpose([0, 2, 1]).unsqueeze(3)  # [N, C, 1, 1]
         return x * gate

@@ -16,6 +16,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from ._pool import spatial_mean
+
 
 class SE(nn.Layer):
     """Squeeze (global average pool) and excite (bottleneck MLP + sigmoid) each channel."""
@@ -29,7 +31,7 @@ class SE(nn.Layer):
         self.fc2 = nn.Linear(hidden, channels, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        s = x.mean(axis=[2, 3])
+        s = spatial_mean(x)
         s = self.fc2(F.relu(self.fc1(s)))
         gate = F.sigmoid(s).unsqueeze([2, 3])
         return x * gate
