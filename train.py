@@ -14,6 +14,7 @@ FLAGS = {  # flag -> config key
     "data": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
     "lr": "optimizer.lr", "image_size": "data.image_size", "seed": "train.seed",
     "output": "output.dir", "device": "train.device", "name": "output.name",
+    "pretrained": "model.pretrained",
 }
 
 
@@ -32,6 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--output", help="folder holding all runs (default: runs)")
     p.add_argument("--name", help="run folder name (default: the model name)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--pretrained", metavar="imagenet|PATH",
+                   help="start from paddle.vision's ImageNet weights of the host, or a .pdparams")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last epoch")
     p.add_argument("--models", help="study: comma-separated models, each trained per seed")
     p.add_argument("--seeds", help="study: comma-separated seeds, e.g. 0,1,2")

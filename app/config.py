@@ -18,16 +18,18 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_FILE = CONFIG_DIR / "default.yaml"
 
 # Keys whose default is null: the type they take when set.
-NULLABLE = {"output.name": str}
+NULLABLE = {"output.name": str, "model.pretrained": str}
 # Keys restricted to a fixed set of values.
 CHOICES = {
     "train.device": ("auto", "cpu", "gpu"),
     "train.amp": ("off", "fp16", "bf16"),
+    "data.normalize": ("auto", "split", "imagenet"),
 }
 # Keys that must be positive numbers (zero allowed where noted by >= 0 below).
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
-                "optimizer.nam_penalty", "optimizer.momentum", "data.rotation")
+                "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
+                "train.freeze_epochs", "optimizer.backbone_lr_mult")
 
 
 def read_yaml(path) -> dict:

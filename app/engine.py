@@ -88,14 +88,24 @@ def build_network(name: str, num_classes: int, kwargs=None) -> paddle.nn.Layer:
 
 
 def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
-    """Momentum + L2Decay with a cosine-annealing lr stepped once per batch over the run."""
+    """Momentum + L2Decay with a cosine-annealing lr stepped once per batch over the run.
+
+    Parameters whose ``optimize_attr["learning_rate"]`` was scaled (``backbone_lr_mult``)
+    step at that fraction of the schedule: Paddle's per-parameter learning rate.
+    """
     opt = cfg["optimizer"]
     schedule = paddle.optimizer.lr.CosineAnnealingDecay(
         learning_rate=opt["lr"], T_max=cfg["train"]["epochs"] * steps_per_epoch)
-    return paddle.optimizer.Momentum(
+    optimizer = paddle.optimizer.Momentum(
         learning_rate=schedule, momentum=opt["momentum"],
         parameters=network.parameters(),
         weight_decay=paddle.regularizer.L2Decay(opt["weight_decay"]))
+    # Every velocity now (zeros), not at its parameter's first gradient: a parameter frozen
+    # by train.freeze_epochs (or skipped by its host) has none yet when last.pdopt is written,
+    # and Paddle refuses to add an accumulator after loading a state that lacks it.
+    block = paddle.static.default_main_program().global_block()
+    optimizer._create_accumulators(block, [p for p in network.parameters() if not p.stop_gradient])
+    return optimizer
 
 
 class ClassificationLoss(paddle.nn.Layer):

@@ -6,6 +6,8 @@ study_curves.png. The verdict for each model against the baseline uses the per-s
 difference of *final* eval top-1 (the model at the end of the schedule: nothing picked
 on the eval set), with a paired t interval over seeds.
 """
+from __future__ import annotations
+
 import json
 import math
 from pathlib import Path
@@ -27,13 +29,29 @@ def t95(df: int) -> float:
     return T95.get(df) or T95[min(k for k in T95 if k >= df)]
 
 
-def study_run_name(model: str, seed: int) -> str:
-    return f"{model}-s{seed}"
+def study_run_name(model: str, seed: int, cfg: dict | None = None) -> str:
+    """``<model>-s<seed>``; a pretrained run is ``<model>@<source tag>-s<seed>`` (see run_label)."""
+    label = run_label(cfg) if cfg else model
+    return f"{label.replace(' @', '@')}-s{seed}"
+
+
+def run_label(cfg: dict) -> str:
+    """A run's row in a report: the model, marked with what it started from when pretrained
+    (``mobilenet_v2 @imagenet``, ``towernet @pretrain-68``), so that runs from scratch and
+    fine-tuned runs of one model are never pooled."""
+    source = cfg["model"].get("pretrained")
+    if not source:
+        return cfg["model"]["name"]
+    path = Path(source)
+    tag = source if source == "imagenet" else (
+        path.parent.name if path.stem in ("best", "last") else path.stem)
+    return f"{cfg['model']['name']} @{tag}"
 
 
 def read_runs(root) -> list:
     """Every run below ``root`` (a folder with config.yaml + metrics.csv, finished or not):
-    dir, model, seed, epochs, image_size, per-epoch rows, best.json as ``meta`` ({} if none)."""
+    dir, model (its report label, see :func:`run_label`), arch (the model name), seed,
+    epochs, image_size, per-epoch rows, best.json as ``meta`` ({} if none)."""
     runs = []
     for cfg_path in sorted(Path(root).rglob("config.yaml")):
         rows = read_metrics(cfg_path.parent / "metrics.csv")
@@ -44,7 +62,7 @@ def read_runs(root) -> list:
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         best_path = cfg_path.parent / "best.json"
         best = json.loads(best_path.read_text()) if best_path.is_file() else {}
-        runs.append({"dir": cfg_path.parent, "model": cfg["model"]["name"],
+        runs.append({"dir": cfg_path.parent, "model": run_label(cfg), "arch": cfg["model"]["name"],
                      "seed": cfg["train"]["seed"], "epochs": cfg["train"]["epochs"],
                      "image_size": cfg["data"]["image_size"], "rows": rows,
                      "num_classes": best.get("num_classes", 16), "meta": best,
@@ -119,7 +137,7 @@ def model_costs(runs: list) -> dict:
     costs = {}
     for run in runs:
         if run["model"] not in costs:
-            net = create_model(run["model"], num_classes=run["num_classes"])
+            net = create_model(run["arch"], num_classes=run["num_classes"])
             costs[run["model"]] = {"params": count_params(net),
                                    "gmacs": count_macs(net, run["image_size"]) / 1e9}
     return costs
@@ -185,9 +203,9 @@ def run_study(config_file, models: list, seeds: list, overrides: list) -> Path:
     # Seed-major order: a study cut short still has complete pairs to compare.
     for seed in seeds:
         for model in models:
-            name = study_run_name(model, seed)
-            cfg = load_config(config_file, model,
-                              list(overrides) + [("train.seed", seed), ("output.name", name)])
+            cfg = load_config(config_file, model, list(overrides) + [("train.seed", seed)])
+            name = study_run_name(model, seed, cfg)
+            cfg["output"]["name"] = name
             output = Path(cfg["output"]["dir"])
             run_dir = output / name
             state = trainer.load_state(run_dir)

@@ -9,6 +9,8 @@ from pathlib import Path
 import paddle
 
 from app import callbacks as cb
+from app import pretrained
+from app.atomic import atomic_write_json
 from app.config import load_config, save_config
 from app.data import ImageFolderDataset
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
@@ -59,11 +61,21 @@ def _refuse_legacy_layout(path: Path) -> None:
                         f"start a new run")
 
 
+def normalization(cfg: dict) -> str:
+    """``split`` or ``imagenet``: ``auto`` is imagenet for ImageNet weights, else the split's."""
+    norm = cfg["data"]["normalize"]
+    if norm == "auto":
+        return "imagenet" if cfg["model"]["pretrained"] == "imagenet" else "split"
+    return norm
+
+
 def load_datasets(cfg: dict):
     d = cfg["data"]
     common = dict(image_size=d["image_size"], cache=d["cache"])
+    stats = (dict(mean=pretrained.IMAGENET_MEAN, std=pretrained.IMAGENET_STD)
+             if normalization(cfg) == "imagenet" else {})
     train = ImageFolderDataset(d["root"], "train", rotation=d["rotation"], hflip=d["hflip"],
-                               **common)
+                               **stats, **common)
     evaluation = ImageFolderDataset(d["root"], "eval", train=False, mean=train.mean,
                                     std=train.std, **common)
     if evaluation.classes != train.classes:
@@ -96,8 +108,12 @@ def _train(cfg: dict, run_dir=None) -> Path:
     select_device(cfg["train"]["device"], cfg["train"]["threads"])
     amp_configs_for(cfg["train"]["amp"])  # refuses AMP on a CPU before the data is loaded
     seed_everything(cfg["train"]["seed"])
+    source = cfg["model"]["pretrained"]
+    # Found (or downloaded) before the data is loaded, so that a missing file fails at once.
+    source_path = pretrained.resolve_source(source, cfg["model"]["name"]) if source and not resume else None
     train_ds, eval_ds = load_datasets(cfg)
     network = build_network(cfg["model"]["name"], len(train_ds.classes), cfg["model"]["kwargs"])
+    start_from = _start_from(cfg, network, run_dir, source_path)
 
     state = load_state(run_dir) if resume else {}
     start = int(state.get("epoch", 0))
@@ -108,6 +124,8 @@ def _train(cfg: dict, run_dir=None) -> Path:
     train_loader = build_loader(train_ds, t["batch_size"], True, cfg["data"]["num_workers"],
                                 seed=t["seed"], start_epoch=start)
     eval_loader = build_loader(eval_ds, t["batch_size"], False, cfg["data"]["num_workers"])
+    loaded = start_from["loaded"] if start_from else []
+    pretrained.scale_backbone_lr(network, loaded, cfg["optimizer"]["backbone_lr_mult"])
     optimizer = build_optimizer(cfg, network, len(train_loader))
     model = prepare_model(network, cfg, len(train_ds.classes), optimizer)
 
@@ -122,15 +140,21 @@ def _train(cfg: dict, run_dir=None) -> Path:
         if main:
             run_dir.mkdir(parents=True)
             save_config(cfg, run_dir / "config.yaml")
+            if start_from:
+                atomic_write_json(run_dir / "pretrained.json", start_from)
             cb.save_last(run_dir, model, state, 0)
     run_dir = Path(run_dir)
     meta = {"model": cfg["model"]["name"], "model_kwargs": cfg["model"]["kwargs"],
             "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
             "image_size": cfg["data"]["image_size"], "mean": list(train_ds.mean),
             "std": list(train_ds.std), "data_root": str(cfg["data"]["root"]),
-            "params": count_params(network)}
+            "params": count_params(network), "normalize": normalization(cfg),
+            "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
+                           if start_from else None)}
 
     callbacks = [cb.NonFiniteLossGuard(start)]
+    if loaded and t["freeze_epochs"]:
+        callbacks.append(pretrained.FreezeBackbone(network, loaded, t["freeze_epochs"], start))
     if world_size() > 1:
         callbacks.append(cb.AverageRunningStats())
     if main:
@@ -156,6 +180,23 @@ def _train(cfg: dict, run_dir=None) -> Path:
                          f"(try a lower --lr)", 3)
     _mark(run_dir, main, "finished")
     return run_dir
+
+
+def _start_from(cfg: dict, network, run_dir, source_path) -> "dict | None":
+    """The pretrained report: loaded into ``network`` for a new run, read back on resume."""
+    if not cfg["model"]["pretrained"]:
+        return None
+    if run_dir is not None:  # the weights are in last.pdparams; what was loaded is recorded
+        path = Path(run_dir) / "pretrained.json"
+        if not path.is_file():
+            raise UserError(f"--resume {run_dir}: config.yaml names model.pretrained but "
+                            f"pretrained.json is missing")
+        return json.loads(path.read_text())
+    report = pretrained.load_pretrained(network, cfg["model"]["pretrained"], cfg["model"]["name"],
+                                        source_path)
+    if is_main_process():
+        print(pretrained.summary_line(report), flush=True)
+    return report
 
 
 def _mark(run_dir, main: bool, status: str) -> None:

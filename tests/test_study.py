@@ -133,3 +133,17 @@ def test_capture_maps_of_nonlocal_and_sam():
     gate = paddle.nn.functional.sigmoid(sam.bn(sam.conv(x))).numpy().mean(axis=1)
     assert rec["kind"] == "spatial"
     np.testing.assert_allclose(rec["values"], gate, atol=1e-4)
+
+
+def test_pretrained_runs_get_their_own_rows_and_folders():
+    from app.study import run_label, study_run_name
+
+    cfg = {"model": {"name": "mobilenet_v2_ca", "pretrained": None}}
+    assert run_label(cfg) == "mobilenet_v2_ca" and study_run_name("mobilenet_v2_ca", 1, cfg) == "mobilenet_v2_ca-s1"
+    cfg["model"]["pretrained"] = "imagenet"
+    assert run_label(cfg) == "mobilenet_v2_ca @imagenet"
+    assert study_run_name("mobilenet_v2_ca", 1, cfg) == "mobilenet_v2_ca@imagenet-s1"
+    cfg["model"]["pretrained"] = "/x/pretrain/mbv2-other68/last.pdparams"
+    assert run_label(cfg) == "mobilenet_v2_ca @mbv2-other68"
+    cfg["model"]["pretrained"] = "/x/weights/MobileNetV2_pretrained.pdparams"
+    assert run_label(cfg) == "mobilenet_v2_ca @MobileNetV2_pretrained"
