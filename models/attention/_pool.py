@@ -14,13 +14,13 @@ import paddle
 
 def spatial_mean(x: paddle.Tensor) -> paddle.Tensor:
     """Mean over H and W of [N, C, H, W] -> [N, C]."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape  # the batch may be dynamic (-1) in an exported graph: reshape with -1
     ones = paddle.ones([h * w, 1], x.dtype)
-    return paddle.scale(paddle.matmul(x.reshape([n * c, h * w]), ones), 1.0 / (h * w)).reshape([n, c])
+    return paddle.scale(paddle.matmul(x.reshape([-1, h * w]), ones), 1.0 / (h * w)).reshape([-1, c])
 
 
 def channel_mean(x: paddle.Tensor) -> paddle.Tensor:
     """Mean over C of [N, C, H, W] -> [N, 1, H, W]."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     ones = paddle.ones([1, c], x.dtype)
-    return paddle.scale(paddle.matmul(ones, x.reshape([n, c, h * w])), 1.0 / c).reshape([n, 1, h, w])
+    return paddle.scale(paddle.matmul(ones, x.reshape([-1, c, h * w])), 1.0 / c).reshape([-1, 1, h, w])

@@ -38,15 +38,15 @@ class CoordAttention(nn.Layer):
         self.conv_w = nn.Conv2D(mid, channels, 1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        n, c, h, w = x.shape
-        rows = x.reshape([n * c, h, w])
-        x_h = paddle.scale(paddle.matmul(rows.reshape([n * c * h, w]), paddle.ones([w, 1], x.dtype)),
-                           1.0 / w).reshape([n, c, h, 1])
+        _, c, h, w = x.shape  # the batch may be dynamic (-1) in an exported graph
+        rows = x.reshape([-1, h, w])
+        x_h = paddle.scale(paddle.matmul(rows.reshape([-1, w]), paddle.ones([w, 1], x.dtype)),
+                           1.0 / w).reshape([-1, c, h, 1])
         x_w = paddle.scale(paddle.matmul(paddle.ones([1, h], x.dtype), rows),
-                           1.0 / h).reshape([n, c, w, 1])  # [N*C, 1, W] laid out as [N, C, W, 1]
+                           1.0 / h).reshape([-1, c, w, 1])  # [N*C, 1, W] laid out as [N, C, W, 1]
         y = F.hardswish(self.bn1(self.conv1(paddle.concat([x_h, x_w], axis=2))))
         y_h, y_w = paddle.split(y, [h, w], axis=2)
         a_h = F.sigmoid(self.conv_h(y_h))  # [N, C, H, 1]
         a_w = F.sigmoid(self.conv_w(y_w))  # [N, C, W, 1], i.e. a_w along W
-        gate = paddle.matmul(a_h.reshape([n * c, h, 1]), a_w.reshape([n * c, 1, w]))
-        return x * gate.reshape([n, c, h, w])
+        gate = paddle.matmul(a_h.reshape([-1, h, 1]), a_w.reshape([-1, 1, w]))
+        return x * gate.reshape([-1, c, h, w])

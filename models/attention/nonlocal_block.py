@@ -62,10 +62,10 @@ class NonLocal(nn.Layer):
         return F.softmax(paddle.matmul(q, k), axis=-1)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        n, _, h, w = x.shape
+        _, _, h, w = x.shape  # the batch may be dynamic (-1) in an exported graph
         v = self._keys(self.g(x)).transpose([0, 2, 1])    # [N, m, C/2]
         y = paddle.matmul(self.attention(x), v)           # [N, n, C/2]
-        y = y.transpose([0, 2, 1]).reshape([n, self.inner, h, w])
+        y = y.transpose([0, 2, 1]).reshape([-1, self.inner, h, w])
         return x + self.bn(self.out(y))
 
     def extra_macs(self, x_shape) -> int:

@@ -34,7 +34,7 @@ class SimAM(nn.Layer):
         self.e_lambda = e_lambda
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        b, c, h, w = x.shape
+        _, c, h, w = x.shape  # the batch may be dynamic (-1) in an exported graph
         m = h * w
         n = max(m - 1, 1)
         # Cheap on purpose (it must stay under 3% of a CPU training step). Each channel is a
@@ -43,7 +43,7 @@ class SimAM(nn.Layer):
         # single-threaded reduce and broadcast-expand; the denominator 4*(sum/n + lambda) is
         # one fused scale and the division a multiply by its reciprocal. The statistics and
         # the gate are float32 even for half-precision input (AMP on a GPU).
-        rows = x.reshape([b * c, m])
+        rows = x.reshape([-1, m])
         with paddle.amp.auto_cast(enable=False):
             rows32 = rows if rows.dtype == paddle.float32 else rows.astype("float32")
             ones = paddle.ones([m, 1], dtype="float32")
@@ -53,7 +53,7 @@ class SimAM(nn.Layer):
             gate = F.sigmoid(paddle.scale(d * inv_denom, bias=0.5))
         if gate.dtype != rows.dtype:
             gate = gate.astype(rows.dtype)
-        return (rows * gate).reshape([b, c, h, w])
+        return (rows * gate).reshape([-1, c, h, w])
 
     def extra_repr(self) -> str:
         return f"e_lambda={self.e_lambda}"
