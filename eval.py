@@ -4,7 +4,8 @@
   python eval.py --run runs/towernet_simam --image a.jpg b.jpg
   python eval.py --run runs/towernet_simam --attention-maps 6
   python eval.py --run runs/towernet_simam --export deploy/towernet_simam
-  python eval.py --model-dir deploy/towernet_simam --image a.jpg   # via paddle.inference
+  python eval.py --run runs/towernet_simam --export deploy/ts_onnx --format onnx [--opset 13]
+  python eval.py --model-dir deploy/towernet_simam --image a.jpg   # paddle.inference or onnxruntime
   python eval.py --compare runs                       # table, compare.png, study report.md
 """
 import argparse
@@ -31,7 +32,10 @@ def parse_args(argv=None):
     p.add_argument("--attention-maps", type=int, metavar="N",
                    help="save attention_maps.png: N eval images with every attention layer")
     p.add_argument("--export", metavar="DIR",
-                   help="write the model as a Paddle inference model into DIR instead")
+                   help="write the model as a Paddle inference model (or --format onnx) into DIR")
+    p.add_argument("--format", choices=["paddle", "onnx"], default="paddle",
+                   help="--export format (onnx: pip install -r requirements-deploy.txt)")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset for --format onnx (7-21)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="where to write results (default: the run folder)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
@@ -90,9 +94,9 @@ def deploy(args) -> int:
         raise UserError("--export exports a --run or --checkpoint; predict with --model-dir "
                         "DIR --image FILE afterwards")
     weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
-    out = export.export_model(weights, meta, args.export)
-    print(f"exported {weights} ({meta['model']}, input [N, 3, {meta['image_size']}, "
-          f"{meta['image_size']}], softmax output) to {out}")
+    out = export.export_model(weights, meta, args.export, args.format, args.opset)
+    print(f"exported {weights} ({meta['model']}, {args.format}, input [N, 3, "
+          f"{meta['image_size']}, {meta['image_size']}], softmax output) to {out}")
     return 0
 
 

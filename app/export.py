@@ -1,15 +1,23 @@
-"""Deployment: export a trained model as a Paddle inference model; run it with paddle.inference.
+"""Deployment: export a trained model as a Paddle inference model or ONNX; run either on the CPU.
 
-``export_model(weights, meta, out_dir)`` writes ``out_dir/``:
+``export_model(weights, meta, out_dir, fmt="paddle")`` writes ``out_dir/``:
 
     model.json + model.pdiparams   ``paddle.jit.save`` of the network with a softmax appended
                                    (Paddle 3's PIR program; older Paddle writes model.pdmodel)
-    export.json                    classes, image size, mean/std, input/output description
+    model.onnx                     with ``fmt="onnx"`` instead: that program converted by
+                                   paddle2onnx (opset 13 by default), dynamic batch
+    export.json                    format, classes, image size, mean/std, input/output description
+
+ONNX needs ``pip install -r requirements-deploy.txt`` (paddle2onnx, onnxruntime); without it,
+one line names that file. paddle2onnx's default post-conversion step (polygraphy constant
+folding) pip-installs packages from inside the conversion; we take the converted bytes
+before that step, so nothing is ever installed at run time.
 
 The input spec is ``[None, 3, S, S]`` with S the training image size: a fixed H and W, so the
 static graph's shapes are known and TowerNet's choice of skipping attention on too-small maps
-(models/towernet.py) is made once, as in training. ``InferencePredictor(out_dir)`` loads the
-folder with ``paddle.inference`` on the CPU and returns probabilities for a preprocessed batch.
+(models/towernet.py) is made once, as in training. ``load_predictor(out_dir)`` loads the
+folder with ``paddle.inference`` (:class:`InferencePredictor`) or onnxruntime
+(:class:`OnnxPredictor`) on the CPU; ``predict`` returns probabilities for a preprocessed batch.
 """
 import json
 import os
@@ -28,6 +36,9 @@ from app.errors import UserError
 
 EXPORT_META = "export.json"
 MODEL_PREFIX = "model"
+ONNX_FILE = "model.onnx"
+OPSETS = range(7, 22)  # what paddle2onnx 2.1 writes
+DEPLOY_HINT = "pip install -r requirements-deploy.txt"
 PREPROCESS = ("RGB, resized to a square image_size x image_size (bilinear, aspect ratio not kept), "
               "scaled to [0, 1], then (x - mean) / std per channel, NCHW float32")
 
@@ -62,14 +73,47 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old)
 
 
-def export_model(weights, meta: dict, out_dir) -> Path:
+def _import_deploy(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise UserError(f"--format onnx needs {module}, which is not installed: "
+                        f"{DEPLOY_HINT}") from None
+
+
+def to_onnx(program: Path, params: Path, opset: int) -> bytes:
+    """The ONNX bytes of a saved Paddle program, converted by paddle2onnx."""
+    paddle2onnx = _import_deploy("paddle2onnx")
+    _import_deploy("onnxruntime")  # refuse before converting what could not be run
+    try:
+        # save_file=None returns the bytes before paddle2onnx's optional optimizer (whose
+        # default, polygraphy, pip-installs its dependencies at run time).
+        with _stdout_to_stderr():  # its log lines would corrupt eval.py's and the bench's output
+            onnx_bytes = paddle2onnx.export(str(program), str(params), None, opset_version=opset,
+                                            auto_upgrade_opset=False, enable_onnx_checker=True)
+    except UnboundLocalError:  # paddle2onnx logs the failure and has nothing to return
+        onnx_bytes = None
+    if not onnx_bytes:
+        raise UserError(f"paddle2onnx could not convert this model at opset {opset} (its log "
+                        f"above says why); try a higher --opset")
+    return onnx_bytes
+
+
+def export_model(weights, meta: dict, out_dir, fmt: str = "paddle", opset: int = 13) -> Path:
     """Export the checkpoint ``weights`` (with its best.json ``meta``) into ``out_dir``.
 
-    Everything is written into a temporary folder beside ``out_dir`` and renamed into place,
-    so a crash never leaves half an export; an earlier export in ``out_dir`` is replaced.
+    ``fmt`` is ``paddle`` (an inference model) or ``onnx``. Everything is written into a
+    temporary folder beside ``out_dir`` and renamed into place, so a crash never leaves half
+    an export; an earlier export in ``out_dir`` is replaced.
     """
     from app.evaluation import load_network
 
+    if fmt not in ("paddle", "onnx"):
+        raise UserError(f"--format must be paddle or onnx, got {fmt!r}")
+    if fmt == "onnx" and opset not in OPSETS:
+        raise UserError(f"--opset must be {OPSETS.start}-{OPSETS.stop - 1}, got {opset}")
+    if fmt == "onnx":
+        _import_deploy("paddle2onnx"), _import_deploy("onnxruntime")
     out_dir = Path(out_dir)
     _check_target(out_dir)
     model = SoftmaxHead(load_network(weights, meta))
@@ -88,10 +132,16 @@ def export_model(weights, meta: dict, out_dir) -> Path:
                         input_spec=[InputSpec([None, 3, size, size], "float32", "image")])
         program = next(f"{MODEL_PREFIX}{ext}" for ext in (".json", ".pdmodel")
                        if (tmp / f"{MODEL_PREFIX}{ext}").is_file())
+        files = {"program": program, "params": f"{MODEL_PREFIX}.pdiparams"}
+        if fmt == "onnx":
+            (tmp / ONNX_FILE).write_bytes(to_onnx(tmp / program, tmp / files["params"], opset))
+            for name in files.values():
+                (tmp / name).unlink()
+            files = {"onnx": ONNX_FILE, "opset": opset}
         keys = ("model", "model_kwargs", "num_classes", "classes", "image_size", "mean", "std",
                 "epoch", "eval_acc")
-        info = {**{k: meta.get(k) for k in keys}, "checkpoint": str(weights),
-                "program": program, "params": f"{MODEL_PREFIX}.pdiparams",
+        info = {**{k: meta.get(k) for k in keys}, "checkpoint": str(weights), "format": fmt,
+                **files,
                 "input": {"name": "image", "shape": [None, 3, size, size],
                           "preprocess": PREPROCESS},
                 "output": "softmax probabilities [N, num_classes], columns in `classes` order",
@@ -102,6 +152,20 @@ def export_model(weights, meta: dict, out_dir) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+@contextmanager
+def _stdout_to_stderr():
+    """File descriptor 1 (Python's and C++'s stdout) sent to stderr for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextmanager
@@ -128,11 +192,7 @@ class InferencePredictor:
 
     def __init__(self, model_dir, threads: int = 0):
         model_dir = Path(model_dir)
-        meta_path = model_dir / EXPORT_META
-        if not meta_path.is_file():
-            raise UserError(f"{model_dir}: not an exported model (no {EXPORT_META}); create one "
-                            f"with: python eval.py --run RUN --export {model_dir}")
-        self.meta = json.loads(meta_path.read_text())
+        self.meta = read_export_meta(model_dir)
         config = paddle.inference.Config(str(model_dir / self.meta["program"]),
                                          str(model_dir / self.meta["params"]))
         config.disable_gpu()
@@ -142,10 +202,7 @@ class InferencePredictor:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities [N, num_classes] for a preprocessed float32 batch [N, 3, S, S]."""
-        size = self.meta["image_size"]
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
-            raise ValueError(f"expected a batch [N, 3, {size}, {size}], got {batch.shape}")
+        batch = _check_batch(batch, self.meta["image_size"])
         inputs = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         inputs.reshape(list(batch.shape))
         inputs.copy_from_cpu(batch)
@@ -154,10 +211,54 @@ class InferencePredictor:
         return self.predictor.get_output_handle(self.predictor.get_output_names()[0]).copy_to_cpu()
 
 
+def _check_batch(batch: np.ndarray, size: int) -> np.ndarray:
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1:] != (3, size, size):
+        raise ValueError(f"expected a batch [N, 3, {size}, {size}], got {batch.shape}")
+    return batch
+
+
+def read_export_meta(model_dir) -> dict:
+    meta_path = Path(model_dir) / EXPORT_META
+    if not meta_path.is_file():
+        raise UserError(f"{model_dir}: not an exported model (no {EXPORT_META}); create one "
+                        f"with: python eval.py --run RUN --export {model_dir}")
+    try:
+        return json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise UserError(f"{meta_path} is damaged ({e}); export the model again") from None
+
+
+class OnnxPredictor:
+    """An ONNX export (``--format onnx``) run by onnxruntime on the CPU; same API as InferencePredictor."""
+
+    def __init__(self, model_dir, threads: int = 0):
+        ort = _import_deploy("onnxruntime")
+        self.meta = read_export_meta(model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cores()
+        options.log_severity_level = 3  # errors only: not its notes on paddle2onnx's spare initializers
+        self.session = ort.InferenceSession(str(Path(model_dir) / self.meta["onnx"]), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities [N, num_classes] for a preprocessed float32 batch [N, 3, S, S]."""
+        batch = _check_batch(batch, self.meta["image_size"])
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def load_predictor(model_dir, threads: int = 0):
+    """The predictor for an export folder: onnxruntime for model.onnx, else paddle.inference."""
+    if read_export_meta(model_dir).get("format") == "onnx":
+        return OnnxPredictor(model_dir, threads)
+    return InferencePredictor(model_dir, threads)
+
+
 def predict_files(model_dir, paths, topk: int = 5) -> list:
     """As :func:`app.evaluation.predict_files`, through the exported model in ``model_dir``."""
     from app.evaluation import load_image_batch, top_predictions
 
-    predictor = InferencePredictor(model_dir)
+    predictor = load_predictor(model_dir)
     probs = predictor.predict(load_image_batch(paths, predictor.meta))
     return top_predictions(paths, probs, predictor.meta["classes"], topk)

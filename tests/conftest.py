@@ -22,9 +22,9 @@ def tiny_split(tmp_path_factory) -> Path:
     return base / "split"
 
 
-def run_cli(*args, timeout=600, check=False, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout=600, check=False, env=None, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python <args>`` from the repository root and capture its output."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = env or {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:

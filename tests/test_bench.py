@@ -55,3 +55,14 @@ def test_kernels_bench_runs():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("Conv2D", "MaxPool2D"))]
     assert rows and "distinct geometries, summed" in proc.stdout
+
+
+def test_inference_bench_runs_every_engine_on_a_tiny_case():
+    proc = run_cli("bench/inference.py", "--cases", "towernet_simam:32", "--batch-sizes", "2",
+                   "--steps", "1", "--rounds", "1", "--json", check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    engines = {r["engine"] for r in rows}
+    assert {"dygraph", "paddle.inference"} <= engines
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("paddle2onnx"):
+        assert "onnxruntime" in engines
+    assert all(r["img_s"] > 0 and r["max_abs_diff_vs_dygraph"] < 1e-5 for r in rows)

@@ -1,12 +1,16 @@
-"""Data parallel on CPU: train.py under ``paddle.distributed.launch`` with 2 processes (gloo).
+"""Data parallel on CPU: train.py under ``paddle.distributed.launch`` with 2 ranks (gloo).
 
-One launch (tests/distributed_worker.py: train.py plus a report from each rank) serves every
-test here. The eval split has 11 images, so the DistributedBatchSampler pads it to 12 and
+Two topologies, each launched once for every test here (tests/distributed_worker.py:
+train.py plus a report from each rank): one launcher with 2 processes, and two launchers
+acting as two machines (``--nnodes 2 --master 127.0.0.1:<free port>``, 1 process each). The eval split has 11 images, so the DistributedBatchSampler pads it to 12 and
 the eval metrics are right only if that padding is dropped again.
 """
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 
@@ -21,25 +25,58 @@ WORLD = 2
 TRAIN_IMAGES, EPOCHS = 36, 2
 
 
-@pytest.fixture(scope="module")
-def launched(tiny_split, tmp_path_factory):
-    """(data, runs folder, per-rank dump folder) of a 2-process, 2-epoch towernet run."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(commands: list, logs, timeout: int = 600) -> None:
+    """Run the launcher commands side by side; fail with the worker logs if any fails.
+
+    On a timeout every launcher is stopped by its PID (with its process group, the workers).
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen(list(map(str, cmd)), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+             for cmd in commands]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.wait()
+        pytest.fail(f"launchers still running after {timeout} s: stopped")
+    if any(p.returncode for p in procs):
+        worker_logs = "".join(f"--- {p}\n{p.read_text()[-3000:]}"
+                              for p in sorted(logs.rglob("workerlog.*")))
+        pytest.fail(f"launch exited {[p.returncode for p in procs]}\n"
+                    f"{''.join(o[-2000:] for o in outputs)}\n{worker_logs}")
+
+
+@pytest.fixture(scope="module", params=["1 node x 2 processes", "2 nodes x 1 process"])
+def launched(request, tiny_split, tmp_path_factory):
+    """(data, runs folder, per-rank dump folder) of a 2-rank, 2-epoch towernet run: one
+    launcher with 2 processes, or two launchers acting as two machines (--nnodes 2, master
+    on 127.0.0.1), each with 1 process and its own log folder."""
     base = tmp_path_factory.mktemp("dp")
     data, runs, dump, logs = base / "data", base / "runs", base / "dump", base / "logs"
     shutil.copytree(tiny_split, data)
     sorted(p for p in (data / "eval").rglob("*") if p.is_file())[0].unlink()
     dump.mkdir()
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(WORLD),
-           "--log_dir", logs, "tests/distributed_worker.py", dump,
-           "--model", "towernet", "--data", data, "--epochs", str(EPOCHS), "--output", runs,
-           *FAST_TRAIN]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode != 0:
-        worker_logs = "".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                              for p in sorted(logs.glob("workerlog.*")))
-        pytest.fail(f"launch exited {proc.returncode}\n{proc.stderr[-3000:]}\n{worker_logs}")
+    worker = ["tests/distributed_worker.py", dump, "--model", "towernet", "--data", data,
+              "--epochs", str(EPOCHS), "--output", runs, *FAST_TRAIN]
+    launcher = [sys.executable, "-m", "paddle.distributed.launch"]
+    if request.param.startswith("1 node"):
+        commands = [[*launcher, "--nproc_per_node", str(WORLD), "--log_dir", logs, *worker]]
+    else:
+        master = f"127.0.0.1:{free_port()}"
+        commands = [[*launcher, "--master", master, "--nnodes", "2", "--rank", str(node),
+                     "--host", "127.0.0.1", "--nproc_per_node", "1", "--job_id", "twonodes",
+                     "--log_dir", logs / f"node{node}", *worker] for node in range(2)]
+    launch(commands, logs)
     return data, runs, dump
 
 
