@@ -7,6 +7,7 @@
   python eval.py --run runs/towernet_simam --export deploy/ts_onnx --format onnx [--opset 13]
   python eval.py --model-dir deploy/towernet_simam --image a.jpg   # paddle.inference or onnxruntime
   python eval.py --compare runs                       # table, compare.png, study report.md
+  python eval.py --gradcam 8 --runs runs/towernet runs/towernet_simam [--target true|pred]
 """
 import argparse
 import sys
@@ -24,6 +25,8 @@ def parse_args(argv=None):
     src.add_argument("--run", help="run folder (uses its best.pdparams + best.json)")
     src.add_argument("--checkpoint", help="a .pdparams file with its .json (or best.json) beside it")
     src.add_argument("--compare", metavar="DIR", help="compare every run below DIR")
+    src.add_argument("--runs", nargs="+", metavar="RUN",
+                     help="several run folders: --gradcam compares them on the same images")
     src.add_argument("--model-dir", metavar="DIR",
                      help="an exported model (--export) to predict --image with, on the CPU")
     p.add_argument("--data", help="split folder to evaluate on (default: the run's own)")
@@ -31,6 +34,12 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=int, default=5, help="predictions shown per image")
     p.add_argument("--attention-maps", type=int, metavar="N",
                    help="save attention_maps.png: N eval images with every attention layer")
+    p.add_argument("--gradcam", type=int, metavar="N",
+                   help="gradcam.png: N eval images (rows) x runs (columns), Grad-CAM at the "
+                        "last conv stage; also logged to each run's VisualDL")
+    p.add_argument("--target", choices=["pred", "true"], default="pred",
+                   help="--gradcam explains the predicted (default) or the true class")
+    p.add_argument("--seed", type=int, default=0, help="--gradcam's choice of images")
     p.add_argument("--export", metavar="DIR",
                    help="write the model as a Paddle inference model (or --format onnx) into DIR")
     p.add_argument("--format", choices=["paddle", "onnx"], default="paddle",
@@ -80,6 +89,25 @@ def attention_maps(weights, meta, args, out_dir: Path) -> int:
     return 0
 
 
+def gradcam_grid(args) -> int:
+    """--gradcam N over --run R or --runs R1 R2 ...: the same images, one column per run."""
+    from app import evaluation
+    from app.engine import select_device
+    from app.gradcam import compare_gradcam
+
+    if args.gradcam is None or args.gradcam < 1:
+        raise UserError("--runs compares runs with --gradcam N (a positive number of images)")
+    select_device(args.device)
+    runs = [Path(r) for r in (args.runs or [args.run])]
+    loaded = [(run, *evaluation.find_checkpoint(run)) for run in runs]
+    out = Path(args.out or runs[0].parent)
+    make_out_dir(out)
+    path = compare_gradcam(loaded, args.gradcam, args.target, args.seed, out, args.data)
+    print(f"wrote {path} ({args.gradcam} images x {len(runs)} runs, Grad-CAM of the "
+          f"{'true' if args.target == 'true' else 'predicted'} class); added to each run's VisualDL")
+    return 0
+
+
 def deploy(args) -> int:
     """--export DIR (a run or checkpoint -> inference model), or --model-dir DIR --image."""
     from app import evaluation, export
@@ -118,6 +146,8 @@ def main(argv=None) -> int:
         return 0
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be positive")
+    if args.runs or args.gradcam is not None:
+        return gradcam_grid(args)
     if args.model_dir or args.export:
         return deploy(args)
     select_device(args.device)

@@ -155,3 +155,34 @@ def plot_attention_grid(originals: list, titles: list, maps: list, path) -> None
                 unit = "channels" if layer["kind"] == "channel" else "map"
                 ax.set_title(f"{layer['name']}\n{unit} {shape}", fontsize=6)
     save_figure(fig, path)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
+    """``image`` (uint8 HWC) under a jet heatmap of ``cam`` (any size, values in [0, 1])."""
+    from PIL import Image
+
+    heat = np.asarray(Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize(
+        image.shape[1::-1], Image.BILINEAR)) / 255.0
+    colour = plt.get_cmap("jet")(heat)[..., :3]
+    return (0.5 * image / 255.0 + 0.5 * colour).clip(0, 1)
+
+
+def plot_gradcam_grid(originals: list, row_titles: list, columns: list, path) -> np.ndarray:
+    """Rows: images (titled with their true class); one column per run. ``columns`` are
+    dicts {"name", "cams" [N, h, w] in [0, 1], "titles" [N]}. Returns the figure as uint8 RGB."""
+    rows, cols = len(originals), len(columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols + 0.6, 2.3 * rows), squeeze=False)
+    for c, column in enumerate(columns):
+        axes[0, c].set_title(f"{column['name']}\n{column['titles'][0]}", fontsize=7)
+        for r, image in enumerate(originals):
+            ax = axes[r, c]
+            ax.imshow(overlay(image, column["cams"][r]))
+            ax.set_xticks([]), ax.set_yticks([])
+            if r:
+                ax.set_title(column["titles"][r], fontsize=7)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=7)
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    save_figure(fig, path)
+    return rgb
