@@ -95,7 +95,15 @@ def capture(network, images: np.ndarray) -> list:
 
 
 def save_attention_grid(network, dataset, indices, classes, path) -> list:
-    """A PNG: one row per eval image (original + one panel per attention layer)."""
+    """A PNG: one row per eval image (original + one panel per attention layer); returns the maps."""
+    return attention_grid(network, dataset, indices, classes, path)[0]
+
+
+def attention_grid(network, dataset, indices, classes, path=None, max_layers=None) -> tuple:
+    """(maps, uint8 RGB grid or None without attention layers); the PNG also to ``path``.
+
+    ``max_layers`` shows that many layers, evenly spread from the first to the last
+    (MobileNetV2 hosts have 17)."""
     from app import report
 
     images = np.stack([dataset[i][0] for i in indices])
@@ -103,7 +111,10 @@ def save_attention_grid(network, dataset, indices, classes, path) -> list:
     with paddle.no_grad():
         preds = network(paddle.to_tensor(images)).numpy().argmax(1)
     maps = capture(network, images)
+    if max_layers and len(maps) > max_layers:
+        maps = [maps[round(i * (len(maps) - 1) / (max_layers - 1))] for i in range(max_layers)]
     originals = [report.thumbnail(dataset.samples[i][0], images.shape[-1]) for i in indices]
     titles = [f"{t} -> {classes[p]}" for t, p in zip(labels, preds)]
-    report.plot_attention_grid(originals, titles, maps, path)
-    return maps
+    if not maps and path is None:
+        return maps, None
+    return maps, report.plot_attention_grid(originals, titles, maps, path)

@@ -142,22 +142,104 @@ class AverageRunningStats(Callback):
                     tensor.set_value(tensor / world)
 
 
+# Scalar tags stepped per training step (global step); the others are stepped per epoch.
+STEP_TAGS = ("train/loss", "train/acc")
+
+
+def _record_files(run_dir) -> list:
+    return sorted(p for p in Path(run_dir).iterdir() if p.name.startswith("vdlrecords"))
+
+
+def carry_over_records(run_dir, keep_epochs: int, steps_per_epoch: int):
+    """A new VisualDL writer for a resumed run, holding the run's records of its first
+    ``keep_epochs`` epochs (each tag and step once); the older record files are removed.
+
+    VisualDL 2.5.3 shows one record file per run folder, the newest: a resumed run that
+    simply opened a second file would show only the epochs after the resume. The interrupted
+    epoch's points are dropped here, so that every step appears once.
+    """
+    from PIL import Image
+    from visualdl import LogReader, LogWriter
+
+    scalars, images, hparams = {}, {}, None
+    old = _record_files(run_dir)
+    for path in old:
+        reader = LogReader(file_path=str(path))
+        tags = reader.get_tags()
+        for tag in tags.get("scalar", []):
+            limit = keep_epochs * steps_per_epoch - 1 if tag in STEP_TAGS else keep_epochs
+            for rec in reader.get_data("scalar", tag):
+                if rec.id <= limit:
+                    scalars[(tag, rec.id)] = (rec.value, rec.timestamp)
+        for tag in tags.get("image", []):
+            for rec in reader.get_data("image", tag):
+                if rec.id <= keep_epochs:
+                    images[(tag, rec.id)] = (rec.image.encoded_image_string, rec.timestamp)
+        if tags.get("hyper_parameters") and hparams is None:
+            hparams = reader.get_data("hyper_parameters", "hparam")[0].hparam
+    # A name that sorts after every old file (VisualDL's own is vdlrecords.<seconds>.log,
+    # which a resume within the same second would reuse).
+    stamps = [int(p.name.split(".")[1]) for p in old if p.name.split(".")[1].isdigit()]
+    name = f"vdlrecords.{max([int(time.time())] + [t + 1 for t in stamps])}.log"
+    writer = LogWriter(logdir=str(run_dir), file_name=name)
+    if hparams is not None:
+        values = {h.name: getattr(h, h.WhichOneof("type")) for h in hparams.hparamInfos}
+        writer.add_hparams(values, [m.name for m in hparams.metricInfos])
+    for (tag, step), (value, walltime) in sorted(scalars.items(), key=lambda kv: kv[0][1]):
+        writer.add_scalar(tag, value, step, walltime)
+    for (tag, step), (png, walltime) in sorted(images.items(), key=lambda kv: kv[0][1]):
+        writer.add_image(tag, np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), step,
+                         walltime)
+    writer.flush()
+    for path in old:  # the new file holds everything kept; it sorts last, so it is the one shown
+        if path.name != Path(writer.file_name).name:
+            path.unlink()
+    return writer
+
+
+# What the HParams tab shows per run: scalar tags whose last value is the metric.
+HPARAM_METRICS = ["hparam/best_top1", "eval/top1", "hparam/best_loss", "eval/loss",
+                  "hparam/params", "hparam/gmacs", "train/images_per_s"]
+
+
 class VisualDLLogger(Callback):
-    """Train loss/acc every ``log_freq`` steps; eval loss/top-1/top-5 and lr per epoch.
+    """Scalars: train loss/acc every ``log_freq`` steps; eval loss/top-1/top-5, lr, train
+    images/s and the best top-1 / eval loss so far per epoch. HParams: one record per run
+    (``hparams``: plain int / float / str values), written when the run starts, never again
+    on resume. Images (``images``, see :class:`RunImages`): training samples as the model sees
+    them (once), the confusion matrix at every new best, attention maps every
+    ``attention_every`` epochs and at the last.
 
     Diverges from ``paddle.callbacks.VisualDL``, whose step counters restart at 0 on
-    resume and which does not log the learning rate.
+    resume and which does not log the learning rate, hparams or images.
     """
 
     def __init__(self, run_dir, metrics: EpochMetrics, steps_per_epoch: int,
-                 start_epoch: int = 0, log_freq: int = 10):
+                 start_epoch: int = 0, log_freq: int = 10, hparams: dict | None = None,
+                 images=None, best: dict | None = None):
         super().__init__()
         from visualdl import LogWriter
 
-        self.writer = LogWriter(logdir=str(run_dir))
+        if start_epoch:
+            self.writer = carry_over_records(run_dir, start_epoch, steps_per_epoch)
+        else:
+            self.writer = LogWriter(logdir=str(run_dir))
         self.metrics = metrics
         self.steps_per_epoch, self.start_epoch = steps_per_epoch, start_epoch
         self.log_freq = max(1, log_freq)
+        self.hparams, self.images = hparams, images
+        best = best or {}
+        self.best_acc = best.get("acc", float("-inf"))
+        self.best_loss = best.get("loss", float("inf"))
+
+    def on_train_begin(self, logs=None):
+        if self.start_epoch == 0 and self.hparams is not None:
+            values = {k: v for k, v in self.hparams.items() if not k.startswith("metric:")}
+            self.writer.add_hparams(values, HPARAM_METRICS)
+            for tag in ("params", "gmacs"):
+                self.writer.add_scalar(f"hparam/{tag}", float(self.hparams[f"metric:{tag}"]), 0)
+        if self.start_epoch == 0 and self.images is not None:
+            self.writer.add_image("train/samples", self.images.train_grid(), 0)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_index = self.start_epoch + epoch
@@ -172,8 +254,23 @@ class VisualDLLogger(Callback):
         row = self.metrics.last_row
         for tag, key in [("eval/loss", "eval_loss"), ("eval/top1", "eval_acc"),
                          ("eval/top5", "eval_top5"), ("train/epoch_loss", "train_loss"),
-                         ("train/epoch_acc", "train_acc"), ("lr", "lr")]:
+                         ("train/epoch_acc", "train_acc"), ("lr", "lr"),
+                         ("train/images_per_s", "train_images_per_s")]:
             self.writer.add_scalar(tag, row[key], row["epoch"])
+        new_best = row["eval_acc"] > self.best_acc
+        self.best_acc = max(self.best_acc, row["eval_acc"])
+        self.best_loss = min(self.best_loss, row["eval_loss"])
+        self.writer.add_scalar("hparam/best_top1", self.best_acc, row["epoch"])
+        self.writer.add_scalar("hparam/best_loss", self.best_loss, row["epoch"])
+        if self.images is not None:
+            if new_best:
+                matrix = self.model.confusion.matrix
+                self.writer.add_image("eval/confusion_matrix_best",
+                                      self.images.confusion(matrix), row["epoch"])
+            if self.images.attention_due(row["epoch"]):
+                picture = self.images.attention()
+                if picture is not None:
+                    self.writer.add_image("eval/attention_maps", picture, row["epoch"])
         self.writer.flush()
 
     def on_train_end(self, logs=None):

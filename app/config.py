@@ -29,7 +29,7 @@ CHOICES = {
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
                 "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
-                "train.freeze_epochs", "optimizer.backbone_lr_mult")
+                "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
 
 
 def read_yaml(path) -> dict:

@@ -163,6 +163,38 @@ class MeanLoss(paddle.metric.Metric):
         return "mean_loss"
 
 
+class ConfusionCounts(paddle.metric.Metric):
+    """The eval confusion matrix (true x predicted counts) of the last eval, as ``matrix``.
+
+    A metric for the same reason as :class:`MeanLoss`: hapi feeds it every eval image once,
+    gathered from all ranks. ``accumulate`` returns the number of images counted.
+    """
+
+    def __init__(self, network: paddle.nn.Layer, num_classes: int):
+        super().__init__()
+        self.network, self.num_classes = network, num_classes
+        self.reset()
+
+    def compute(self, logits, label):
+        if self.network.training:
+            return label[:0], label[:0]
+        return logits.argmax(axis=-1), label
+
+    def update(self, pred, label):
+        pred, label = np.asarray(pred).reshape(-1), np.asarray(label).reshape(-1)
+        np.add.at(self.matrix, (label, pred), 1)
+        return self.accumulate()
+
+    def reset(self):
+        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    def accumulate(self) -> float:
+        return float(self.matrix.sum())
+
+    def name(self) -> str:
+        return "confusion_images"
+
+
 def topk_for(num_classes: int) -> tuple:
     return (1, min(5, num_classes))
 
@@ -194,8 +226,10 @@ def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddl
                          labels=[InputSpec([None, 1], "int64", "label")])
     amp = cfg["train"]["amp"]
     loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"])
+    model.confusion = ConfusionCounts(network, num_classes)  # read by the VisualDL callback
     model.prepare(optimizer, loss,
-                  [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(network)],
+                  [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(network),
+                   model.confusion],
                   amp_configs=amp_configs_for(amp))
     if amp == "bf16":
         # hapi 3.3.1 rejects a "dtype" key in amp_configs and calls paddle.amp.auto_cast

@@ -17,6 +17,17 @@ def save_figure(fig, path) -> None:
     plt.close(fig)
 
 
+def figure_rgb(fig, path=None) -> np.ndarray:
+    """The figure as uint8 RGB [H, W, 3] (for VisualDL's images); also saved to ``path`` if given."""
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    if path is not None:
+        save_figure(fig, path)
+    else:
+        plt.close(fig)
+    return rgb
+
+
 def format_table(rows: list, columns: list) -> str:
     """A plain-text table; ``columns`` are (header, key, format) triples."""
     cells = [[h for h, _, _ in columns]]
@@ -31,6 +42,17 @@ def format_table(rows: list, columns: list) -> str:
 
 
 def plot_confusion_matrix(cm: np.ndarray, classes: list, path) -> None:
+    figure_rgb(_confusion_figure(cm, classes), path)
+
+
+def confusion_image(cm: np.ndarray, classes: list) -> np.ndarray:
+    """The confusion matrix figure as uint8 RGB (small, for VisualDL)."""
+    fig = _confusion_figure(cm, classes)
+    fig.set_dpi(72)
+    return figure_rgb(fig)
+
+
+def _confusion_figure(cm: np.ndarray, classes: list):
     n = len(classes)
     size = max(5.0, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -47,7 +69,7 @@ def plot_confusion_matrix(cm: np.ndarray, classes: list, path) -> None:
                         color="white" if cm[i, j] > top / 2 else "black")
     ax.set_title(f"confusion matrix ({cm.sum()} images, top-1 "
                  f"{np.trace(cm) / max(cm.sum(), 1):.3f})")
-    save_figure(fig, path)
+    return fig
 
 
 def plot_misclassified(items: list, path, limit: int = 36) -> None:
@@ -119,10 +141,10 @@ def thumbnail(image_path, size: int) -> np.ndarray:
     return np.asarray(read_rgb(image_path).resize((size, size)))
 
 
-def plot_attention_grid(originals: list, titles: list, maps: list, path) -> None:
+def plot_attention_grid(originals: list, titles: list, maps: list, path=None) -> np.ndarray:
     """Rows: images; columns: the image, then one panel per attention layer (a heatmap
     overlay for spatial maps, scaled per panel with its range in the title; a bar chart
-    of channel weights for channel attention)."""
+    of channel weights for channel attention). Returns uint8 RGB; saved to ``path`` if given."""
     from PIL import Image
 
     rows, cols = len(originals), 1 + len(maps)
@@ -154,7 +176,7 @@ def plot_attention_grid(originals: list, titles: list, maps: list, path) -> None
                 shape = "x".join(map(str, values.shape))
                 unit = "channels" if layer["kind"] == "channel" else "map"
                 ax.set_title(f"{layer['name']}\n{unit} {shape}", fontsize=6)
-    save_figure(fig, path)
+    return figure_rgb(fig, path)
 
 
 def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
@@ -182,7 +204,4 @@ def plot_gradcam_grid(originals: list, row_titles: list, columns: list, path) ->
                 ax.set_title(column["titles"][r], fontsize=7)
             if c == 0:
                 ax.set_ylabel(row_titles[r], fontsize=7)
-    fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    save_figure(fig, path)
-    return rgb
+    return figure_rgb(fig, path)

@@ -162,7 +162,8 @@ def _train(cfg: dict, run_dir=None) -> Path:
         metrics = cb.EpochMetrics(run_dir, start, epochs, rows)
         callbacks += [metrics,
                       cb.VisualDLLogger(run_dir, metrics, len(train_loader), start,
-                                        t["log_freq"]),
+                                        t["log_freq"], *_dashboard(cfg, network, train_ds,
+                                                                   eval_ds, rows)),
                       cb.SaveBest(run_dir, metrics, meta, state)]
         print(f"run {run_dir}: {cfg['model']['name']} ({meta['params']:,} params), "
               f"{len(train_ds)} train / {len(eval_ds)} eval images, "
@@ -180,6 +181,21 @@ def _train(cfg: dict, run_dir=None) -> Path:
                          f"(try a lower --lr)", 3)
     _mark(run_dir, main, "finished")
     return run_dir
+
+
+def _dashboard(cfg: dict, network, train_ds, eval_ds, rows: list) -> tuple:
+    """(hparams, images, best so far) for the VisualDL callback (app/dashboard.py)."""
+    from app import dashboard
+    from models.summary import count_macs
+
+    hparams = dashboard.hparams(cfg, count_params(network),
+                                count_macs(network, cfg["data"]["image_size"]) / 1e9)
+    images = (dashboard.RunImages(network, train_ds, eval_ds, cfg["log"]["attention_every"],
+                                  cfg["train"]["epochs"], cfg["train"]["seed"])
+              if cfg["log"]["images"] else None)
+    best = ({"acc": max(r["eval_acc"] for r in rows), "loss": min(r["eval_loss"] for r in rows)}
+            if rows else None)
+    return hparams, images, best
 
 
 def _start_from(cfg: dict, network, run_dir, source_path) -> "dict | None":
