@@ -38,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last epoch")
     p.add_argument("--models", help="study: comma-separated models, each trained per seed")
     p.add_argument("--seeds", help="study: comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="study: K-fold cross-validation over the split's pooled images, a new "
+                        "stratified partition per seed (--seeds 0,1,2,3,4 --folds 2 = 5x2cv)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. -o data.num_workers=2 (repeatable)")
     return p.parse_args(argv)
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
     overrides += [parse_override(o) for o in args.override]
     from app import trainer
 
-    if args.models or args.seeds:
+    if args.models or args.seeds or args.folds is not None:
         return study(args, overrides)
     if args.resume:
         cfg = resume_config_overrides(trainer.resume_config(args.resume), overrides,
@@ -91,7 +94,7 @@ def study(args, overrides) -> int:
     if not models:
         raise UserError("--seeds needs --model or --models")
     overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
-    run_study(args.config, models, seeds, overrides)
+    run_study(args.config, models, seeds, overrides, args.folds)
     return 0
 
 

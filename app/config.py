@@ -18,7 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_FILE = CONFIG_DIR / "default.yaml"
 
 # Keys whose default is null: the type they take when set.
-NULLABLE = {"output.name": str, "model.pretrained": str}
+NULLABLE = {"output.name": str, "model.pretrained": str, "data.fold": int, "data.folds": int}
 # Keys restricted to a fixed set of values.
 CHOICES = {
     "train.device": ("auto", "cpu", "gpu"),

@@ -29,10 +29,11 @@ def t95(df: int) -> float:
     return T95.get(df) or T95[min(k for k in T95 if k >= df)]
 
 
-def study_run_name(model: str, seed: int, cfg: dict | None = None) -> str:
-    """``<model>-s<seed>``; a pretrained run is ``<model>@<source tag>-s<seed>`` (see run_label)."""
+def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | None = None) -> str:
+    """``<model>-s<seed>`` (``-f<fold>`` in a K-fold study); a pretrained run is
+    ``<model>@<source tag>-s<seed>`` (see run_label)."""
     label = run_label(cfg) if cfg else model
-    return f"{label.replace(' @', '@')}-s{seed}"
+    return f"{label.replace(' @', '@')}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
 def run_label(cfg: dict) -> str:
@@ -46,6 +47,16 @@ def run_label(cfg: dict) -> str:
     tag = source if source == "imagenet" else (
         path.parent.name if path.stem in ("best", "last") else path.stem)
     return f"{cfg['model']['name']} @{tag}"
+
+
+def read_predictions(path) -> dict | None:
+    """predictions.csv as {relative path: correct (bool)}, or None when the run has none."""
+    import csv
+
+    if not Path(path).is_file():
+        return None
+    with open(path, newline="") as f:
+        return {row["path"]: row["label"] == row["pred"] for row in csv.DictReader(f)}
 
 
 def read_runs(root) -> list:
@@ -63,7 +74,9 @@ def read_runs(root) -> list:
         best_path = cfg_path.parent / "best.json"
         best = json.loads(best_path.read_text()) if best_path.is_file() else {}
         runs.append({"dir": cfg_path.parent, "model": run_label(cfg), "arch": cfg["model"]["name"],
-                     "seed": cfg["train"]["seed"], "epochs": cfg["train"]["epochs"],
+                     "seed": cfg["train"]["seed"], "fold": cfg["data"].get("fold"),
+                     "predictions": read_predictions(cfg_path.parent / "predictions.csv"),
+                     "epochs": cfg["train"]["epochs"],
                      "image_size": cfg["data"]["image_size"], "rows": rows,
                      "num_classes": best.get("num_classes", 16), "meta": best,
                      "finished": state.get("status") == "finished"})
@@ -100,7 +113,8 @@ def summarize(runs: list, costs: dict) -> dict:
         by_model.setdefault(run["model"], []).append(run)
     models = sorted(by_model)
     baseline = "towernet" if "towernet" in by_model else models[0]
-    base_final = {r["seed"]: r["rows"][-1]["eval_acc"] for r in by_model[baseline]}
+    base_final = {(r["seed"], r["fold"]): r["rows"][-1]["eval_acc"] for r in by_model[baseline]}
+    base_runs = {(r["seed"], r["fold"]): r for r in by_model[baseline]}
     table = []
     for name in models:
         rs = by_model[name]
@@ -118,11 +132,30 @@ def summarize(runs: list, costs: dict) -> dict:
             **costs.get(name, {}),
         }
         if name != baseline:
-            diffs = [r["rows"][-1]["eval_acc"] - base_final[r["seed"]]
-                     for r in rs if r["seed"] in base_final]
+            diffs = [r["rows"][-1]["eval_acc"] - base_final[(r["seed"], r["fold"])]
+                     for r in rs if (r["seed"], r["fold"]) in base_final]
             entry["vs_baseline"] = paired_verdict(diffs, name, baseline)
+            entry["vs_baseline"].update(per_image_comparison(rs, base_runs, name, baseline))
         table.append(entry)
     return {"baseline": baseline, "models": table}
+
+
+def per_image_comparison(runs: list, base_runs: dict, name: str, baseline: str) -> dict:
+    """app.stats.compare on the images both runs of each (seed, fold) predicted ({} if none)."""
+    from app import stats
+
+    a_units, b_units = [], []
+    for r in sorted(runs, key=lambda r: (r["seed"], r["fold"] if r["fold"] is not None else -1)):
+        base = base_runs.get((r["seed"], r["fold"]))
+        if not r["predictions"] or not base or not base["predictions"]:
+            continue
+        common = sorted(set(r["predictions"]) & set(base["predictions"]))
+        if common:
+            a_units.append([r["predictions"][p] for p in common])
+            b_units.append([base["predictions"][p] for p in common])
+    if not a_units:
+        return {}
+    return stats.compare(a_units, b_units, name, baseline)
 
 
 def _std(values) -> float:
@@ -163,7 +196,20 @@ def to_markdown(summary: dict, runs: list) -> str:
             diffs = ", ".join(f"{d:+.1f}" for d in v["diffs_pp"])
             lines.append(f"- **{m['model']}**: per-seed differences [{diffs}] points. "
                          f"{v['verdict']}")
-    lines += ["", "![eval accuracy per epoch](study_curves.png)", ""]
+            if "bootstrap_ci95_pp" in v:
+                po = v["p_outperform"]
+                lines.append(f"  - per image ({v['bootstrap_units']} seed/fold units, "
+                             f"{v['bootstrap_images']} paired predictions): "
+                             f"{v['verdict_bootstrap']} P({m['model']} > {summary['baseline']}) "
+                             f"= {po['p']:.2f} (95% CI {po['ci95'][0]:.2f}-{po['ci95'][1]:.2f}); "
+                             f"discordant images [baseline only, model only] = {v['discordant']}; "
+                             f"minimum detectable difference {v['mde_pp']:.1f} points.")
+    lines += ["", "Per-image statistics: a two-level paired bootstrap (2000 resamples of the "
+              "seed/fold units, then of the images within each), P(A > B) over the units "
+              "(ties half) with a bootstrap interval, McNemar's exact test on the pooled "
+              "discordant images, and the minimum detectable difference at 80% power "
+              "(2.8 bootstrap standard errors).", "",
+              "![eval accuracy per epoch](study_curves.png)", ""]
     return "\n".join(lines)
 
 
@@ -178,7 +224,7 @@ def write_report(root) -> dict:
         raise UserError(f"no runs with metrics.csv below {root}")
     summary = summarize(runs, model_costs(runs))
     summary["runs"] = [{"dir": str(r["dir"].relative_to(root)), "model": r["model"],
-                        "seed": r["seed"], "finished": r["finished"],
+                        "seed": r["seed"], "fold": r["fold"], "finished": r["finished"],
                         "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in runs]
     report.plot_study_curves(runs, root / "study_curves.png")
     atomic_write_json(root / "report.json", summary)
@@ -186,12 +232,20 @@ def write_report(root) -> dict:
     return summary
 
 
-def run_study(config_file, models: list, seeds: list, overrides: list) -> Path:
+def run_study(config_file, models: list, seeds: list, overrides: list,
+              folds: int | None = None) -> Path:
     """Train every model x seed into OUTPUT/<model>-s<seed>/, then write the report.
 
-    A run that finished is skipped; one that was interrupted is resumed, so re-running
-    the same command continues a study and returns at once when it is complete.
+    With ``folds`` K, the split's train and eval images are pooled and every seed is a new
+    stratified K-fold partition (app/folds.py, fold splits under OUTPUT/folds/): run
+    (seed, fold k) trains on the other folds and evaluates on fold k, in
+    OUTPUT/<model>-s<seed>-f<k>/. A run that finished is skipped; one that was interrupted
+    is resumed, so re-running the same command continues a study and returns at once when
+    it is complete. The ETA is printed after the first run trained here.
     """
+    import time
+
+    from app.folds import write_fold_split
     from app import trainer
     from app.config import load_config
     from app.engine import check_model_name
@@ -200,12 +254,21 @@ def run_study(config_file, models: list, seeds: list, overrides: list) -> Path:
     for model in models:
         check_model_name(model)
     output = None
+    if folds is not None and folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    units = [(seed, fold) for seed in seeds for fold in (range(folds) if folds else [None])]
+    total, trained = len(units) * len(models), 0
     # Seed-major order: a study cut short still has complete pairs to compare.
-    for seed in seeds:
+    for seed, fold in units:
         for model in models:
             cfg = load_config(config_file, model, list(overrides) + [("train.seed", seed)])
-            name = study_run_name(model, seed, cfg)
+            name = study_run_name(model, seed, cfg, fold)
             cfg["output"]["name"] = name
+            if fold is not None:
+                split_dir = write_fold_split(cfg["data"]["root"],
+                                             Path(cfg["output"]["dir"]) / "folds" / f"s{seed}-f{fold}",
+                                             folds, fold, seed)
+                cfg["data"].update(root=str(split_dir), fold=fold, folds=folds)
             output = Path(cfg["output"]["dir"])
             run_dir = output / name
             state = trainer.load_state(run_dir)
@@ -215,11 +278,19 @@ def run_study(config_file, models: list, seeds: list, overrides: list) -> Path:
             if run_dir.exists() and not state:
                 raise UserError(f"{run_dir} exists but is not a run folder; move it away")
             print(f"== {name}", flush=True)
+            started = time.perf_counter()
             try:
                 if state:
                     trainer.train(trainer.resume_config(run_dir), run_dir)
                 else:
                     trainer.train(cfg)
+                trained += 1
+                if trained == 1:  # the runs after this one, at this run's time each
+                    left = total - (units.index((seed, fold)) * len(models) + models.index(model) + 1)
+                    took = time.perf_counter() - started
+                    print(f"study ETA: {left} more runs x {took:.0f} s (this run's "
+                          f"{cfg['train']['epochs']} epochs) ~ {left * took / 60:.0f} min",
+                          flush=True)
             except trainer.RunStopped as e:
                 if e.exit_code == 130:
                     raise

@@ -4,13 +4,14 @@ A run directory holds config.yaml, metrics.csv, VisualDL records, last.pdparams/
 state.json ({epoch, status, best_acc, best_epoch}), best.pdparams and best.json.
 """
 import json
+import os
 from pathlib import Path
 
 import paddle
 
 from app import callbacks as cb
 from app import pretrained
-from app.atomic import atomic_write_json
+from app.atomic import atomic_write_json, atomic_write_text
 from app.config import load_config, save_config
 from app.data import ImageFolderDataset
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
@@ -148,6 +149,7 @@ def _train(cfg: dict, run_dir=None) -> Path:
             "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
             "image_size": cfg["data"]["image_size"], "mean": list(train_ds.mean),
             "std": list(train_ds.std), "data_root": str(cfg["data"]["root"]),
+            "fold": cfg["data"]["fold"], "folds": cfg["data"]["folds"],
             "params": count_params(network), "normalize": normalization(cfg),
             "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
                            if start_from else None)}
@@ -179,8 +181,31 @@ def _train(cfg: dict, run_dir=None) -> Path:
         _mark(run_dir, main, "diverged")
         raise RunStopped(f"stopped: {e}; the last good checkpoints in {run_dir} are kept "
                          f"(try a lower --lr)", 3)
+    if main:
+        write_predictions(network, eval_ds, run_dir / "predictions.csv")
     _mark(run_dir, main, "finished")
     return run_dir
+
+
+def write_predictions(network, eval_ds, path) -> None:
+    """predictions.csv: per eval image (path relative to the split) the label, the predicted
+    class and the probabilities of both, from the final network (atomically)."""
+    import csv
+    import io
+
+    from app.engine import predict_logits, softmax
+
+    loader = paddle.io.DataLoader(eval_ds, batch_size=64, shuffle=False, return_list=True)
+    probs, labels = predict_logits(network, loader)
+    probs = softmax(probs)
+    preds = probs.argmax(1)
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["path", "label", "pred", "prob_label", "prob_pred"])
+    for (file, _), label, pred, p in zip(eval_ds.samples, labels, preds, probs):
+        out.writerow([os.path.relpath(file, eval_ds.root), int(label), int(pred),
+                      f"{p[label]:.6f}", f"{p[pred]:.6f}"])
+    atomic_write_text(path, buf.getvalue())
 
 
 def _dashboard(cfg: dict, network, train_ds, eval_ds, rows: list) -> tuple:

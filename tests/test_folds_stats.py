@@ -1,0 +1,105 @@
+"""K-fold studies and the per-image statistics of the report."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from app import stats
+from app.folds import fold_assignment, pooled_samples, write_fold_split
+from conftest import run_cli
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_folds_are_stratified_disjoint_and_deterministic(k):
+    labels = np.repeat(np.arange(6), [7, 12, 5, 20, 9, 3])
+    folds = fold_assignment(labels, k, seed=1)
+    assert set(folds) == set(range(k))
+    for c in range(6):
+        per_fold = np.bincount(folds[labels == c], minlength=k)
+        assert per_fold.max() - per_fold.min() <= 1
+    sizes = np.bincount(folds, minlength=k)
+    assert sizes.max() - sizes.min() <= 1
+    assert np.array_equal(folds, fold_assignment(labels, k, seed=1))
+    assert not np.array_equal(folds, fold_assignment(labels, k, seed=2))
+
+
+def test_fold_splits_cover_every_image_once_per_seed(tiny_split, tmp_path):
+    classes, samples = pooled_samples(tiny_split)
+    everything = {p.name for p, _ in samples}
+    evaluated = []
+    for fold in range(3):
+        split = write_fold_split(tiny_split, tmp_path / f"f{fold}", 3, fold, seed=0)
+        train = {p.name for p in (split / "train").rglob("*") if p.is_file()}
+        evals = {p.name for p in (split / "eval").rglob("*") if p.is_file()}
+        assert not train & evals and train | evals == everything
+        evaluated += sorted(evals)
+        manifest = json.loads((split / "manifest.json").read_text())
+        assert manifest["classes"] == classes and manifest["fold"] == fold
+        assert len(manifest["mean"]) == 3 and all(0 < s < 1 for s in manifest["std"])
+    assert sorted(evaluated) == sorted(everything)  # each image evaluated exactly once
+    assert {p.name for p in (tiny_split / "train").rglob("*") if p.is_file()} <= everything
+
+
+def test_mcnemar_exact_matches_the_binomial_by_hand():
+    # b = 2, c = 8: two-sided p = 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * 56/1024
+    assert stats.mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert stats.mcnemar_exact(8, 2) == stats.mcnemar_exact(2, 8)
+    assert stats.mcnemar_exact(5, 5) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
+    assert stats.mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+
+
+def test_p_outperform_is_1_when_a_is_right_on_a_strict_superset_of_b():
+    rng = np.random.default_rng(0)
+    a_units, b_units = [], []
+    for _ in range(4):
+        b = rng.random(50) < 0.6
+        a = b.copy()
+        a[np.flatnonzero(~b)[:3]] = True  # A also gets three images B misses
+        a_units.append(a), b_units.append(b)
+    result = stats.p_outperform(a_units, b_units)
+    assert result["p"] == 1.0 and result["ci95"] == [1.0, 1.0]
+    assert stats.discordant(a_units, b_units) == [0, 12]
+
+
+def test_bootstrap_interval_covers_the_true_gap_about_95_percent():
+    rng = np.random.default_rng(7)
+    true_gap, covered, studies = 0.03, 0, 300
+    for _ in range(studies):
+        a_units, b_units = [], []
+        for _ in range(10):  # 10 seed/fold units of 150 images, with unit-level noise
+            pb = 0.8 + rng.normal(0, 0.02)
+            pa = pb + true_gap + rng.normal(0, 0.02)
+            u = rng.random(150)
+            a_units.append(u < pa), b_units.append(u < pb)  # paired: same image difficulty
+        lo, hi = stats.paired_bootstrap(a_units, b_units, reps=300, seed=1)["ci95_pp"]
+        covered += lo <= 100 * true_gap <= hi
+    assert 0.88 <= covered / studies <= 0.99, covered / studies
+
+
+def test_mde_and_units_needed():
+    assert stats.mde_pp(1.0) == pytest.approx(2.8016, abs=1e-3)
+    assert stats.units_needed(5, 1.0, 1.4) == math.ceil(5 * (2.8016 / 1.4) ** 2)
+
+
+def test_tiny_folds_study_end_to_end(tiny_split, tmp_path):
+    proc = run_cli("train.py", "--models", "towernet,towernet_se", "--seeds", "0", "--folds", "3",
+                   "--data", tiny_split, "--epochs", "1", "--image-size", "32", "--batch-size", "12",
+                   "-o", "data.cache=false", "--output", tmp_path, check=True)
+    assert "study ETA" in proc.stdout
+    runs = sorted(p.name for p in tmp_path.iterdir() if (p / "config.yaml").is_file())
+    assert runs == [f"{m}-s0-f{k}" for m in ("towernet", "towernet_se") for k in range(3)]
+    seen = []
+    for k in range(3):
+        lines = (tmp_path / f"towernet-s0-f{k}" / "predictions.csv").read_text().splitlines()
+        assert lines[0] == "path,label,pred,prob_label,prob_pred"
+        seen += [line.split(",")[0] for line in lines[1:]]
+        best = json.loads((tmp_path / f"towernet-s0-f{k}" / "best.json").read_text())
+        assert best["fold"] == k and best["folds"] == 3
+    assert len(seen) == len(set(seen)) == 48  # all 48 images, each evaluated once
+    report = json.loads((tmp_path / "report.json").read_text())
+    vs = next(m for m in report["models"] if m["model"] == "towernet_se")["vs_baseline"]
+    for key in ("bootstrap_ci95_pp", "p_outperform", "mcnemar_p", "discordant", "mde_pp"):
+        assert key in vs, key
+    assert vs["bootstrap_units"] == 3 and vs["bootstrap_images"] == 48
+    assert "detect" in (tmp_path / "report.md").read_text()
