@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", metavar="imagenet|PATH",
                    help="start from paddle.vision's ImageNet weights of the host, or a .pdparams")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last epoch")
+    p.add_argument("--force-data", action="store_true",
+                   help="--resume even though the split differs from the one the run started on")
     p.add_argument("--models", help="study: comma-separated models, each trained per seed")
     p.add_argument("--seeds", help="study: comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--folds", type=int, metavar="K",
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     else:
         cfg = load_config(args.config, args.model, overrides)
     try:
-        trainer.train(cfg, args.resume)
+        trainer.train(cfg, args.resume, force_data=args.force_data)
     except trainer.RunStopped as e:
         print(e, file=sys.stderr)
         return e.exit_code

@@ -17,7 +17,9 @@ import paddle.distributed as dist
 from paddle.callbacks import Callback
 from tqdm import tqdm
 
-from app.atomic import atomic_save, atomic_write_json, atomic_write_text
+from app import checkpoint
+from app.atomic import atomic_write_json, atomic_write_text
+from app.errors import UserError
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "eval_loss", "eval_acc", "eval_top5",
                   "lr", "epoch_seconds", "train_images_per_s"]
@@ -32,9 +34,14 @@ def _scalar(value) -> float:
 
 
 class NonFiniteLossGuard(Callback):
-    def __init__(self, start_epoch: int = 0):
+    """Stops the run on a NaN/inf training loss. Under data parallel every rank has one
+    (collective): the ranks agree on each step's verdict, so all of them stop together
+    -- rank 0 included, which marks state.json "diverged" -- instead of the healthy ranks
+    waiting on a dead one until the launcher kills the job."""
+
+    def __init__(self, start_epoch: int = 0, world: int = 1):
         super().__init__()
-        self.start_epoch = start_epoch
+        self.start_epoch, self.world = start_epoch, world
         self.epoch = start_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -42,8 +49,38 @@ class NonFiniteLossGuard(Callback):
 
     def on_train_batch_end(self, step, logs=None):
         loss = _scalar(logs["loss"])
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"loss became {loss} at epoch {self.epoch}, step {step + 1}")
+        bad = not math.isfinite(loss)
+        if self.world > 1:
+            flag = paddle.to_tensor([1.0 if bad else 0.0])
+            dist.all_reduce(flag)
+            bad = float(flag.numpy()[0]) > 0
+        if bad:
+            raise NonFiniteLoss(f"loss became {loss if not math.isfinite(loss) else 'non-finite on another rank'} "
+                                f"at epoch {self.epoch}, step {step + 1}")
+
+
+class RankTrainTotals(Callback):
+    """Data parallel: each epoch's train loss and top-1 over all ranks' shards (collective:
+    every rank has one). ``EpochMetrics`` on rank 0 reads ``loss`` / ``acc`` from it."""
+
+    def __init__(self, world: int):
+        super().__init__()
+        self.world = world
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.loss_sum, self.seen = 0.0, 0
+
+    def on_train_batch_end(self, step, logs=None):
+        n = int(logs.get("batch_size", self.world)) // self.world  # hapi logs batch x ranks
+        self.loss_sum += _scalar(logs["loss"]) * n
+        self.seen += n
+
+    def on_epoch_end(self, epoch, logs=None):
+        acc = _scalar(logs.get("acc_top1", 0.0))  # hapi's running top-1 of this rank's shard
+        totals = paddle.to_tensor([self.loss_sum, float(self.seen), acc * self.seen], dtype="float64")
+        dist.all_reduce(totals)
+        loss_sum, seen, correct = totals.numpy().tolist()
+        self.loss, self.acc, self.images = loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
 
 def read_metrics(path) -> list:
@@ -51,9 +88,13 @@ def read_metrics(path) -> list:
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="") as f:
+            return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                    for row in csv.DictReader(f)]
+    except (ValueError, TypeError, KeyError, csv.Error) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}); restore it or move the run "
+                        f"folder away") from None
 
 
 def write_metrics(path, rows: list) -> None:
@@ -70,8 +111,10 @@ class EpochMetrics(Callback):
     """Collects one row per epoch (see METRIC_COLUMNS), shows a progress bar, prints a
     one-line summary and rewrites ``metrics.csv`` (keeping rows of earlier epochs)."""
 
-    def __init__(self, run_dir, start_epoch: int = 0, total_epochs: int = 0, rows=None):
+    def __init__(self, run_dir, start_epoch: int = 0, total_epochs: int = 0, rows=None,
+                 rank_totals: "RankTrainTotals | None" = None):
         super().__init__()
+        self.rank_totals = rank_totals
         self.path = Path(run_dir) / "metrics.csv"
         self.start_epoch, self.total_epochs = start_epoch, total_epochs
         self.rows = list(rows or [])
@@ -101,14 +144,16 @@ class EpochMetrics(Callback):
         top5 = next((k for k in logs if k.startswith("acc_top") and k != "acc_top1"), None)
         row = {
             "epoch": self.epoch,
-            "train_loss": self.loss_sum / max(self.seen, 1),
-            "train_acc": self.train_acc,
+            "train_loss": (self.rank_totals.loss if self.rank_totals
+                           else self.loss_sum / max(self.seen, 1)),
+            "train_acc": self.rank_totals.acc if self.rank_totals else self.train_acc,
             "eval_loss": _scalar(logs["mean_loss"]),  # over all ranks (engine.MeanLoss)
             "eval_acc": _scalar(logs["acc_top1"]),
             "eval_top5": _scalar(logs[top5]) if top5 else float("nan"),
             "lr": self.lr,
             "epoch_seconds": time.perf_counter() - self.t0,
-            "train_images_per_s": self.seen / max(self.train_seconds, 1e-9),
+            "train_images_per_s": ((self.rank_totals.images if self.rank_totals else self.seen)
+                                   / max(self.train_seconds, 1e-9)),
         }
         self.rows = [r for r in self.rows if r["epoch"] < self.epoch] + [row]
         self.last_row = row
@@ -292,21 +337,17 @@ class SaveBest(Callback):
         row = self.metrics.last_row
         network = self.model.network
         if row["eval_acc"] > self.state.get("best_acc", -1.0):
-            atomic_save(network.state_dict(), self.run_dir / "best.pdparams")
-            atomic_write_json(self.run_dir / "best.json",
-                              {**self.meta, "epoch": row["epoch"], "eval_acc": row["eval_acc"],
-                               "eval_top5": row["eval_top5"]})
+            checkpoint.save_best(self.run_dir, network,
+                                 {**self.meta, "epoch": row["epoch"], "eval_acc": row["eval_acc"],
+                                  "eval_top5": row["eval_top5"]})
             self.state.update(best_acc=row["eval_acc"], best_epoch=row["epoch"])
         save_last(self.run_dir, self.model, self.state, row["epoch"])
 
 
 def save_last(run_dir, model, state: dict, epoch: int, status: str = "running") -> None:
-    """Save a resumable checkpoint for the end of ``epoch`` (0: before training)."""
-    run_dir = Path(run_dir)
-    atomic_save(model.network.state_dict(), run_dir / "last.pdparams")
-    atomic_save(model._optimizer.state_dict(), run_dir / "last.pdopt")
-    state.update(epoch=epoch, status=status)
-    write_state(run_dir, state)
+    """Save a resumable checkpoint for the end of ``epoch`` (0: before training); see
+    app/checkpoint.py for how a kill at any moment is survived."""
+    checkpoint.save_last(run_dir, model.network, model._optimizer, state, epoch, status)
 
 
 def write_state(run_dir, state: dict) -> None:

@@ -6,6 +6,8 @@ a numpy scalar is dropped without a word), so every value here is a plain Python
 """
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from app.gradcam import pick_images
@@ -63,14 +65,23 @@ class RunImages:
         self.attention_indices = [index[p] for p, _ in picked]
 
     def train_grid(self) -> np.ndarray:
-        """16 training samples after augmentation and normalisation, mapped back to RGB."""
+        """16 training samples after augmentation and normalisation, mapped back to RGB.
+
+        The augmentations draw from Python's and numpy's global generators, which are put
+        back afterwards: logging the grid does not change what the run trains on.
+        """
         rng = np.random.default_rng(self.seed)
         idx = rng.choice(len(self.train_ds), size=min(TRAIN_SAMPLES, len(self.train_ds)),
                          replace=False)
         mean = np.asarray(self.train_ds.mean, np.float32)[:, None, None]
         std = np.asarray(self.train_ds.std, np.float32)[:, None, None]
-        images = [((self.train_ds[int(i)][0] * std + mean).clip(0, 1) * 255).astype(np.uint8)
-                  .transpose(1, 2, 0) for i in idx]
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            images = [((self.train_ds.image(int(i)) * std + mean).clip(0, 1) * 255)
+                      .astype(np.uint8).transpose(1, 2, 0) for i in idx]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
         return _tile(images, 4)
 
     def confusion(self, matrix: np.ndarray) -> np.ndarray:

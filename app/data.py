@@ -53,6 +53,20 @@ def load_manifest(root: str | Path) -> dict | None:
     return manifest
 
 
+def split_fingerprint(root) -> str | None:
+    """SHA-256 of what a split holds -- its classes, counts and files (manifest.json), not
+    where it lives -- or None for a folder without a manifest."""
+    import hashlib
+
+    manifest = load_manifest(root)
+    if manifest is None:
+        return None
+    content = {k: manifest.get(k) for k in ("classes", "counts", "files")}
+    if isinstance(content["files"], list):
+        content["files"] = sorted(map(str, content["files"]))
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 class ToCHW:
     """HWC uint8 (PIL or numpy) -> CHW float32, scaled to [0, 1] and normalised per channel."""
 
@@ -174,12 +188,15 @@ class ImageFolderDataset(paddle.io.Dataset):
         return cache.nbytes / 2**20
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        label = np.array([self.samples[index][1]], dtype=np.int64)
+        return self.image(index), np.array([self.samples[index][1]], dtype=np.int64)
+
+    def image(self, index: int) -> np.ndarray:
+        """Item ``index``'s image as the model sees it (augmented when training)."""
         if self.cache is None:
-            return self.transform(read_rgb(self.samples[index][0])), label
+            return self.transform(read_rgb(self.samples[index][0]))
         img = self.cache[index]
         # Rotation and flip are PIL ops (paddle's numpy path needs OpenCV, not installed).
-        return self.cached_transform(Image.fromarray(img) if self.train else img), label
+        return self.cached_transform(Image.fromarray(img) if self.train else img)
 
     def __len__(self) -> int:
         return len(self.samples)

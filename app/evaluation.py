@@ -1,5 +1,4 @@
 """Rebuild a trained model from its run folder; evaluate it, predict images, compare runs."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from app.atomic import atomic_write_json
 from app.data import ImageFolderDataset, build_transform, read_rgb
 from app.engine import build_loader, build_network, predict_logits, softmax
 from app.errors import UserError
+from app.checkpoint import check_best, load_state_dict, read_json
 from app.metrics import classification_report
 from models import upgrade_state_dict
 
@@ -36,13 +36,17 @@ def find_checkpoint(run=None, checkpoint=None) -> tuple:
     if not meta_path.is_file() or not weights.is_file():
         raise UserError(f"{weights.parent}: no best.json/best.pdparams (has the run finished "
                         f"an epoch?)")
-    return weights, json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "it is written atomically, so it was changed by hand: restore "
+                                "it, or evaluate another checkpoint")
+    check_best(weights, meta)
+    return weights, meta
 
 
 def load_network(weights, meta: dict) -> paddle.nn.Layer:
     """The run's network with ``weights`` loaded (earlier resnet50_<att> key layouts mapped)."""
     network = build_network(meta["model"], meta["num_classes"], meta.get("model_kwargs"))
-    state, _ = upgrade_state_dict(paddle.load(str(weights)))
+    state, _ = upgrade_state_dict(load_state_dict(
+        weights, "evaluate another checkpoint (--checkpoint RUN/last.pdparams) or train again"))
     network.set_state_dict(state)
     network.eval()
     return network

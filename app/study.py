@@ -8,7 +8,6 @@ on the eval set), with a paired t interval over seeds.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import yaml
 
 from app.atomic import atomic_write_json, atomic_write_text
 from app.callbacks import read_metrics
+from app.checkpoint import read_json
+from app.errors import UserError
 
 # Two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -68,11 +69,18 @@ def read_runs(root) -> list:
         rows = read_metrics(cfg_path.parent / "metrics.csv")
         if not rows:
             continue
-        cfg = yaml.safe_load(cfg_path.read_text())
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text())
+        except (OSError, yaml.YAMLError):
+            cfg = None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+            raise UserError(f"{cfg_path} is damaged; restore it (the run's resolved config) or "
+                            f"move the run folder out of {root}")
+        hint = f"restore it or move the run folder out of {root}"
         state_path = cfg_path.parent / "state.json"
-        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        state = read_json(state_path, hint) if state_path.is_file() else {}
         best_path = cfg_path.parent / "best.json"
-        best = json.loads(best_path.read_text()) if best_path.is_file() else {}
+        best = read_json(best_path, hint) if best_path.is_file() else {}
         runs.append({"dir": cfg_path.parent, "model": run_label(cfg), "arch": cfg["model"]["name"],
                      "seed": cfg["train"]["seed"], "fold": cfg["data"].get("fold"),
                      "predictions": read_predictions(cfg_path.parent / "predictions.csv"),
@@ -216,7 +224,6 @@ def to_markdown(summary: dict, runs: list) -> str:
 def write_report(root) -> dict:
     """Write report.md, report.json and study_curves.png for every run below ``root``."""
     from app import report
-    from app.errors import UserError
 
     root = Path(root)
     runs = read_runs(root)
@@ -249,7 +256,6 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
     from app import trainer
     from app.config import load_config
     from app.engine import check_model_name
-    from app.errors import UserError
 
     for model in models:
         check_model_name(model)

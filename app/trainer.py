@@ -3,17 +3,20 @@
 A run directory holds config.yaml, metrics.csv, VisualDL records, last.pdparams/.pdopt,
 state.json ({epoch, status, best_acc, best_epoch}), best.pdparams and best.json.
 """
+import errno
 import json
 import os
 from pathlib import Path
 
 import paddle
+import yaml
 
 from app import callbacks as cb
+from app import checkpoint
 from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
 from app.config import load_config, save_config
-from app.data import ImageFolderDataset
+from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
                         check_model_name, build_optimizer, is_main_process, prepare_model,
                         seed_everything, select_device, world_size)
@@ -41,22 +44,38 @@ def new_run_dir(output_dir, name: str) -> Path:
 
 
 def load_state(run_dir) -> dict:
+    """state.json of ``run_dir`` ({} if none); a damaged one is a one-line UserError."""
     path = Path(run_dir) / "state.json"
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    return checkpoint.read_json(path, "it is written atomically, so it was changed by hand: "
+                                      "restore it, or move the run folder away and start again")
+
+
+# Sections every run's config.yaml has had since the first version.
+RUN_SECTIONS = {"model", "data", "train", "optimizer", "output"}
 
 
 def resume_config(run_dir) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "state.json").is_file():
         raise UserError(f"--resume {run_dir}: not a run folder (no config.yaml/state.json)")
-    return load_config(run_dir / "config.yaml")
+    path = run_dir / "config.yaml"
+    hint = "restore it (it is the run's resolved config) or start the run again"
+    try:
+        written = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    except yaml.YAMLError:
+        raise UserError(f"{path} is damaged (not valid YAML); {hint}") from None
+    # A run's config.yaml is complete; a cut one would silently resume on default values.
+    if not isinstance(written, dict) or not RUN_SECTIONS <= set(written):
+        raise UserError(f"{path} is damaged (empty or cut short); {hint}")
+    return load_config(path)
 
 
 def _refuse_legacy_layout(path: Path) -> None:
     """One line instead of hapi's key error for a run saved with the earlier resnet50_<att> keys."""
-    if upgrade_state_dict(paddle.load(str(path)))[1]:
+    hint = "start the run again (or evaluate best.pdparams with eval.py)"
+    if upgrade_state_dict(checkpoint.load_state_dict(path, hint))[1]:
         raise UserError(f"{path} uses the earlier resnet50_<attention> layout (conv2.0 / bn3.0 "
                         f"keys): eval.py and --pretrained read it, resuming it is not supported; "
                         f"start a new run")
@@ -84,7 +103,7 @@ def load_datasets(cfg: dict):
     return train, evaluation
 
 
-def train(cfg: dict, run_dir=None) -> Path:
+def train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     """Train ``cfg`` (see :func:`_train`) in a fresh scope of Paddle's generated names.
 
     The optimizer state in last.pdopt is keyed by generated names (conv2d_0.w_0_velocity_0);
@@ -94,10 +113,10 @@ def train(cfg: dict, run_dir=None) -> Path:
     import paddle
 
     with paddle.utils.unique_name.guard():
-        return _train(cfg, run_dir)
+        return _train(cfg, run_dir, force_data)
 
 
-def _train(cfg: dict, run_dir=None) -> Path:
+def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     """Train ``cfg`` into a new run folder, or continue ``run_dir`` from its last epoch.
 
     Returns the run folder. Raises :class:`RunStopped` on Ctrl-C or a non-finite loss,
@@ -117,10 +136,23 @@ def _train(cfg: dict, run_dir=None) -> Path:
     start_from = _start_from(cfg, network, run_dir, source_path)
 
     state = load_state(run_dir) if resume else {}
+    fingerprint = split_fingerprint(cfg["data"]["root"])
+    recorded = state.get("data_fingerprint")
+    if resume and recorded and fingerprint != recorded and not force_data:
+        raise UserError(f"--resume {run_dir}: the data at {cfg['data']['root']} is not the split "
+                        f"this run started on (classes, counts or files differ); point "
+                        f"-o data.root at that split, or pass --force-data to continue anyway")
+    state["data_fingerprint"] = fingerprint
     start = int(state.get("epoch", 0))
     epochs, t = cfg["train"]["epochs"], cfg["train"]
+    if resume and start < epochs:  # the newest whole checkpoint: last.*, else last-prev.*
+        if main:
+            checkpoint.remove_stale_temporaries(run_dir)
+        prefix, start = checkpoint.resume_checkpoint(run_dir, state)
     if resume and start >= epochs:
         print(f"{run_dir}: already finished ({start}/{epochs} epochs)")
+        if state.get("status") != "finished":  # its checkpoint is the last epoch's
+            _mark(run_dir, main, "finished")
         return Path(run_dir)
     train_loader = build_loader(train_ds, t["batch_size"], True, cfg["data"]["num_workers"],
                                 seed=t["seed"], start_epoch=start)
@@ -131,19 +163,23 @@ def _train(cfg: dict, run_dir=None) -> Path:
     model = prepare_model(network, cfg, len(train_ds.classes), optimizer)
 
     if resume:
-        _refuse_legacy_layout(Path(run_dir) / "last.pdparams")
-        model.load(str(Path(run_dir) / "last"))
+        _refuse_legacy_layout(Path(run_dir) / f"{prefix}.pdparams")
+        checkpoint.load_resume_checkpoint(model, run_dir, prefix)
     else:
         name = cfg["output"]["name"] or cfg["model"]["name"]
         # Rank 0 picks the folder and tells the others: looking for themselves, they could
         # find rank 0's new folder already there and pick name-2.
         run_dir = broadcast_from_main(new_run_dir(cfg["output"]["dir"], name) if main else None)
         if main:
-            run_dir.mkdir(parents=True)
-            save_config(cfg, run_dir / "config.yaml")
+            # Made under a hidden name and renamed whole: a kill here never leaves a run
+            # folder without its state.json (which --resume and studies would refuse).
+            tmp = run_dir.with_name(f".{run_dir.name}.creating-{os.getpid()}")
+            tmp.mkdir(parents=True)
+            save_config(cfg, tmp / "config.yaml")
             if start_from:
-                atomic_write_json(run_dir / "pretrained.json", start_from)
-            cb.save_last(run_dir, model, state, 0)
+                atomic_write_json(tmp / "pretrained.json", start_from)
+            cb.save_last(tmp, model, state, 0)
+            os.rename(tmp, run_dir)
     run_dir = Path(run_dir)
     meta = {"model": cfg["model"]["name"], "model_kwargs": cfg["model"]["kwargs"],
             "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
@@ -154,14 +190,20 @@ def _train(cfg: dict, run_dir=None) -> Path:
             "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
                            if start_from else None)}
 
-    callbacks = [cb.NonFiniteLossGuard(start)]
+    callbacks = [cb.NonFiniteLossGuard(start, world_size())]
     if loaded and t["freeze_epochs"]:
         callbacks.append(pretrained.FreezeBackbone(network, loaded, t["freeze_epochs"], start))
+    rank_totals = None
     if world_size() > 1:
-        callbacks.append(cb.AverageRunningStats())
+        rank_totals = cb.RankTrainTotals(world_size())
+        callbacks += [cb.AverageRunningStats(), rank_totals]
     if main:
         rows = [r for r in cb.read_metrics(run_dir / "metrics.csv") if r["epoch"] <= start]
-        metrics = cb.EpochMetrics(run_dir, start, epochs, rows)
+        if [r["epoch"] for r in rows] != list(range(1, start + 1)):
+            raise UserError(f"{run_dir / 'metrics.csv'} is damaged (its rows do not cover "
+                            f"epochs 1-{start}, which state.json says are done); restore it or "
+                            f"start the run again")
+        metrics = cb.EpochMetrics(run_dir, start, epochs, rows, rank_totals)
         callbacks += [metrics,
                       cb.VisualDLLogger(run_dir, metrics, len(train_loader), start,
                                         t["log_freq"], *_dashboard(cfg, network, train_ds,
@@ -181,6 +223,13 @@ def _train(cfg: dict, run_dir=None) -> Path:
         _mark(run_dir, main, "diverged")
         raise RunStopped(f"stopped: {e}; the last good checkpoints in {run_dir} are kept "
                          f"(try a lower --lr)", 3)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every file is written to a temporary name and renamed: what was whole stays whole.
+        raise RunStopped(f"stopped: the disk is full ({e.strerror}) while writing to {run_dir}; "
+                         f"the checkpoints saved before are intact. Free some space and "
+                         f"continue with: python train.py --resume {run_dir}", 4)
     if main:
         write_predictions(network, eval_ds, run_dir / "predictions.csv")
     _mark(run_dir, main, "finished")

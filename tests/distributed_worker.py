@@ -6,7 +6,8 @@
 Runs ``train.main`` with the given arguments, as ``train.py`` would, then each rank writes
 what only it can tell: ``DUMP/rank<r>.pdparams`` (its network's state_dict after training)
 and ``DUMP/rank<r>.json`` (train.py's exit code, the run folder its trainer returned, the
-train-image indices it read, in order).
+train-image indices it read, in order, and each training step's loss and batch size).
+``NAN_ON_RANK=r`` in the environment makes rank r's second training loss NaN.
 """
 import json
 import sys
@@ -23,7 +24,23 @@ from app.data import ImageFolderDataset  # noqa: E402
 
 
 def main(dump: str, *train_args: str) -> int:
-    models, run_dirs, train_reads = [], [], []
+    import os
+
+    from app import engine
+
+    models, run_dirs, train_reads, losses = [], [], [], []
+    loss_forward = engine.ClassificationLoss.forward
+    nan_rank = int(os.environ.get("NAN_ON_RANK", "-1"))
+
+    def record_loss(self, logits, label):
+        loss = loss_forward(self, logits, label)
+        if not isinstance(loss, (list, tuple)) and models and models[0].network.training:
+            if nan_rank == paddle.distributed.get_rank() and len(losses) == 1:
+                loss = loss * float("nan")  # this rank's second step goes wrong
+            losses.append([float(loss.numpy()), int(label.shape[0])])
+        return loss
+
+    engine.ClassificationLoss.forward = record_loss
     prepare_model, run_training = trainer.prepare_model, trainer.train
     read_item = ImageFolderDataset.__getitem__
 
@@ -45,9 +62,10 @@ def main(dump: str, *train_args: str) -> int:
     code = train.main(list(train_args))
 
     rank = paddle.distributed.get_rank()
-    paddle.save(models[0].network.state_dict(), str(Path(dump) / f"rank{rank}.pdparams"))
+    if models:
+        paddle.save(models[0].network.state_dict(), str(Path(dump) / f"rank{rank}.pdparams"))
     (Path(dump) / f"rank{rank}.json").write_text(json.dumps(
-        {"exit_code": code, "run_dirs": run_dirs, "train_reads": train_reads}))
+        {"exit_code": code, "run_dirs": run_dirs, "train_reads": train_reads, "losses": losses}))
     return code
 
 

@@ -105,6 +105,32 @@ def test_one_run_dir_that_every_rank_agrees_on(launched):
     assert state["status"] == "finished" and state["epoch"] == EPOCHS
 
 
+def test_train_loss_in_metrics_is_the_mean_over_all_ranks(launched):
+    _, runs, dump = launched
+    rows = read_metrics(runs / "towernet" / "metrics.csv")
+    per_rank = [rank_report(dump, r)["losses"] for r in range(WORLD)]
+    steps = len(per_rank[0]) // EPOCHS
+    for epoch, row in enumerate(rows):
+        batches = [b for losses in per_rank for b in losses[epoch * steps:(epoch + 1) * steps]]
+        mean = sum(loss * n for loss, n in batches) / sum(n for _, n in batches)
+        assert row["train_loss"] == pytest.approx(mean, rel=1e-4)
+
+
+def test_a_nan_on_one_rank_stops_every_rank_and_marks_the_run_diverged(tiny_split, tmp_path):
+    runs, dump, logs = tmp_path / "runs", tmp_path / "dump", tmp_path / "logs"
+    dump.mkdir()
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(WORLD),
+           "--log_dir", logs, "tests/distributed_worker.py", dump, "--model", "towernet",
+           "--data", tiny_split, "--epochs", "2", "--output", runs, *FAST_TRAIN]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NAN_ON_RANK": "1"}
+    proc = subprocess.run(list(map(str, cmd)), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    state = json.loads((runs / "towernet" / "state.json").read_text())
+    assert state["status"] == "diverged", state
+    assert [rank_report(dump, r)["exit_code"] for r in range(WORLD)] == [3, 3]
+
+
 def test_every_train_image_read_once_per_epoch(launched):
     _, _, dump = launched
     reads = [rank_report(dump, r)["train_reads"] for r in range(WORLD)]

@@ -9,6 +9,7 @@ import paddle
 import pytest
 
 from app import callbacks as cb
+from app.atomic import atomic_save
 from app import trainer
 from app.config import load_config
 from app.callbacks import read_metrics
@@ -165,7 +166,7 @@ def test_crash_during_save_keeps_previous_best(tiny_split, tmp_path, monkeypatch
 
     monkeypatch.setattr(paddle, "save", crashing_save)
     with pytest.raises(OSError):
-        cb.atomic_save({"w": paddle.ones([3])}, run / "best.pdparams")
+        atomic_save({"w": paddle.ones([3])}, run / "best.pdparams")
     monkeypatch.setattr(paddle, "save", real_save)
     after = paddle.load(str(run / "best.pdparams"))
     assert before.keys() == after.keys()

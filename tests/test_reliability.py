@@ -1,0 +1,168 @@
+"""Damaged run files and kills between checkpoint writes: a clear line or a clean fallback.
+
+One 3-epoch run is trained once; every case works on its own copy.
+"""
+import json
+import shutil
+
+import pytest
+
+from app.callbacks import read_metrics
+from conftest import run_cli
+
+TINY = ["--image-size", "32", "--batch-size", "12", "-o", "data.cache=false"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rel")
+    run_cli("train.py", "--model", "towernet", "--data", tiny_split, "--epochs", "3",
+            "--output", out, *TINY, check=True)
+    return out / "towernet"
+
+
+def copy_unfinished(finished_run, tmp_path, epoch_of_state=None):
+    """A copy of the run that looks interrupted after its last epoch's checkpoint, with the
+    schedule one epoch longer (so --resume has an epoch left to train)."""
+    run = tmp_path / "towernet"
+    shutil.copytree(finished_run, run)
+    cfg = (run / "config.yaml").read_text().replace("epochs: 3", "epochs: 4")
+    (run / "config.yaml").write_text(cfg)
+    state = json.loads((run / "state.json").read_text())
+    state["status"] = "interrupted"
+    (run / "state.json").write_text(json.dumps(state))
+    return run
+
+
+def damage(path, how):
+    data = path.read_bytes()
+    path.write_bytes(b"" if how == "empty" else data[: len(data) // 2])
+
+
+def one_line_exit_2(proc, name):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and name in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+@pytest.mark.parametrize("name", ["last.pdparams", "last.pdopt"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_epoch(finished_run, tmp_path, name, how):
+    run = copy_unfinished(finished_run, tmp_path)
+    damage(run / name, how)
+    proc = run_cli("train.py", "--resume", run, check=True)
+    assert "resuming from epoch 2" in proc.stdout
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 3 retrained, each epoch once
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_both_checkpoints_damaged_is_one_line(finished_run, tmp_path, how):
+    run = copy_unfinished(finished_run, tmp_path)
+    for name in ("last.pdparams", "last-prev.pdparams"):
+        damage(run / name, how)
+    one_line_exit_2(run_cli("train.py", "--resume", run), "last.pdparams")
+
+
+def test_killed_between_the_checkpoint_and_state_json_resumes_cleanly(finished_run, tmp_path):
+    # As if killed after writing epoch 3's last.* but before its state.json: state.json
+    # still describes epoch 2, whose pair now sits in last-prev.*.
+    run = copy_unfinished(finished_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    state.update(epoch=2, checkpoint=state["previous"], previous=None)
+    (run / "state.json").write_text(json.dumps(state))
+    proc = run_cli("train.py", "--resume", run, check=True)
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3, 4]
+    assert "damaged" not in proc.stdout  # the newest pair state.json vouches for was whole
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+@pytest.mark.parametrize("name, commands", [
+    ("state.json", [["train.py", "--resume", "{run}"], ["eval.py", "--compare", "{root}"]]),
+    ("config.yaml", [["train.py", "--resume", "{run}"], ["eval.py", "--compare", "{root}"]]),
+    ("metrics.csv", [["train.py", "--resume", "{run}"], ["eval.py", "--compare", "{root}"]]),
+    ("best.pdparams", [["eval.py", "--run", "{run}"]]),
+    ("best.json", [["eval.py", "--run", "{run}"], ["eval.py", "--compare", "{root}"]]),
+])
+def test_damaged_run_files_are_one_line_exit_2(finished_run, tmp_path, name, commands, how):
+    run = copy_unfinished(finished_run, tmp_path)
+    if name == "metrics.csv" and how == "truncated":
+        text = (run / name).read_text()
+        (run / name).write_text(text[: text.rindex(",") - 3])  # cut inside the last row
+    else:
+        damage(run / name, how)
+    for command in commands:
+        args = [a.format(run=run, root=tmp_path) for a in command]
+        one_line_exit_2(run_cli(*args), name)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_a_damaged_manifest_is_one_line(tiny_split, tmp_path, how):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_split, data)
+    damage(data / "manifest.json", how)
+    one_line_exit_2(run_cli("train.py", "--model", "towernet", "--data", data, "--epochs", "1",
+                            "--output", tmp_path / "runs", *TINY), "manifest.json")
+
+
+def test_kill_9_at_seeded_moments_then_resume(tiny_split):
+    # bench/kill_resume.py: SIGKILL before the k-th rename of a run file (inside the
+    # checkpoint, best, state.json and metrics.csv writes) or after a seeded delay, resume,
+    # repeat; then every epoch once, the reference lr column, VisualDL steps unique,
+    # best.json matching best.pdparams and no temporary file left.
+    proc = run_cli("bench/kill_resume.py", "--data", tiny_split, "--points", "3", "--epochs", "3",
+                   "--seed", "1", "--json", timeout=900)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert any(k.startswith("rename#") for r in summary["results"] for k in r["kills"])
+    assert summary["clean"] == summary["points"] == 3, summary
+
+
+def test_resume_against_another_split_needs_force_data(finished_run, tiny_split, tmp_path):
+    from data_tools.split import split_dataset
+
+    other = tmp_path / "other"
+    split_dataset(tiny_split.parent / "src", other, eval_ratio=0.25, seed=1, progress=False)
+    run = copy_unfinished(finished_run, tmp_path)
+    proc = run_cli("train.py", "--resume", run, "-o", f"data.root={other}")
+    one_line_exit_2(proc, "--force-data")
+    run_cli("train.py", "--resume", run, "-o", f"data.root={other}", "--force-data", check=True)
+    assert json.loads((run / "state.json").read_text())["status"] == "finished"
+    # The same split copied elsewhere is the same data: no flag needed.
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_split, moved)
+    run2 = copy_unfinished(finished_run, tmp_path / "b")
+    run_cli("train.py", "--resume", run2, "-o", f"data.root={moved}", check=True)
+
+
+def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, monkeypatch):
+    import errno
+
+    import paddle
+
+    from app import trainer
+    from app.config import load_config
+
+    cfg = load_config(model="towernet", overrides=[
+        ("data.root", str(tiny_split)), ("output.dir", str(tmp_path)), ("train.epochs", 3),
+        ("data.image_size", 32), ("train.batch_size", 12), ("data.cache", False)])
+    real_save, calls = paddle.save, {"n": 0}
+
+    def full_disk(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # epoch 1's saves are done (last x2 at epoch 0, best + last x2)
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(paddle, "save", full_disk)
+    with pytest.raises(trainer.RunStopped) as e:
+        trainer.train(cfg)
+    assert e.value.exit_code == 4 and "disk is full" in str(e.value) and "--resume" in str(e.value)
+    monkeypatch.setattr(paddle, "save", real_save)
+    run = tmp_path / "towernet"
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    paddle.load(str(run / "best.pdparams"))  # still whole
+    trainer.train(trainer.resume_config(run), run)
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3]
