@@ -9,6 +9,11 @@ pair only when it matches what state.json recorded, so a kill between any two of
 (or a file damaged by hand) resumes from the newest pair that is whole -- the previous epoch
 if need be, saying so.
 
+Optimizer state. Paddle keys an optimizer's state by generated parameter names
+(``conv2d_57.w_0_velocity_0``), which depend on what the process built before. last.pdopt
+is written keyed by the model's structured names instead (``b1.0.0.weight@velocity``), so
+a run resumes in any process; files written the old way still load (by generated names).
+
 Best model. best.json records the CRC-32 of best.pdparams: a kill between the two renames,
 or a damaged best.pdparams, is detected (``check_best``) instead of evaluating a model that
 best.json does not describe.
@@ -79,7 +84,7 @@ def save_last(run_dir, network, optimizer, state: dict, epoch: int, status: str 
             if (run_dir / f"{LAST}.{ext}").is_file():
                 os.replace(run_dir / f"{LAST}.{ext}", run_dir / f"{PREV}.{ext}")
     atomic_save(network.state_dict(), run_dir / f"{LAST}.pdparams")
-    atomic_save(optimizer.state_dict(), run_dir / f"{LAST}.pdopt")
+    atomic_save(structured_optimizer_state(network, optimizer), run_dir / f"{LAST}.pdopt")
     state.update(epoch=epoch, status=status,
                  checkpoint={"epoch": epoch, **_fingerprint(run_dir, LAST)},
                  previous=previous)
@@ -144,13 +149,42 @@ def remove_stale_temporaries(run_dir) -> list:
     return removed
 
 
+STRUCTURED = "__keys__"  # marks an optimizer state keyed by structured names
+
+
+def _accumulator_names(network, optimizer) -> dict:
+    """{generated accumulator name: "<structured param name>@<accumulator>"}."""
+    structured = {p.name: name for name, p in network.named_parameters()}
+    return {var.name: f"{structured[pname]}@{acc}"
+            for acc, by_param in optimizer._accumulators.items()
+            for pname, var in by_param.items() if pname in structured}
+
+
+def structured_optimizer_state(network, optimizer) -> dict:
+    """``optimizer.state_dict()`` with accumulators keyed by structured parameter names."""
+    names = _accumulator_names(network, optimizer)
+    state = {names.get(k, k): v for k, v in optimizer.state_dict().items()}
+    state[STRUCTURED] = "structured"
+    return state
+
+
 def load_resume_checkpoint(model, run_dir, prefix: str) -> None:
     """Load ``prefix``.pdparams/.pdopt into hapi ``model`` (damaged: one line)."""
     run_dir = Path(run_dir)
     hint = "start the run again (or evaluate best.pdparams with eval.py)"
-    for ext in ("pdparams", "pdopt"):
-        load_state_dict(run_dir / f"{prefix}.{ext}", hint)  # a clear error before hapi's
-    model.load(str(run_dir / prefix))
+    params = load_state_dict(run_dir / f"{prefix}.pdparams", hint)
+    opt = load_state_dict(run_dir / f"{prefix}.pdopt", hint)
+    if opt.pop(STRUCTURED, None) is None:  # written before structured keys: hapi's loader
+        model.load(str(run_dir / prefix))
+        return
+    network, optimizer = model.network, model._optimizer
+    to_generated = {v: k for k, v in _accumulator_names(network, optimizer).items()}
+    missing = [k for k in opt if "@" in k and k not in to_generated]
+    if missing:
+        raise UserError(f"{run_dir / (prefix + '.pdopt')} does not fit this model "
+                        f"({missing[0]} has no parameter); start the run again")
+    network.set_state_dict(params)
+    optimizer.set_state_dict({to_generated.get(k, k): v for k, v in opt.items()})
 
 
 def save_best(run_dir, network, meta: dict) -> None:

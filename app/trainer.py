@@ -106,9 +106,10 @@ def load_datasets(cfg: dict):
 def train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     """Train ``cfg`` (see :func:`_train`) in a fresh scope of Paddle's generated names.
 
-    The optimizer state in last.pdopt is keyed by generated names (conv2d_0.w_0_velocity_0);
-    without the fresh scope, a run resumed in a process that built other models first
-    (a study) would look for conv2d_57.w_0_velocity_2 and fail to load.
+    last.pdopt is keyed by structured parameter names (app/checkpoint.py), so resuming does
+    not depend on the scope; it is kept for checkpoints written before that, keyed by
+    generated names (conv2d_0.w_0_velocity_0), which a process that built other models
+    first (a study) would otherwise look for as conv2d_57.w_0_velocity_2.
     """
     import paddle
 

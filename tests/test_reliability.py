@@ -166,3 +166,44 @@ def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, 
     paddle.load(str(run / "best.pdparams"))  # still whole
     trainer.train(trainer.resume_config(run), run)
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3]
+
+
+def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path, monkeypatch):
+    # last.pdopt is keyed by structured names: Paddle's generated names (conv2d_57.w_0...)
+    # differ in a process that built other networks before, and no name scope is needed.
+    import numpy as np
+    import paddle
+
+    from app import engine, trainer
+    from app.config import load_config
+    from models import create_model
+
+    def cfg(out):
+        return load_config(model="towernet_se", overrides=[
+            ("data.root", str(tiny_split)), ("output.dir", str(out)), ("train.epochs", 3),
+            ("data.image_size", 32), ("train.batch_size", 12), ("data.cache", False),
+            ("data.rotation", 0), ("data.hflip", False)])
+
+    full = trainer.train(cfg(tmp_path / "full"))
+    keys = paddle.load(str(full / "last.pdopt")).keys()
+    assert "b1.0.0.weight@velocity" in keys and not any(k.startswith("conv2d_") for k in keys)
+
+    forward = engine.ClassificationLoss.forward
+    state = tmp_path / "cut" / "towernet_se" / "state.json"
+
+    def interrupt_in_epoch_2(self, *args, **kwargs):
+        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.ClassificationLoss, "forward", interrupt_in_epoch_2)
+    with pytest.raises(trainer.RunStopped):
+        trainer.train(cfg(tmp_path / "cut"))
+    monkeypatch.setattr(engine.ClassificationLoss, "forward", forward)
+    for name in ("resnet50", "mobilenet_v2_se", "towernet_cbam"):  # shift the generated names
+        create_model(name)
+    run = tmp_path / "cut" / "towernet_se"
+    trainer._train(trainer.resume_config(run), run)  # no fresh name scope
+    a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
