@@ -146,13 +146,17 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     state["data_fingerprint"] = fingerprint
     start = int(state.get("epoch", 0))
     epochs, t = cfg["train"]["epochs"], cfg["train"]
+    if resume and main:
+        checkpoint.remove_stale_temporaries(run_dir)
     if resume and start < epochs:  # the newest whole checkpoint: last.*, else last-prev.*
-        if main:
-            checkpoint.remove_stale_temporaries(run_dir)
         prefix, start = checkpoint.resume_checkpoint(run_dir, state)
     if resume and start >= epochs:
         print(f"{run_dir}: already finished ({start}/{epochs} epochs)")
-        if state.get("status") != "finished":  # its checkpoint is the last epoch's
+        if state.get("status") != "finished":  # stopped after its last checkpoint
+            if main and not (Path(run_dir) / "predictions.csv").is_file():
+                network.set_state_dict(checkpoint.load_state_dict(
+                    Path(run_dir) / "last.pdparams", "start the run again"))
+                write_predictions(network, eval_ds, Path(run_dir) / "predictions.csv")
             _mark(run_dir, main, "finished")
         return Path(run_dir)
     train_loader = build_loader(train_ds, t["batch_size"], True, cfg["data"]["num_workers"],
