@@ -23,6 +23,8 @@ def parse_args(argv=None):
     p.add_argument("-c", "--config", help="YAML config (default: configs/<model>.yaml, else "
                    "its family's: towernet.yaml, resnet50.yaml, mobilenet_v2.yaml)")
     p.add_argument("--model", help="registered model name (see --list-models)")
+    p.add_argument("--recipe", help="training recipe layered on the model's config: "
+                                    "reference (default) or small_data (configs/recipes/)")
     p.add_argument("--list-models", action="store_true", help="print model names and exit")
     p.add_argument("--data", help="split folder with train/ and eval/ (data.root)")
     p.add_argument("--epochs", type=int)
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
         cfg = resume_config_overrides(trainer.resume_config(args.resume), overrides,
                                       given_config=args.config or args.model)
     else:
-        cfg = load_config(args.config, args.model, overrides)
+        cfg = load_config(args.config, args.model, overrides, args.recipe)
     try:
         trainer.train(cfg, args.resume, force_data=args.force_data)
     except trainer.RunStopped as e:
@@ -96,7 +98,7 @@ def study(args, overrides) -> int:
     if not models:
         raise UserError("--seeds needs --model or --models")
     overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
-    run_study(args.config, models, seeds, overrides, args.folds)
+    run_study(args.config, models, seeds, overrides, args.folds, args.recipe)
     return 0
 
 

@@ -28,6 +28,8 @@ CHOICES = {
 # Keys that must be positive numbers (zero allowed where noted by >= 0 below).
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
+                "data.color_jitter", "data.random_erasing", "train.label_smoothing",
+                "train.warmup_epochs",
                 "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
                 "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
 
@@ -103,6 +105,13 @@ def validate(cfg: dict) -> dict:
         if out[s][n] not in allowed:
             raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; "
                             f"got {out[s][n]!r}")
+    for key in ("data.crop_scale", "data.crop_ratio", "data.erasing_area", "data.randaugment"):
+        s, n = key.split(".")
+        v = out[s][n]
+        if len(v) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in v) or v[0] > v[1] \
+                and key != "data.randaugment":
+            raise UserError(f"config key '{key}' must be two non-negative numbers [low, high]; "
+                            f"got {v!r}")
     for key in POSITIVE + NON_NEGATIVE:
         s, n = key.split(".")
         if out[s][n] < 0 or (key in POSITIVE and out[s][n] == 0):
@@ -139,8 +148,28 @@ def model_config_file(model: str):
     return None
 
 
-def load_config(config_file=None, model=None, overrides=()) -> dict:
-    """Resolve a run's config: defaults <- file <- ``overrides`` (``(key, value)`` pairs).
+RECIPE_DIR = CONFIG_DIR / "recipes"
+
+
+def list_recipes() -> list:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def apply_recipe(cfg: dict, recipe: str) -> None:
+    """Layer configs/recipes/<recipe>.yaml onto ``cfg`` (key by key) and record its name."""
+    path = RECIPE_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown recipe {recipe!r}; known: {', '.join(list_recipes())}")
+    for section, values in read_yaml(path).items():
+        if not isinstance(values, dict):
+            raise UserError(f"recipe {path}: section '{section}' must be a mapping")
+        for name, value in values.items():
+            set_key(cfg, f"{section}.{name}", value)
+    cfg["train"]["recipe"] = recipe
+
+
+def load_config(config_file=None, model=None, overrides=(), recipe=None) -> dict:
+    """Resolve a run's config: defaults <- file <- recipe <- ``overrides`` (``(key, value)`` pairs).
 
     Without ``config_file``, :func:`model_config_file` picks the model's (or its family's)
     YAML, so ``--model towernet_se`` picks up TowerNet's own weight decay.
@@ -150,6 +179,8 @@ def load_config(config_file=None, model=None, overrides=()) -> dict:
     cfg = validate(read_yaml(config_file)) if config_file else defaults()
     if model is not None:
         cfg["model"]["name"] = model
+    if recipe is not None:
+        apply_recipe(cfg, recipe)
     for key, value in overrides:
         set_key(cfg, key, value)
     return validate(cfg)

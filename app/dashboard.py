@@ -33,7 +33,7 @@ def hparams(cfg: dict, params: int, gmacs: float) -> dict:
     t, o, d = cfg["train"], cfg["optimizer"], cfg["data"]
     return {
         "model": str(cfg["model"]["name"]), "host": host, "attention": attention,
-        "recipe": "reference",  # the only training recipe so far
+        "recipe": str(t["recipe"]),
         "seed": int(t["seed"]), "lr": float(o["lr"]), "epochs": int(t["epochs"]),
         "batch_size": int(t["batch_size"]), "image_size": int(d["image_size"]),
         "weight_decay": float(o["weight_decay"]),

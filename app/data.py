@@ -27,6 +27,7 @@ from paddle.vision.datasets import DatasetFolder
 from PIL import Image
 from tqdm import tqdm
 
+from app.augment import Augment, RandAugment
 from app.errors import UserError
 from app.images import IMAGE_EXTENSIONS, read_rgb
 
@@ -78,7 +79,11 @@ class ToCHW:
 
     def __call__(self, img) -> np.ndarray:
         x = np.asarray(img, dtype=np.float32) * self.scale + self.shift
+        if self.erase is not None:
+            x = self.erase(x)  # on the normalised HWC image: erased pixels = the mean colour
         return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    erase = None
 
 
 def build_resize(image_size: int) -> Callable:
@@ -87,22 +92,37 @@ def build_resize(image_size: int) -> Callable:
 
 
 def build_transform(image_size: int, mean, std, train: bool, rotation: float = 10,
-                    hflip: bool = True, resize: bool = True) -> Callable:
+                    hflip: bool = True, resize: bool = True, augment: Augment = Augment()) -> Callable:
     """The one place transforms are built: RGB PIL image -> float32 [3, S, S].
 
-    Train: Resize -> RandomRotation(rotation) -> RandomHorizontalFlip (reference order);
-    eval: Resize. Both then scale to [0, 1] and normalise with ``mean``/``std``.
+    Train: Resize -> RandomRotation(rotation) -> RandomHorizontalFlip (reference order),
+    then the pieces of ``augment`` that are on (app/augment.py): RandomResizedCrop in place
+    of the Resize, ColorJitter and RandAugment after the flip, RandomErasing after
+    normalisation. Eval: Resize. Both scale to [0, 1] and normalise with ``mean``/``std``.
     Resize is :func:`build_resize` (square, so batches collate). ``resize=False`` leaves it
-    out, for images that are already S x S (the cache).
-    Rotation fills the corners with black, as paddle's default does.
+    out, for images that are already S x S (the cache). Rotation fills the corners with
+    black, as paddle's default does.
     """
-    steps = [build_resize(image_size)] if resize else []
+    crop = train and augment.random_resized_crop
+    if crop:  # from the original or the (larger) cached image, always to S x S
+        steps = [T.RandomResizedCrop(image_size, scale=augment.crop_scale, ratio=augment.crop_ratio)]
+    else:
+        steps = [build_resize(image_size)] if resize else []
+    normalise = ToCHW(mean, std)
     if train:
         if rotation:
             steps.append(T.RandomRotation(rotation))
         if hflip:
             steps.append(T.RandomHorizontalFlip())
-    steps.append(ToCHW(mean, std))
+        if augment.color_jitter:
+            j = augment.color_jitter
+            steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+        if augment.randaugment_n:
+            steps.append(RandAugment(augment.randaugment_n, augment.randaugment_m))
+        if augment.random_erasing:
+            normalise.erase = T.RandomErasing(prob=augment.random_erasing,
+                                              scale=augment.erasing_area, value=0)
+    steps.append(normalise)
     return T.Compose(steps)
 
 
@@ -126,7 +146,8 @@ class ImageFolderDataset(paddle.io.Dataset):
 
     def __init__(self, root, split: str = "train", image_size: int = 256, train: bool | None = None,
                  cache: bool = False, rotation: float = 10, hflip: bool = True, mean=None, std=None,
-                 num_threads: int | None = None, progress: bool = True):
+                 num_threads: int | None = None, progress: bool = True,
+                 augment: Augment = Augment()):
         super().__init__()
         self.root = Path(root)
         if not self.root.is_dir():
@@ -150,11 +171,12 @@ class ImageFolderDataset(paddle.io.Dataset):
             raise UserError(f"classes in {self.root / split} {self.classes} differ from "
                             f"manifest.json {self.manifest['classes']}; "
                             f"re-run the split with --force")
+        self.augment = augment
         self.transform = build_transform(image_size, self.mean, self.std, self.train,
-                                         rotation, hflip)
+                                         rotation, hflip, augment=augment)
         # What runs on a cached (already resized) image.
         self.cached_transform = build_transform(image_size, self.mean, self.std, self.train,
-                                                rotation, hflip, resize=False)
+                                                rotation, hflip, resize=False, augment=augment)
         self.cache: np.ndarray | None = None
         if cache:
             self.preload(num_threads=num_threads, progress=progress)
@@ -172,9 +194,12 @@ class ImageFolderDataset(paddle.io.Dataset):
     def preload(self, num_threads: int | None = None, progress: bool = True) -> float:
         """Decode + resize every image into ``self.cache`` (uint8 [N, S, S, 3]); returns MB.
 
-        Threads, because PIL releases the GIL while decoding and resizing.
+        Threads, because PIL releases the GIL while decoding and resizing. With
+        RandomResizedCrop on (training), S is ``augment.cache_size``: 1.25x the image size,
+        so the crop has real pixels to take (16 classes at 128 px: 1453 x 160 x 160 x 3 =
+        112 MB instead of 71 MB).
         """
-        s = self.image_size
+        s = self.augment.cache_size(self.image_size) if self.train else self.image_size
         cache = np.empty((len(self.samples), s, s, 3), np.uint8)
         resize = build_resize(s)
 

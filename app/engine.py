@@ -94,8 +94,13 @@ def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
     step at that fraction of the schedule: Paddle's per-parameter learning rate.
     """
     opt = cfg["optimizer"]
-    schedule = paddle.optimizer.lr.CosineAnnealingDecay(
-        learning_rate=opt["lr"], T_max=cfg["train"]["epochs"] * steps_per_epoch)
+    total = cfg["train"]["epochs"] * steps_per_epoch
+    warmup = min(cfg["train"]["warmup_epochs"] * steps_per_epoch, total - 1)
+    schedule = paddle.optimizer.lr.CosineAnnealingDecay(learning_rate=opt["lr"],
+                                                        T_max=total - warmup)
+    if warmup > 0:  # linear from 0 to lr over the first epochs; the cosine still ends at the last step
+        schedule = paddle.optimizer.lr.LinearWarmup(schedule, warmup_steps=warmup,
+                                                    start_lr=0.0, end_lr=opt["lr"])
     optimizer = paddle.optimizer.Momentum(
         learning_rate=schedule, momentum=opt["momentum"],
         parameters=network.parameters(),
@@ -109,16 +114,24 @@ def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
 
 
 class ClassificationLoss(paddle.nn.Layer):
-    """Cross-entropy, plus NAM's L1 sparsity penalty when the network contains NAM."""
+    """Cross-entropy (label-smoothed by ``label_smoothing`` while training), plus NAM's L1
+    sparsity penalty when the network contains NAM."""
 
-    def __init__(self, network: paddle.nn.Layer, nam_penalty: float = 1e-4):
+    def __init__(self, network: paddle.nn.Layer, nam_penalty: float = 1e-4,
+                 label_smoothing: float = 0.0):
         super().__init__()
+        self.network_ref, self.label_smoothing = [network], label_smoothing
         # A plain list, so the network's parameters are not registered a second time here.
         self._network = [network] if has_nam(network) and nam_penalty > 0 else []
         self.nam_penalty = nam_penalty
 
     def forward(self, logits, label):
         loss = F.cross_entropy(logits, label)
+        eps = self.label_smoothing if self.network_ref[0].training else 0.0
+        if eps:  # target (1 - eps) one-hot + eps / K: Paddle 3.3.1's own label_smoothing
+            # has no CPU kernel for integer labels
+            uniform = -F.log_softmax(logits.astype("float32"), axis=-1).mean()
+            loss = (1.0 - eps) * loss + eps * uniform
         if self._network:
             loss = loss + nam_sparsity_penalty(self._network[0], self.nam_penalty)
         return loss
@@ -225,7 +238,8 @@ def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddl
                          inputs=[InputSpec([None, 3, size, size], "float32", "image")],
                          labels=[InputSpec([None, 1], "int64", "label")])
     amp = cfg["train"]["amp"]
-    loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"])
+    loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"],
+                              cfg["train"]["label_smoothing"])
     model.confusion = ConfusionCounts(network, num_classes)  # read by the VisualDL callback
     model.prepare(optimizer, loss,
                   [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(network),

@@ -34,20 +34,24 @@ def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | N
     """``<model>-s<seed>`` (``-f<fold>`` in a K-fold study); a pretrained run is
     ``<model>@<source tag>-s<seed>`` (see run_label)."""
     label = run_label(cfg) if cfg else model
-    return f"{label.replace(' @', '@')}-s{seed}" + ("" if fold is None else f"-f{fold}")
+    return f"{label.replace(' @', '@').replace(' +', '+')}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
 def run_label(cfg: dict) -> str:
     """A run's row in a report: the model, marked with what it started from when pretrained
     (``mobilenet_v2 @imagenet``, ``towernet @pretrain-68``), so that runs from scratch and
     fine-tuned runs of one model are never pooled."""
+    name = cfg["model"]["name"]
+    recipe = cfg.get("train", {}).get("recipe", "reference")
+    if recipe != "reference":
+        name = f"{name} +{recipe}"
     source = cfg["model"].get("pretrained")
     if not source:
-        return cfg["model"]["name"]
+        return name
     path = Path(source)
     tag = source if source == "imagenet" else (
         path.parent.name if path.stem in ("best", "last") else path.stem)
-    return f"{cfg['model']['name']} @{tag}"
+    return f"{name} @{tag}"
 
 
 def read_predictions(path) -> dict | None:
@@ -240,7 +244,7 @@ def write_report(root) -> dict:
 
 
 def run_study(config_file, models: list, seeds: list, overrides: list,
-              folds: int | None = None) -> Path:
+              folds: int | None = None, recipe: str | None = None) -> Path:
     """Train every model x seed into OUTPUT/<model>-s<seed>/, then write the report.
 
     With ``folds`` K, the split's train and eval images are pooled and every seed is a new
@@ -267,7 +271,7 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
     # Seed-major order: a study cut short still has complete pairs to compare.
     for seed, fold in units:
         for model in models:
-            cfg = load_config(config_file, model, list(overrides) + [("train.seed", seed)])
+            cfg = load_config(config_file, model, list(overrides) + [("train.seed", seed)], recipe)
             name = study_run_name(model, seed, cfg, fold)
             cfg["output"]["name"] = name
             if fold is not None:

@@ -16,6 +16,7 @@ from app import checkpoint
 from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
 from app.config import load_config, save_config
+from app.augment import Augment
 from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
                         check_model_name, build_optimizer, is_main_process, prepare_model,
@@ -95,7 +96,7 @@ def load_datasets(cfg: dict):
     stats = (dict(mean=pretrained.IMAGENET_MEAN, std=pretrained.IMAGENET_STD)
              if normalization(cfg) == "imagenet" else {})
     train = ImageFolderDataset(d["root"], "train", rotation=d["rotation"], hflip=d["hflip"],
-                               **stats, **common)
+                               augment=Augment.from_config(d), **stats, **common)
     evaluation = ImageFolderDataset(d["root"], "eval", train=False, mean=train.mean,
                                     std=train.std, **common)
     if evaluation.classes != train.classes:
