@@ -103,3 +103,52 @@ class RandAugment:
         for name in random.choices(list(RAND_OPS), k=self.n):
             img = RAND_OPS[name](img, self.m)
         return img
+
+
+class MixBatch:
+    """Mixup / CutMix on a training batch, as the DataLoader's ``collate_fn``.
+
+    Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018; Yun et al.,
+    "CutMix", ICCV 2019; the switching scheme of timm's ``Mixup``. With probability ``prob``
+    a batch is mixed with its reversed order: CutMix (with probability ``switch_prob`` when
+    both are on) pastes a box of the partner image whose area is ``1 - lam``, lam ~
+    Beta(cutmix_alpha, cutmix_alpha), and the label weight is the area actually pasted
+    (after clipping the box to the image); mixup blends the images with lam ~
+    Beta(mixup_alpha, mixup_alpha). Labels become soft targets [N, num_classes] (each row
+    sums to 1); unmixed batches get one-hot rows. The training loss is then cross-entropy
+    with the soft targets, and the logged train accuracy is agreement with the label of the
+    larger weight (paddle's Accuracy takes the argmax of soft labels). Randomness: numpy's
+    global generator (seeded by ``seed_everything``).
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 prob: float = 1.0, switch_prob: float = 0.5):
+        self.num_classes = num_classes
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.prob, self.switch_prob = prob, switch_prob
+
+    def __call__(self, batch):
+        import numpy as np
+
+        images = np.stack([b[0] for b in batch]).astype(np.float32)
+        labels = np.concatenate([np.asarray(b[1]).reshape(-1) for b in batch]).astype(np.int64)
+        onehot = np.eye(self.num_classes, dtype=np.float32)[labels]
+        if np.random.random() >= self.prob or not (self.mixup_alpha or self.cutmix_alpha):
+            return images, onehot
+        use_cutmix = self.cutmix_alpha and (not self.mixup_alpha or np.random.random() < self.switch_prob)
+        partner = images[::-1]
+        if use_cutmix:
+            lam = np.random.beta(self.cutmix_alpha, self.cutmix_alpha)
+            h, w = images.shape[2:]
+            cut_h, cut_w = int(h * np.sqrt(1 - lam)), int(w * np.sqrt(1 - lam))
+            cy, cx = np.random.randint(h), np.random.randint(w)
+            y0, y1 = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, h)
+            x0, x1 = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, w)
+            images = images.copy()
+            images[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually pasted
+        else:
+            lam = np.random.beta(self.mixup_alpha, self.mixup_alpha)
+            images = lam * images + (1 - lam) * partner
+        targets = lam * onehot + (1 - lam) * onehot[::-1]
+        return images.astype(np.float32), targets.astype(np.float32)

@@ -29,7 +29,8 @@ CHOICES = {
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
                 "data.color_jitter", "data.random_erasing", "train.label_smoothing",
-                "train.warmup_epochs",
+                "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",
+                "train.mix_prob", "train.mix_switch_prob",
                 "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
                 "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
 

@@ -126,8 +126,15 @@ class ClassificationLoss(paddle.nn.Layer):
         self.nam_penalty = nam_penalty
 
     def forward(self, logits, label):
-        loss = F.cross_entropy(logits, label)
         eps = self.label_smoothing if self.network_ref[0].training else 0.0
+        if label.dtype != paddle.int64:  # soft targets [N, K] from mixup / CutMix
+            k = logits.shape[-1]
+            target = label.astype("float32") * (1.0 - eps) + eps / k
+            loss = -(target * F.log_softmax(logits.astype("float32"), axis=-1)).sum(-1).mean()
+            if self._network:
+                loss = loss + nam_sparsity_penalty(self._network[0], self.nam_penalty)
+            return loss
+        loss = F.cross_entropy(logits, label)
         if eps:  # target (1 - eps) one-hot + eps / K: Paddle 3.3.1's own label_smoothing
             # has no CPU kernel for integer labels
             uniform = -F.log_softmax(logits.astype("float32"), axis=-1).mean()
@@ -195,7 +202,8 @@ class ConfusionCounts(paddle.metric.Metric):
 
     def update(self, pred, label):
         pred, label = np.asarray(pred).reshape(-1), np.asarray(label).reshape(-1)
-        np.add.at(self.matrix, (label, pred), 1)
+        if len(pred):  # nothing while training (whose labels may be soft targets)
+            np.add.at(self.matrix, (label.astype(np.int64), pred.astype(np.int64)), 1)
         return self.accumulate()
 
     def reset(self):
@@ -253,7 +261,7 @@ def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddl
 
 
 def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
-                 seed: int = 0, start_epoch: int = 0):
+                 seed: int = 0, start_epoch: int = 0, collate_fn=None):
     """A DataLoader over a DistributedBatchSampler: each rank reads its own shard.
 
     The sampler shuffles with ``RandomState(epoch)``; the epoch counter starts at
@@ -264,7 +272,7 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
                                                 shuffle=shuffle, drop_last=False)
     sampler.set_epoch(seed * 100_003 + start_epoch)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                return_list=True)
+                                return_list=True, collate_fn=collate_fn)
 
 
 @paddle.no_grad()

@@ -16,7 +16,7 @@ from app import checkpoint
 from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
 from app.config import load_config, save_config
-from app.augment import Augment
+from app.augment import Augment, MixBatch
 from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
                         check_model_name, build_optimizer, is_main_process, prepare_model,
@@ -160,8 +160,10 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
                 write_predictions(network, eval_ds, Path(run_dir) / "predictions.csv")
             _mark(run_dir, main, "finished")
         return Path(run_dir)
+    mix = (MixBatch(len(train_ds.classes), t["mixup_alpha"], t["cutmix_alpha"], t["mix_prob"],
+                    t["mix_switch_prob"]) if t["mixup_alpha"] or t["cutmix_alpha"] else None)
     train_loader = build_loader(train_ds, t["batch_size"], True, cfg["data"]["num_workers"],
-                                seed=t["seed"], start_epoch=start)
+                                seed=t["seed"], start_epoch=start, collate_fn=mix)
     eval_loader = build_loader(eval_ds, t["batch_size"], False, cfg["data"]["num_workers"])
     loaded = start_from["loaded"] if start_from else []
     pretrained.scale_backbone_lr(network, loaded, cfg["optimizer"]["backbone_lr_mult"])

@@ -136,3 +136,58 @@ def test_study_keeps_recipes_apart(tiny_split, tmp_path):
             "-o", "data.cache=false", "--output", tmp_path, check=True)
     assert (tmp_path / "towernet+small_data-s0" / "config.yaml").is_file()
     assert "towernet +small_data" in (tmp_path / "report.md").read_text()
+
+
+def _batch(n=6, k=4, size=16):
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((3, size, size)).astype(np.float32), np.array([i % k]))
+            for i in range(n)]
+
+
+def test_mixup_targets_sum_to_one_and_blend_the_reversed_batch():
+    from app.augment import MixBatch
+
+    batch = _batch()
+    np.random.seed(0)
+    images, targets = MixBatch(4, mixup_alpha=0.4)(batch)
+    assert images.shape == (6, 3, 16, 16) and targets.shape == (6, 4) and targets.dtype == np.float32
+    np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
+    x = np.stack([b[0] for b in batch])
+    lam = targets[0, 0]  # sample 0 is class 0; its partner (sample 5) is class 1
+    np.testing.assert_allclose(images, lam * x + (1 - lam) * x[::-1], atol=1e-5)
+
+
+def test_cutmix_weight_equals_the_pasted_area():
+    from app.augment import MixBatch
+
+    batch = _batch()
+    x = np.stack([b[0] for b in batch])
+    for seed in range(5):
+        np.random.seed(seed)
+        images, targets = MixBatch(4, cutmix_alpha=1.0)(batch)
+        pasted = (images[0] != x[0]).any(axis=0).mean()  # fraction of pixels from the partner
+        assert targets[0, 1] == pytest.approx(pasted, abs=1e-6)  # partner of 0 is 5 (class 1)
+        np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)
+
+
+def test_mixing_is_reproducible_and_off_keeps_one_hot():
+    from app.augment import MixBatch
+
+    mix = MixBatch(4, mixup_alpha=0.2, cutmix_alpha=1.0)
+    np.random.seed(7)
+    a = mix(_batch())
+    np.random.seed(7)
+    b = mix(_batch())
+    np.testing.assert_array_equal(a[0], b[0]), np.testing.assert_array_equal(a[1], b[1])
+    images, targets = MixBatch(4, mixup_alpha=0.2, prob=0.0)(_batch())
+    assert set(np.unique(targets)) == {0.0, 1.0}
+
+
+def test_soft_target_loss_equals_cross_entropy_with_one_hot():
+    net = create_model("towernet", num_classes=4)
+    net.train()
+    loss = ClassificationLoss(net)
+    logits = paddle.to_tensor(np.random.default_rng(2).standard_normal((3, 4)).astype("float32"))
+    hard = paddle.to_tensor(np.array([[1], [0], [3]], dtype="int64"))
+    soft = paddle.to_tensor(np.eye(4, dtype="float32")[[1, 0, 3]])
+    assert float(loss(logits, soft)) == pytest.approx(float(loss(logits, hard)), rel=1e-5)
