@@ -328,10 +328,10 @@ class SaveBest(Callback):
     All files are written atomically; state.json is written last, so it never points
     at a checkpoint that is not there."""
 
-    def __init__(self, run_dir, metrics: EpochMetrics, meta: dict, state: dict):
+    def __init__(self, run_dir, metrics: EpochMetrics, meta: dict, state: dict, ema=None):
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.metrics, self.meta, self.state = metrics, meta, state
+        self.metrics, self.meta, self.state, self.ema = metrics, meta, state, ema
 
     def on_eval_end(self, logs=None):
         row = self.metrics.last_row
@@ -341,7 +341,8 @@ class SaveBest(Callback):
                                  {**self.meta, "epoch": row["epoch"], "eval_acc": row["eval_acc"],
                                   "eval_top5": row["eval_top5"]})
             self.state.update(best_acc=row["eval_acc"], best_epoch=row["epoch"])
-        save_last(self.run_dir, self.model, self.state, row["epoch"])
+        checkpoint.save_last(self.run_dir, network, self.model._optimizer, self.state, row["epoch"],
+                             params=self.ema.checkpoint_params() if self.ema else None)
 
 
 def save_last(run_dir, model, state: dict, epoch: int, status: str = "running") -> None:

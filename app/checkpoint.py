@@ -73,8 +73,12 @@ def load_state_dict(path, what_to_do: str) -> dict:
     return state
 
 
-def save_last(run_dir, network, optimizer, state: dict, epoch: int, status: str = "running") -> None:
-    """The resumable checkpoint for the end of ``epoch`` (0: before training); see module doc."""
+def save_last(run_dir, network, optimizer, state: dict, epoch: int, status: str = "running",
+              params: dict | None = None) -> None:
+    """The resumable checkpoint for the end of ``epoch`` (0: before training); see module doc.
+
+    ``params`` replaces ``network.state_dict()`` as last.pdparams' content (the EMA adds its
+    average to the trained weights, app/ema.py)."""
     run_dir = Path(run_dir)
     previous = state.get("checkpoint")
     # last.* becomes last-prev.* only if it is the pair state.json vouches for; a pair written
@@ -83,7 +87,7 @@ def save_last(run_dir, network, optimizer, state: dict, epoch: int, status: str 
         for ext in ("pdparams", "pdopt"):
             if (run_dir / f"{LAST}.{ext}").is_file():
                 os.replace(run_dir / f"{LAST}.{ext}", run_dir / f"{PREV}.{ext}")
-    atomic_save(network.state_dict(), run_dir / f"{LAST}.pdparams")
+    atomic_save(params if params is not None else network.state_dict(), run_dir / f"{LAST}.pdparams")
     atomic_save(structured_optimizer_state(network, optimizer), run_dir / f"{LAST}.pdopt")
     state.update(epoch=epoch, status=status,
                  checkpoint={"epoch": epoch, **_fingerprint(run_dir, LAST)},
@@ -168,15 +172,20 @@ def structured_optimizer_state(network, optimizer) -> dict:
     return state
 
 
-def load_resume_checkpoint(model, run_dir, prefix: str) -> None:
-    """Load ``prefix``.pdparams/.pdopt into hapi ``model`` (damaged: one line)."""
+def load_resume_checkpoint(model, run_dir, prefix: str) -> tuple:
+    """Load ``prefix``.pdparams/.pdopt into hapi ``model`` (damaged: one line).
+
+    Returns (EMA weights or None, EMA update count) from last.pdparams (app/ema.py).
+    """
+    from app.ema import split_checkpoint
+
     run_dir = Path(run_dir)
     hint = "start the run again (or evaluate best.pdparams with eval.py)"
-    params = load_state_dict(run_dir / f"{prefix}.pdparams", hint)
+    params, ema, updates = split_checkpoint(load_state_dict(run_dir / f"{prefix}.pdparams", hint))
     opt = load_state_dict(run_dir / f"{prefix}.pdopt", hint)
     if opt.pop(STRUCTURED, None) is None:  # written before structured keys: hapi's loader
         model.load(str(run_dir / prefix))
-        return
+        return None, 0
     network, optimizer = model.network, model._optimizer
     to_generated = {v: k for k, v in _accumulator_names(network, optimizer).items()}
     missing = [k for k in opt if "@" in k and k not in to_generated]
@@ -185,6 +194,7 @@ def load_resume_checkpoint(model, run_dir, prefix: str) -> None:
                         f"({missing[0]} has no parameter); start the run again")
     network.set_state_dict(params)
     optimizer.set_state_dict({to_generated.get(k, k): v for k, v in opt.items()})
+    return ema, updates
 
 
 def save_best(run_dir, network, meta: dict) -> None:

@@ -30,7 +30,7 @@ POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
                 "data.color_jitter", "data.random_erasing", "train.label_smoothing",
                 "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",
-                "train.mix_prob", "train.mix_switch_prob",
+                "train.mix_prob", "train.mix_switch_prob", "train.ema_decay",
                 "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
                 "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
 
@@ -113,6 +113,8 @@ def validate(cfg: dict) -> dict:
                 and key != "data.randaugment":
             raise UserError(f"config key '{key}' must be two non-negative numbers [low, high]; "
                             f"got {v!r}")
+    if out["train"]["ema_decay"] >= 1:
+        raise UserError(f"config key 'train.ema_decay' must be below 1; got {out['train']['ema_decay']!r}")
     for key in POSITIVE + NON_NEGATIVE:
         s, n = key.split(".")
         if out[s][n] < 0 or (key in POSITIVE and out[s][n] == 0):

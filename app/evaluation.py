@@ -11,6 +11,7 @@ from app.data import ImageFolderDataset, build_transform, read_rgb
 from app.engine import build_loader, build_network, predict_logits, softmax
 from app.errors import UserError
 from app.checkpoint import check_best, load_state_dict, read_json
+from app.ema import split_checkpoint
 from app.metrics import classification_report
 from models import upgrade_state_dict
 
@@ -47,6 +48,8 @@ def load_network(weights, meta: dict) -> paddle.nn.Layer:
     network = build_network(meta["model"], meta["num_classes"], meta.get("model_kwargs"))
     state, _ = upgrade_state_dict(load_state_dict(
         weights, "evaluate another checkpoint (--checkpoint RUN/last.pdparams) or train again"))
+    trained, average, _ = split_checkpoint(state)
+    state = average or trained  # a last.pdparams with an EMA evaluates its average, as training did
     network.set_state_dict(state)
     network.eval()
     return network

@@ -20,6 +20,7 @@ from pathlib import Path
 import paddle
 from paddle import nn
 
+from app.ema import split_checkpoint
 from app.errors import UserError
 from models import upgrade_state_dict
 from models.attention import _ATTENTIONS
@@ -71,7 +72,8 @@ def read_state_dict(path: Path) -> dict:
                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None
     if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
         raise UserError(f"{path} is not a state dict of tensors (a .pdopt or a whole model?)")
-    return upgrade_state_dict(state)[0]
+    trained, average, _ = split_checkpoint(state)  # our last.pdparams with an EMA: its average
+    return upgrade_state_dict(average or trained)[0]
 
 
 def head_and_attention_keys(network: nn.Layer) -> tuple[set, set]:

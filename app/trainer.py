@@ -17,6 +17,7 @@ from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
 from app.config import load_config, save_config
 from app.augment import Augment, MixBatch
+from app.ema import ModelEMA
 from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
                         check_model_name, build_optimizer, is_main_process, prepare_model,
@@ -172,7 +173,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
 
     if resume:
         _refuse_legacy_layout(Path(run_dir) / f"{prefix}.pdparams")
-        checkpoint.load_resume_checkpoint(model, run_dir, prefix)
+        ema_weights, ema_updates = checkpoint.load_resume_checkpoint(model, run_dir, prefix)
     else:
         name = cfg["output"]["name"] or cfg["model"]["name"]
         # Rank 0 picks the folder and tells the others: looking for themselves, they could
@@ -201,6 +202,9 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     callbacks = [cb.NonFiniteLossGuard(start, world_size())]
     if loaded and t["freeze_epochs"]:
         callbacks.append(pretrained.FreezeBackbone(network, loaded, t["freeze_epochs"], start))
+    ema = None
+    if t["ema_decay"]:  # after SaveBest in the list (it swaps the trained weights back)
+        ema = ModelEMA(network, t["ema_decay"], *((ema_weights, ema_updates) if resume else ()))
     rank_totals = None
     if world_size() > 1:
         rank_totals = cb.RankTrainTotals(world_size())
@@ -216,13 +220,13 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
                       cb.VisualDLLogger(run_dir, metrics, len(train_loader), start,
                                         t["log_freq"], *_dashboard(cfg, network, train_ds,
                                                                    eval_ds, rows)),
-                      cb.SaveBest(run_dir, metrics, meta, state)]
+                      cb.SaveBest(run_dir, metrics, meta, state, ema)]
         print(f"run {run_dir}: {cfg['model']['name']} ({meta['params']:,} params), "
               f"{len(train_ds)} train / {len(eval_ds)} eval images, "
               f"{len(train_ds.classes)} classes, epochs {start + 1}-{epochs}", flush=True)
     try:
         model.fit(train_loader, eval_loader, epochs=epochs - start, verbose=0,
-                  callbacks=callbacks)
+                  callbacks=callbacks + ([ema] if ema is not None else []))
     except KeyboardInterrupt:
         _mark(run_dir, main, "interrupted")
         raise RunStopped(f"interrupted; the last finished epoch is saved. Continue with: "
@@ -238,6 +242,8 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
         raise RunStopped(f"stopped: the disk is full ({e.strerror}) while writing to {run_dir}; "
                          f"the checkpoints saved before are intact. Free some space and "
                          f"continue with: python train.py --resume {run_dir}", 4)
+    if ema is not None:
+        ema.use_average()  # what best.pdparams, the logged eval and export hold
     if main:
         write_predictions(network, eval_ds, run_dir / "predictions.csv")
     _mark(run_dir, main, "finished")

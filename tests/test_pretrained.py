@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
-from app import callbacks as cb
+from app import checkpoint
 from app import pretrained, trainer
 from app.config import load_config
 from app.engine import build_optimizer
@@ -156,13 +156,13 @@ def _cfg(data, out, pre, **over):
 def test_freeze_epochs_keeps_loaded_weights_and_statistics_for_epoch_1(tiny_split, tmp_path, monkeypatch):
     pre = _tiny_pretrained_file(tmp_path)
     file_state = paddle.load(pre)
-    snapshots, save_last = {}, cb.save_last
+    snapshots, save_last = {}, checkpoint.save_last
 
-    def spy(run_dir, model, state, epoch, *args, **kwargs):
-        snapshots[epoch] = {k: v.numpy().copy() for k, v in model.network.state_dict().items()}
-        return save_last(run_dir, model, state, epoch, *args, **kwargs)
+    def spy(run_dir, network, optimizer, state, epoch, *args, **kwargs):
+        snapshots[epoch] = {k: v.numpy().copy() for k, v in network.state_dict().items()}
+        return save_last(run_dir, network, optimizer, state, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(cb, "save_last", spy)
+    monkeypatch.setattr(checkpoint, "save_last", spy)
     run = trainer.train(_cfg(tiny_split, tmp_path / "runs", pre))
     report = json.loads((run / "pretrained.json").read_text())
     assert report["fresh"]["head"] == ["fc.weight", "fc.bias"]

@@ -191,3 +191,61 @@ def test_soft_target_loss_equals_cross_entropy_with_one_hot():
     hard = paddle.to_tensor(np.array([[1], [0], [3]], dtype="int64"))
     soft = paddle.to_tensor(np.eye(4, dtype="float32")[[1, 0, 3]])
     assert float(loss(logits, soft)) == pytest.approx(float(loss(logits, hard)), rel=1e-5)
+
+
+def test_ema_after_k_steps_equals_the_formula():
+    from app.ema import ModelEMA
+
+    paddle.seed(0)
+    net = paddle.nn.Linear(3, 2)
+    w0 = net.weight.numpy().astype(np.float64)
+    ema = ModelEMA(net, decay=0.9)
+    expected = w0.copy()
+    rng = np.random.default_rng(0)
+    for n in range(1, 6):
+        net.weight.set_value(rng.standard_normal((3, 2)).astype("float32"))
+        ema.on_train_batch_end(n - 1)
+        d = min(0.9, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * net.weight.numpy()
+    np.testing.assert_allclose(ema.shadow["weight"].numpy(), expected, rtol=1e-5)
+    live = net.weight.numpy().copy()
+    ema.on_eval_begin()
+    np.testing.assert_allclose(net.weight.numpy(), expected, rtol=1e-5)  # eval on the average
+    ema.on_eval_end()
+    np.testing.assert_array_equal(net.weight.numpy(), live)  # training goes on from its weights
+
+
+def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_path, monkeypatch):
+    import json
+
+    from app import engine, trainer
+    from app.callbacks import read_metrics
+
+    def cfg(out):
+        return load_config(model="towernet", overrides=[
+            ("data.root", str(tiny_split)), ("output.dir", str(out)), ("train.epochs", 3),
+            ("data.image_size", 32), ("train.batch_size", 12), ("data.cache", False),
+            ("data.rotation", 0), ("data.hflip", False), ("train.warmup_epochs", 1),
+            ("train.ema_decay", 0.9)])
+
+    full = trainer.train(cfg(tmp_path / "full"))
+    forward = engine.ClassificationLoss.forward
+    state = tmp_path / "cut" / "towernet" / "state.json"
+
+    def interrupt_in_epoch_2(self, *args, **kwargs):
+        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.ClassificationLoss, "forward", interrupt_in_epoch_2)
+    with pytest.raises(trainer.RunStopped):
+        trainer.train(cfg(tmp_path / "cut"))
+    monkeypatch.setattr(engine.ClassificationLoss, "forward", forward)
+    run = tmp_path / "cut" / "towernet"
+    trainer.train(trainer.resume_config(run), run)
+    assert [r["lr"] for r in read_metrics(run / "metrics.csv")] == pytest.approx(
+        [r["lr"] for r in read_metrics(full / "metrics.csv")], abs=1e-9)
+    a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
+    assert "ema.fc.weight" in a and int(a["ema.@updates"].numpy()[0]) == int(b["ema.@updates"].numpy()[0]) == 9
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
