@@ -91,15 +91,30 @@ def normalization(cfg: dict) -> str:
     return norm
 
 
-def load_datasets(cfg: dict):
+def train_dataset(cfg: dict, root=None, progress: bool = True) -> ImageFolderDataset:
+    """The training split as ``cfg`` augments and normalises it (also used by bench/)."""
     d = cfg["data"]
-    common = dict(image_size=d["image_size"], cache=d["cache"])
     stats = (dict(mean=pretrained.IMAGENET_MEAN, std=pretrained.IMAGENET_STD)
              if normalization(cfg) == "imagenet" else {})
-    train = ImageFolderDataset(d["root"], "train", rotation=d["rotation"], hflip=d["hflip"],
-                               augment=Augment.from_config(d), **stats, **common)
+    return ImageFolderDataset(root or d["root"], "train", image_size=d["image_size"],
+                              cache=d["cache"], rotation=d["rotation"], hflip=d["hflip"],
+                              augment=Augment.from_config(d), progress=progress, **stats)
+
+
+def train_collate(cfg: dict, num_classes: int):
+    """The training batches' collate: mixup / CutMix when on (app/augment.py), else None."""
+    t = cfg["train"]
+    if not (t["mixup_alpha"] or t["cutmix_alpha"]):
+        return None
+    return MixBatch(num_classes, t["mixup_alpha"], t["cutmix_alpha"], t["mix_prob"],
+                    t["mix_switch_prob"])
+
+
+def load_datasets(cfg: dict):
+    d = cfg["data"]
+    train = train_dataset(cfg)
     evaluation = ImageFolderDataset(d["root"], "eval", train=False, mean=train.mean,
-                                    std=train.std, **common)
+                                    std=train.std, image_size=d["image_size"], cache=d["cache"])
     if evaluation.classes != train.classes:
         raise UserError(f"{d['root']}: train and eval class folders differ")
     return train, evaluation
@@ -161,10 +176,9 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
                 write_predictions(network, eval_ds, Path(run_dir) / "predictions.csv")
             _mark(run_dir, main, "finished")
         return Path(run_dir)
-    mix = (MixBatch(len(train_ds.classes), t["mixup_alpha"], t["cutmix_alpha"], t["mix_prob"],
-                    t["mix_switch_prob"]) if t["mixup_alpha"] or t["cutmix_alpha"] else None)
     train_loader = build_loader(train_ds, t["batch_size"], True, cfg["data"]["num_workers"],
-                                seed=t["seed"], start_epoch=start, collate_fn=mix)
+                                seed=t["seed"], start_epoch=start,
+                                collate_fn=train_collate(cfg, len(train_ds.classes)))
     eval_loader = build_loader(eval_ds, t["batch_size"], False, cfg["data"]["num_workers"])
     loaded = start_from["loaded"] if start_from else []
     pretrained.scale_backbone_lr(network, loaded, cfg["optimizer"]["backbone_lr_mult"])

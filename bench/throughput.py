@@ -164,14 +164,14 @@ def loader_epochs(cfg: dict, data: str, train_on) -> dict:
     steps on the same epoch's batches, read into memory beforehand. Two of each, alternating;
     the faster of each counts. The held batches cost one epoch of float32 images in memory.
     """
-    from app.data import ImageFolderDataset
+    from app.trainer import train_collate, train_dataset
 
     d, t = cfg["data"], cfg["train"]
     start = time.perf_counter()
-    ds = ImageFolderDataset(data, "train", image_size=d["image_size"], cache=d["cache"],
-                            rotation=d["rotation"], hflip=d["hflip"], progress=False)
+    ds = train_dataset(cfg, data, progress=False)  # augmented as train.py does (recipe pieces)
     build_s = time.perf_counter() - start
-    loader = build_loader(ds, t["batch_size"], True, d["num_workers"], seed=t["seed"])
+    loader = build_loader(ds, t["batch_size"], True, d["num_workers"], seed=t["seed"],
+                          collate_fn=train_collate(cfg, len(ds.classes)))
     start = time.perf_counter()
     seen = sum(images.shape[0] for images, _ in loader)
     seconds = time.perf_counter() - start
