@@ -203,6 +203,15 @@ def carry_over_records(run_dir, keep_epochs: int, steps_per_epoch: int):
     simply opened a second file would show only the epochs after the resume. The interrupted
     epoch's points are dropped here, so that every step appears once.
     """
+    return rewrite_records(run_dir, lambda tag, step: step <= (
+        keep_epochs * steps_per_epoch - 1 if tag in STEP_TAGS else keep_epochs))
+
+
+def rewrite_records(run_dir, keep=lambda tag, step: True):
+    """A new VisualDL writer for ``run_dir`` holding the records of its record files that
+    ``keep(tag, step)`` accepts (each tag and step once, the latest); the old files are
+    removed once the new one is written. Add to the writer, then close it: this is how
+    anything is added to a run after it trained (VisualDL shows only the newest file)."""
     from PIL import Image
     from visualdl import LogReader, LogWriter
 
@@ -212,13 +221,12 @@ def carry_over_records(run_dir, keep_epochs: int, steps_per_epoch: int):
         reader = LogReader(file_path=str(path))
         tags = reader.get_tags()
         for tag in tags.get("scalar", []):
-            limit = keep_epochs * steps_per_epoch - 1 if tag in STEP_TAGS else keep_epochs
             for rec in reader.get_data("scalar", tag):
-                if rec.id <= limit:
+                if keep(tag, rec.id):
                     scalars[(tag, rec.id)] = (rec.value, rec.timestamp)
         for tag in tags.get("image", []):
             for rec in reader.get_data("image", tag):
-                if rec.id <= keep_epochs:
+                if keep(tag, rec.id):
                     images[(tag, rec.id)] = (rec.image.encoded_image_string, rec.timestamp)
         if tags.get("hyper_parameters") and hparams is None:
             hparams = reader.get_data("hyper_parameters", "hparam")[0].hparam

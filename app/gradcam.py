@@ -153,9 +153,10 @@ def compare_gradcam(loaded: list, n: int, target: str, seed: int, out_dir, data=
     path = Path(out_dir) / "gradcam.png"
     originals = [report.thumbnail(p, size) for p in paths]
     grid = report.plot_gradcam_grid(originals, [f"true: {classes[c]}" for c in labels], columns, path)
-    from visualdl import LogWriter
+    from app.callbacks import rewrite_records
 
-    for run, _, meta in loaded:
-        with LogWriter(logdir=str(run)) as writer:
-            writer.add_image(f"gradcam/{target}", grid, int(meta.get("epoch") or 0))
+    for run, _, meta in loaded:  # into the run's one record file (VisualDL shows the newest)
+        writer = rewrite_records(run, lambda tag, step: tag != f"gradcam/{target}")
+        writer.add_image(f"gradcam/{target}", grid, int(meta.get("epoch") or 0))
+        writer.close()
     return path
