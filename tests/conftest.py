@@ -42,3 +42,26 @@ def tiny_run(tiny_split, tmp_path_factory):
     proc = run_cli("train.py", "--model", "towernet_simam", "--data", tiny_split, "--epochs",
                    "2", "--output", runs, *FAST_TRAIN, check=True)
     return runs, proc.stdout
+
+
+def train_cut_in_epoch_2(cfg, run_dir: Path) -> None:
+    """Train ``cfg`` in this process and stop it like Ctrl-C on epoch 2's first step (its
+    epoch 1 checkpoint written), expecting the trainer's RunStopped; ``run_dir`` is the
+    folder the run will get."""
+    import json
+
+    from app import engine, trainer
+
+    forward, state = engine.ClassificationLoss.forward, Path(run_dir) / "state.json"
+
+    def interrupt_in_epoch_2(self, *args, **kwargs):
+        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    engine.ClassificationLoss.forward = interrupt_in_epoch_2
+    try:
+        with pytest.raises(trainer.RunStopped):
+            trainer.train(cfg)
+    finally:
+        engine.ClassificationLoss.forward = forward

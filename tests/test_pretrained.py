@@ -10,7 +10,7 @@ from app import pretrained, trainer
 from app.config import load_config
 from app.engine import build_optimizer
 from app.errors import UserError
-from conftest import run_cli
+from conftest import run_cli, train_cut_in_epoch_2
 from models import create_model
 
 
@@ -177,24 +177,12 @@ def test_freeze_epochs_keeps_loaded_weights_and_statistics_for_epoch_1(tiny_spli
     assert best["pretrained"]["source"] == pre and best["normalize"] == "split"
 
 
-def test_frozen_then_resumed_run_equals_uninterrupted(tiny_split, tmp_path, monkeypatch):
+def test_frozen_then_resumed_run_equals_uninterrupted(tiny_split, tmp_path):
     pre = _tiny_pretrained_file(tmp_path)
     full = trainer.train(_cfg(tiny_split, tmp_path / "full", pre, **{"train.epochs": 3}))
 
-    from app import engine
-
-    forward = engine.ClassificationLoss.forward
-
-    def interrupt_in_epoch_2(self, *args, **kwargs):
-        state = tmp_path / "cut" / "towernet" / "state.json"
-        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
-            raise KeyboardInterrupt
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", interrupt_in_epoch_2)
-    with pytest.raises(trainer.RunStopped):
-        trainer.train(_cfg(tiny_split, tmp_path / "cut", pre, **{"train.epochs": 3}))
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", forward)
+    train_cut_in_epoch_2(_cfg(tiny_split, tmp_path / "cut", pre, **{"train.epochs": 3}),
+                         tmp_path / "cut" / "towernet")
     run = tmp_path / "cut" / "towernet"
     assert json.loads((run / "state.json").read_text())["epoch"] == 1
     trainer.train(trainer.resume_config(run), run)

@@ -12,7 +12,7 @@ from app.config import load_config
 from app.data import ImageFolderDataset, build_transform
 from app.engine import ClassificationLoss, build_optimizer
 from app.errors import UserError
-from conftest import run_cli
+from conftest import run_cli, train_cut_in_epoch_2
 from models import create_model
 
 PIECES = {
@@ -215,10 +215,8 @@ def test_ema_after_k_steps_equals_the_formula():
     np.testing.assert_array_equal(net.weight.numpy(), live)  # training goes on from its weights
 
 
-def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_path, monkeypatch):
-    import json
-
-    from app import engine, trainer
+def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_path):
+    from app import trainer
     from app.callbacks import read_metrics
 
     def cfg(out):
@@ -229,18 +227,7 @@ def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_pat
             ("train.ema_decay", 0.9)])
 
     full = trainer.train(cfg(tmp_path / "full"))
-    forward = engine.ClassificationLoss.forward
-    state = tmp_path / "cut" / "towernet" / "state.json"
-
-    def interrupt_in_epoch_2(self, *args, **kwargs):
-        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
-            raise KeyboardInterrupt
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", interrupt_in_epoch_2)
-    with pytest.raises(trainer.RunStopped):
-        trainer.train(cfg(tmp_path / "cut"))
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", forward)
+    train_cut_in_epoch_2(cfg(tmp_path / "cut"), tmp_path / "cut" / "towernet")
     run = tmp_path / "cut" / "towernet"
     trainer.train(trainer.resume_config(run), run)
     assert [r["lr"] for r in read_metrics(run / "metrics.csv")] == pytest.approx(

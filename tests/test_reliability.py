@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from app.callbacks import read_metrics
-from conftest import run_cli
+from conftest import run_cli, train_cut_in_epoch_2
 
 TINY = ["--image-size", "32", "--batch-size", "12", "-o", "data.cache=false"]
 
@@ -168,13 +168,13 @@ def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, 
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3]
 
 
-def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path, monkeypatch):
+def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path):
     # last.pdopt is keyed by structured names: Paddle's generated names (conv2d_57.w_0...)
     # differ in a process that built other networks before, and no name scope is needed.
     import numpy as np
     import paddle
 
-    from app import engine, trainer
+    from app import trainer
     from app.config import load_config
     from models import create_model
 
@@ -188,18 +188,7 @@ def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path,
     keys = paddle.load(str(full / "last.pdopt")).keys()
     assert "b1.0.0.weight@velocity" in keys and not any(k.startswith("conv2d_") for k in keys)
 
-    forward = engine.ClassificationLoss.forward
-    state = tmp_path / "cut" / "towernet_se" / "state.json"
-
-    def interrupt_in_epoch_2(self, *args, **kwargs):
-        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
-            raise KeyboardInterrupt
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", interrupt_in_epoch_2)
-    with pytest.raises(trainer.RunStopped):
-        trainer.train(cfg(tmp_path / "cut"))
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", forward)
+    train_cut_in_epoch_2(cfg(tmp_path / "cut"), tmp_path / "cut" / "towernet_se")
     for name in ("resnet50", "mobilenet_v2_se", "towernet_cbam"):  # shift the generated names
         create_model(name)
     run = tmp_path / "cut" / "towernet_se"

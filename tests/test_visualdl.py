@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.callbacks import read_metrics
+from conftest import train_cut_in_epoch_2
 
 
 def free_port() -> int:
@@ -21,70 +22,6 @@ def free_port() -> int:
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())["data"]
-
-
-def test_visualdl_dashboard_lists_runs_and_tags(tiny_run):
-    runs, _ = tiny_run
-    port = free_port()
-    visualdl = Path(sys.executable).with_name("visualdl")
-    cmd = [str(visualdl)] if visualdl.exists() else [sys.executable, "-m", "visualdl"]
-    server = subprocess.Popen(cmd + ["--logdir", str(runs), "--host", "127.0.0.1",
-                                     "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}/app/api"
-    try:
-        deadline, names = time.time() + 60, None
-        while time.time() < deadline:
-            try:
-                names = get_json(f"{base}/runs")
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail("visualdl exited early")
-                time.sleep(0.5)
-        assert names and any(n.endswith("towernet_simam") for n in names), names
-        tags = get_json(f"{base}/scalar/tags")
-        ours = dict(zip(tags["runs"], tags["tags"]))
-        run_tags = next(t for r, t in ours.items() if r.endswith("towernet_simam"))
-        for tag in ("train/loss", "eval/loss", "eval/top1", "eval/top5", "lr"):
-            assert tag in run_tags, run_tags
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def dashboard_runs(tiny_split, tmp_path_factory):
-    """Two runs (towernet_se, towernet_simam; 3 epochs, attention maps every 2) in one
-    folder; towernet_simam is interrupted in epoch 2 and resumed."""
-    from app import engine, trainer
-    from app.config import load_config
-
-    runs = tmp_path_factory.mktemp("dash")
-
-    def cfg(model):
-        return load_config(model=model, overrides=[
-            ("data.root", str(tiny_split)), ("output.dir", str(runs)), ("train.epochs", 3),
-            ("data.image_size", 64), ("train.batch_size", 12), ("data.cache", False),
-            ("log.attention_every", 2)])
-
-    trainer.train(cfg("towernet_se"))
-    forward = engine.ClassificationLoss.forward
-    state = runs / "towernet_simam" / "state.json"
-
-    def interrupt_in_epoch_2(self, *args, **kwargs):
-        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
-            raise KeyboardInterrupt
-        return forward(self, *args, **kwargs)
-
-    engine.ClassificationLoss.forward = interrupt_in_epoch_2
-    try:
-        with pytest.raises(trainer.RunStopped):
-            trainer.train(cfg("towernet_simam"))
-    finally:
-        engine.ClassificationLoss.forward = forward
-    trainer.train(trainer.resume_config(runs / "towernet_simam"), runs / "towernet_simam")
-    return runs
 
 
 def serve(logdir):
@@ -106,6 +43,43 @@ def serve(logdir):
             time.sleep(0.5)
     server.terminate()
     pytest.fail("visualdl did not answer within 60 s")
+
+
+def test_visualdl_dashboard_lists_runs_and_tags(tiny_run):
+    runs, _ = tiny_run
+    server, base = serve(runs)
+    try:
+        names = get_json(f"{base}/runs")
+        assert names and any(n.endswith("towernet_simam") for n in names), names
+        tags = get_json(f"{base}/scalar/tags")
+        ours = dict(zip(tags["runs"], tags["tags"]))
+        run_tags = next(t for r, t in ours.items() if r.endswith("towernet_simam"))
+        for tag in ("train/loss", "eval/loss", "eval/top1", "eval/top5", "lr"):
+            assert tag in run_tags, run_tags
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def dashboard_runs(tiny_split, tmp_path_factory):
+    """Two runs (towernet_se, towernet_simam; 3 epochs, attention maps every 2) in one
+    folder; towernet_simam is interrupted in epoch 2 and resumed."""
+    from app import trainer
+    from app.config import load_config
+
+    runs = tmp_path_factory.mktemp("dash")
+
+    def cfg(model):
+        return load_config(model=model, overrides=[
+            ("data.root", str(tiny_split)), ("output.dir", str(runs)), ("train.epochs", 3),
+            ("data.image_size", 64), ("train.batch_size", 12), ("data.cache", False),
+            ("log.attention_every", 2)])
+
+    trainer.train(cfg("towernet_se"))
+    train_cut_in_epoch_2(cfg("towernet_simam"), runs / "towernet_simam")
+    trainer.train(trainer.resume_config(runs / "towernet_simam"), runs / "towernet_simam")
+    return runs
 
 
 def test_hparams_tab_lists_every_run_once_with_values_and_metrics(dashboard_runs):
