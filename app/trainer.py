@@ -17,7 +17,7 @@ from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
 from app.config import load_config, save_config
 from app.augment import Augment, MixBatch
-from app.ema import ModelEMA
+from app.ema import ModelEMA, split_checkpoint
 from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
                         check_model_name, build_optimizer, is_main_process, prepare_model,
@@ -171,8 +171,9 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
         print(f"{run_dir}: already finished ({start}/{epochs} epochs)")
         if state.get("status") != "finished":  # stopped after its last checkpoint
             if main and not (Path(run_dir) / "predictions.csv").is_file():
-                network.set_state_dict(checkpoint.load_state_dict(
+                trained, average, _ = split_checkpoint(checkpoint.load_state_dict(
                     Path(run_dir) / "last.pdparams", "start the run again"))
+                network.set_state_dict(average or trained)
                 write_predictions(network, eval_ds, Path(run_dir) / "predictions.csv")
             _mark(run_dir, main, "finished")
         return Path(run_dir)
