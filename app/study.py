@@ -230,16 +230,28 @@ def write_report(root) -> dict:
     from app import report
 
     root = Path(root)
-    runs = read_runs(root)
-    if not runs:
+    everything = read_runs(root)
+    if not everything:
         raise UserError(f"no runs with metrics.csv below {root}")
+    # Only runs that trained all their epochs enter the statistics: a run still going (or
+    # stopped) would pull its model's mean towards an early epoch.
+    runs = [r for r in everything if len(r["rows"]) >= r["epochs"]]
+    pending = [r for r in everything if len(r["rows"]) < r["epochs"]]
+    if not runs:
+        raise UserError(f"no run below {root} has finished its epochs yet "
+                        f"({len(pending)} in progress or stopped)")
     summary = summarize(runs, model_costs(runs))
     summary["runs"] = [{"dir": str(r["dir"].relative_to(root)), "model": r["model"],
                         "seed": r["seed"], "fold": r["fold"], "finished": r["finished"],
-                        "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in runs]
+                        "counted": len(r["rows"]) >= r["epochs"],
+                        "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in everything]
     report.plot_study_curves(runs, root / "study_curves.png")
     atomic_write_json(root / "report.json", summary)
-    atomic_write_text(root / "report.md", to_markdown(summary, runs))
+    text = to_markdown(summary, runs)
+    if pending:
+        text += ("\nNot counted (epochs not all trained yet, or stopped): " + ", ".join(
+            f"`{r['dir'].relative_to(root)}` ({len(r['rows'])}/{r['epochs']})" for r in pending) + "\n")
+    atomic_write_text(root / "report.md", text)
     return summary
 
 
