@@ -147,3 +147,28 @@ def test_pretrained_runs_get_their_own_rows_and_folders():
     assert run_label(cfg) == "mobilenet_v2_ca @mbv2-other68"
     cfg["model"]["pretrained"] = "/x/weights/MobileNetV2_pretrained.pdparams"
     assert run_label(cfg) == "mobilenet_v2_ca @MobileNetV2_pretrained"
+
+
+def test_report_counts_only_runs_that_trained_all_their_epochs(tmp_path):
+    from app.callbacks import write_metrics
+    from app.config import dump, load_config
+    from app.study import write_report
+
+    def fake_run(model, seed, accs, epochs=3):
+        run = tmp_path / f"{model}-s{seed}"
+        run.mkdir()
+        cfg = load_config(model=model, overrides=[("train.epochs", epochs), ("train.seed", seed),
+                                                  ("data.image_size", 32)])
+        (run / "config.yaml").write_text(dump(cfg))
+        write_metrics(run / "metrics.csv", [
+            {"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "eval_loss": 1.0, "eval_acc": a,
+             "eval_top5": 1.0, "lr": 0.01, "epoch_seconds": 1.0, "train_images_per_s": 10.0}
+            for i, a in enumerate(accs)])
+
+    fake_run("towernet", 0, [0.5, 0.6, 0.7])
+    fake_run("towernet_se", 0, [0.5, 0.6, 0.8])
+    fake_run("towernet_se", 1, [0.1])  # still training: must not pull the mean down
+    summary = write_report(tmp_path)
+    se = next(m for m in summary["models"] if m["model"] == "towernet_se")
+    assert se["seeds"] == [0] and se["final_mean"] == pytest.approx(0.8)
+    assert "`towernet_se-s1` (1/3)" in (tmp_path / "report.md").read_text()
