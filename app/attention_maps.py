@@ -62,10 +62,15 @@ def attention_layers(network) -> list:
     return found
 
 
-@paddle.no_grad()
 def capture(network, images: np.ndarray) -> list:
     """Run ``images`` [N,3,H,W] through ``network``; return one dict per attention layer
     that ran: {"name", "kind": "spatial"|"channel", "values": [N,H',W'] or [N,C]}."""
+    return _capture(network, images)[0]
+
+
+@paddle.no_grad()
+def _capture(network, images: np.ndarray) -> tuple:
+    """(:func:`capture`'s maps, the network's logits) from one forward pass."""
     records, handles = {}, []
     layers = attention_layers(network)
 
@@ -86,12 +91,12 @@ def capture(network, images: np.ndarray) -> list:
         handles.append(layer.register_forward_post_hook(make_hook(name, kind)))
     try:
         network.eval()
-        network(paddle.to_tensor(images))
+        logits = network(paddle.to_tensor(images)).numpy()
     finally:
         for h in handles:
             h.remove()
     return [{"name": name, "kind": records[name][0], "values": records[name][1]}
-            for name, _, _ in layers if name in records]
+            for name, _, _ in layers if name in records], logits
 
 
 def save_attention_grid(network, dataset, indices, classes, path) -> list:
@@ -106,11 +111,12 @@ def attention_grid(network, dataset, indices, classes, path=None, max_layers=Non
     (MobileNetV2 hosts have 17)."""
     from app import report
 
+    if path is None and not attention_layers(network):
+        return [], None
     images = np.stack([dataset[i][0] for i in indices])
     labels = [classes[int(dataset[i][1][0])] for i in indices]
-    with paddle.no_grad():
-        preds = network(paddle.to_tensor(images)).numpy().argmax(1)
-    maps = capture(network, images)
+    maps, logits = _capture(network, images)
+    preds = logits.argmax(1)
     if max_layers and len(maps) > max_layers:
         maps = [maps[round(i * (len(maps) - 1) / (max_layers - 1))] for i in range(max_layers)]
     originals = [report.thumbnail(dataset.samples[i][0], images.shape[-1]) for i in indices]

@@ -55,8 +55,8 @@ class NonFiniteLossGuard(Callback):
             dist.all_reduce(flag)
             bad = float(flag.numpy()[0]) > 0
         if bad:
-            raise NonFiniteLoss(f"loss became {loss if not math.isfinite(loss) else 'non-finite on another rank'} "
-                                f"at epoch {self.epoch}, step {step + 1}")
+            what = loss if not math.isfinite(loss) else "non-finite on another rank"
+            raise NonFiniteLoss(f"loss became {what} at epoch {self.epoch}, step {step + 1}")
 
 
 class RankTrainTotals(Callback):
@@ -80,7 +80,7 @@ class RankTrainTotals(Callback):
         totals = paddle.to_tensor([self.loss_sum, float(self.seen), acc * self.seen], dtype="float64")
         dist.all_reduce(totals)
         loss_sum, seen, correct = totals.numpy().tolist()
-        self.loss, self.acc, self.images = loss_sum / max(seen, 1), correct / max(seen, 1), seen
+        self.loss, self.acc = loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
 def read_metrics(path) -> list:
@@ -152,8 +152,8 @@ class EpochMetrics(Callback):
             "eval_top5": _scalar(logs[top5]) if top5 else float("nan"),
             "lr": self.lr,
             "epoch_seconds": time.perf_counter() - self.t0,
-            "train_images_per_s": ((self.rank_totals.images if self.rank_totals else self.seen)
-                                   / max(self.train_seconds, 1e-9)),
+            # hapi's per-batch "batch_size" is already the batch over all ranks
+            "train_images_per_s": self.seen / max(self.train_seconds, 1e-9),
         }
         self.rows = [r for r in self.rows if r["epoch"] < self.epoch] + [row]
         self.last_row = row

@@ -31,13 +31,24 @@ from app.errors import UserError
 LAST, PREV = "last", "last-prev"
 
 
+_CRC_SEEN: dict = {}  # (path, size, mtime_ns) -> crc: this process's own writes, not re-read
+
+
 def crc32(path) -> str:
-    """CRC-32 of a file's bytes as 8 hex digits (fast: ~1 GB/s)."""
-    value = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            value = zlib.crc32(chunk, value)
-    return f"{value:08x}"
+    """CRC-32 of a file's bytes as 8 hex digits (fast: ~1 GB/s).
+
+    Remembered per (path, size, mtime) within the process, so that ``save_last`` does not
+    read the checkpoint it fingerprinted an epoch earlier again; a fresh process (a resume)
+    always reads the files."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _CRC_SEEN:
+        value = 0
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                value = zlib.crc32(chunk, value)
+        _CRC_SEEN[key] = f"{value:08x}"
+    return _CRC_SEEN[key]
 
 
 def _fingerprint(run_dir: Path, prefix: str) -> dict:
@@ -178,10 +189,16 @@ def load_resume_checkpoint(model, run_dir, prefix: str) -> tuple:
     Returns (EMA weights or None, EMA update count) from last.pdparams (app/ema.py).
     """
     from app.ema import split_checkpoint
+    from models import upgrade_state_dict
 
     run_dir = Path(run_dir)
     hint = "start the run again (or evaluate best.pdparams with eval.py)"
-    params, ema, updates = split_checkpoint(load_state_dict(run_dir / f"{prefix}.pdparams", hint))
+    path = run_dir / f"{prefix}.pdparams"
+    params, ema, updates = split_checkpoint(load_state_dict(path, hint))
+    if upgrade_state_dict(params)[1]:  # one line instead of hapi's key error
+        raise UserError(f"{path} uses the earlier resnet50_<attention> layout (conv2.0 / bn3.0 "
+                        f"keys): eval.py and --pretrained read it, resuming it is not supported; "
+                        f"start a new run")
     opt = load_state_dict(run_dir / f"{prefix}.pdopt", hint)
     if opt.pop(STRUCTURED, None) is None:  # written before structured keys: hapi's loader
         model.load(str(run_dir / prefix))

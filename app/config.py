@@ -109,8 +109,9 @@ def validate(cfg: dict) -> dict:
     for key in ("data.crop_scale", "data.crop_ratio", "data.erasing_area", "data.randaugment"):
         s, n = key.split(".")
         v = out[s][n]
-        if len(v) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in v) or v[0] > v[1] \
-                and key != "data.randaugment":
+        ordered = key != "data.randaugment"  # [N, M] is not a range
+        if len(v) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in v) \
+                or (ordered and v[0] > v[1]):
             raise UserError(f"config key '{key}' must be two non-negative numbers [low, high]; "
                             f"got {v!r}")
     if out["train"]["ema_decay"] >= 1:

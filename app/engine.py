@@ -127,18 +127,15 @@ class ClassificationLoss(paddle.nn.Layer):
 
     def forward(self, logits, label):
         eps = self.label_smoothing if self.network_ref[0].training else 0.0
-        if label.dtype != paddle.int64:  # soft targets [N, K] from mixup / CutMix
+        soft = label.dtype != paddle.int64  # soft targets [N, K] from mixup / CutMix
+        if soft or eps:  # cross-entropy against (1 - eps) * target + eps / K; Paddle 3.3.1's
+            # own label_smoothing has no CPU kernel for integer labels
             k = logits.shape[-1]
-            target = label.astype("float32") * (1.0 - eps) + eps / k
+            target = label.astype("float32") if soft else F.one_hot(label.reshape([-1]), k)
+            target = target * (1.0 - eps) + eps / k
             loss = -(target * F.log_softmax(logits.astype("float32"), axis=-1)).sum(-1).mean()
-            if self._network:
-                loss = loss + nam_sparsity_penalty(self._network[0], self.nam_penalty)
-            return loss
-        loss = F.cross_entropy(logits, label)
-        if eps:  # target (1 - eps) one-hot + eps / K: Paddle 3.3.1's own label_smoothing
-            # has no CPU kernel for integer labels
-            uniform = -F.log_softmax(logits.astype("float32"), axis=-1).mean()
-            loss = (1.0 - eps) * loss + eps * uniform
+        else:
+            loss = F.cross_entropy(logits, label)
         if self._network:
             loss = loss + nam_sparsity_penalty(self._network[0], self.nam_penalty)
         return loss

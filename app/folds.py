@@ -14,7 +14,6 @@ output folder; the original split is only read.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,8 @@ import numpy as np
 
 from app.atomic import atomic_write_json
 from app.errors import UserError
-from app.images import IMAGE_EXTENSIONS, read_rgb
+from app.data import load_manifest
+from app.images import IMAGE_EXTENSIONS, mean_std, pixel_sums
 
 
 def fold_assignment(labels, k: int, seed: int) -> np.ndarray:
@@ -44,10 +44,11 @@ def fold_assignment(labels, k: int, seed: int) -> np.ndarray:
 def pooled_samples(split) -> tuple[list, list]:
     """(classes, [(path, label)]) of the split's train and eval images together, sorted."""
     split = Path(split)
-    manifest = split / "manifest.json"
-    if not manifest.is_file():
-        raise UserError(f"--folds needs a split made by data_tools/split.py ({manifest} missing)")
-    classes = json.loads(manifest.read_text())["classes"]
+    manifest = load_manifest(split)
+    if manifest is None:
+        raise UserError(f"--folds needs a split made by data_tools/split.py "
+                        f"({split / 'manifest.json'} missing)")
+    classes = manifest["classes"]
     samples = []
     for label, name in enumerate(classes):
         for part in ("train", "eval"):
@@ -56,11 +57,6 @@ def pooled_samples(split) -> tuple[list, list]:
                 samples += [(p, label) for p in sorted(folder.iterdir())
                             if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
     return classes, sorted(samples, key=lambda s: (s[1], str(s[0])))
-
-
-def _channel_sums(path) -> np.ndarray:
-    a = np.asarray(read_rgb(path), dtype=np.float64).reshape(-1, 3) / 255.0
-    return np.concatenate([a.sum(0), (a * a).sum(0), [len(a)]])
 
 
 def write_fold_split(split, dst, k: int, fold: int, seed: int) -> Path:
@@ -89,12 +85,10 @@ def write_fold_split(split, dst, k: int, fold: int, seed: int) -> Path:
         counts[part][label] += 1
         if part == "train":
             train_files.append(path)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        total = np.sum(list(pool.map(_channel_sums, train_files)), axis=0)
-    mean = total[:3] / total[6]
-    std = np.sqrt(np.maximum(total[3:6] / total[6] - mean ** 2, 0.0))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL frees the GIL
+        mean, std = mean_std(list(pool.map(pixel_sums, train_files)))
     atomic_write_json(tmp / "manifest.json", {
-        "classes": classes, "counts": counts, "mean": mean.tolist(), "std": std.tolist(),
+        "classes": classes, "counts": counts, "mean": mean, "std": std,
         "fold": fold, "folds": k, "seed": seed, "source": str(Path(split).resolve()),
         "complete": True})
     os.rename(tmp, dst)  # whole, or not at all

@@ -144,10 +144,12 @@ def compare_gradcam(loaded: list, n: int, target: str, seed: int, out_dir, data=
     labels = [label for _, label in picked]
     columns = []
     for run, weights, meta in loaded:
-        cams, probs = gradcam(load_network(weights, meta), load_image_batch(paths, meta),
-                              labels if target == "true" else None)
+        network = load_network(weights, meta)
+        layer_name, layer = target_layer(network, size)
+        cams, probs = gradcam(network, load_image_batch(paths, meta),
+                              labels if target == "true" else None, layer)
         preds = probs.argmax(1)
-        columns.append({"name": f"{Path(run).name}\n@{target_layer(load_network(weights, meta), size)[0]}",
+        columns.append({"name": f"{Path(run).name}\n@{layer_name}",
                         "cams": [normalise(c) for c in cams],
                         "titles": [f"{classes[p]} {probs[i, p]:.2f}" for i, p in enumerate(preds)]})
     path = Path(out_dir) / "gradcam.png"

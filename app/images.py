@@ -51,3 +51,21 @@ def read_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         img.load()
         return to_rgb(img)
+
+
+def pixel_sums(path) -> np.ndarray:
+    """[sum R, G, B, sum of squares R, G, B, pixel count] of an image as exact int64 (8-bit
+    values), for a split's mean/std. Raises what :func:`read_rgb` raises."""
+    a = np.asarray(read_rgb(path)).reshape(-1, 3)
+    sq = a.astype(np.uint16)  # 255**2 fits in uint16; sums are exact in int64
+    return np.concatenate([a.sum(0, dtype=np.int64), (sq * sq).sum(0, dtype=np.int64),
+                           [a.shape[0]]])
+
+
+def mean_std(sums) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population std (ddof=0) of RGB/255 over :func:`pixel_sums` results."""
+    total = np.sum(sums, axis=0)
+    n = float(total[6])
+    mean = total[0:3] / (255.0 * n)
+    var = total[3:6] / (255.0 ** 2 * n) - mean ** 2
+    return [float(m) for m in mean], [float(s) for s in np.sqrt(np.maximum(var, 0.0))]

@@ -23,7 +23,6 @@ from app.engine import (amp_configs_for, broadcast_from_main, build_loader, buil
                         check_model_name, build_optimizer, is_main_process, prepare_model,
                         seed_everything, select_device, world_size)
 from app.errors import UserError
-from models import upgrade_state_dict
 from models.summary import count_params
 
 
@@ -72,15 +71,6 @@ def resume_config(run_dir) -> dict:
     if not isinstance(written, dict) or not RUN_SECTIONS <= set(written):
         raise UserError(f"{path} is damaged (empty or cut short); {hint}")
     return load_config(path)
-
-
-def _refuse_legacy_layout(path: Path) -> None:
-    """One line instead of hapi's key error for a run saved with the earlier resnet50_<att> keys."""
-    hint = "start the run again (or evaluate best.pdparams with eval.py)"
-    if upgrade_state_dict(checkpoint.load_state_dict(path, hint))[1]:
-        raise UserError(f"{path} uses the earlier resnet50_<attention> layout (conv2.0 / bn3.0 "
-                        f"keys): eval.py and --pretrained read it, resuming it is not supported; "
-                        f"start a new run")
 
 
 def normalization(cfg: dict) -> str:
@@ -187,7 +177,6 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     model = prepare_model(network, cfg, len(train_ds.classes), optimizer)
 
     if resume:
-        _refuse_legacy_layout(Path(run_dir) / f"{prefix}.pdparams")
         ema_weights, ema_updates = checkpoint.load_resume_checkpoint(model, run_dir, prefix)
     else:
         name = cfg["output"]["name"] or cfg["model"]["name"]

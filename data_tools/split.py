@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from app.atomic import atomic_write_text  # noqa: E402
 from app.errors import UserError, exit_on_user_error  # noqa: E402
-from app.images import IMAGE_EXTENSIONS, read_rgb  # noqa: E402
+from app.images import IMAGE_EXTENSIONS, mean_std, pixel_sums  # noqa: E402
 from data_tools import archive, demo  # noqa: E402
 
 DEFAULT_SRC = "data/101_ObjectCategories"
@@ -130,21 +130,9 @@ def _select_classes(found: dict[str, list[str]], classes: list[str] | None,
 def _check_image(path: str) -> tuple[np.ndarray | None, str | None]:
     """([sum R,G,B, sum of squares R,G,B, pixel count] as int64, None) or (None, reason)."""
     try:
-        a = np.asarray(read_rgb(path)).reshape(-1, 3)
+        return pixel_sums(path), None
     except Exception as e:  # PIL raises many types for a bad file; any of them means skip it
         return None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    sq = a.astype(np.uint16)  # 255**2 fits in uint16; sums are exact in int64
-    return np.concatenate([a.sum(0, dtype=np.int64), (sq * sq).sum(0, dtype=np.int64),
-                           [a.shape[0]]]), None
-
-
-def _mean_std(stats: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std (ddof=0) of RGB/255 over every pixel counted."""
-    total = np.sum(stats, axis=0)
-    n = float(total[6])
-    mean = total[0:3] / (255.0 * n)
-    var = total[3:6] / (255.0 ** 2 * n) - mean ** 2
-    return [float(m) for m in mean], [float(s) for s in np.sqrt(np.maximum(var, 0.0))]
 
 
 def _clear_previous_split(dst: Path) -> None:
@@ -226,7 +214,7 @@ def split_dataset(src, dst, classes=None, num_classes=None, eval_ratio=0.2, seed
         chosen, explicit = _select_classes(found, classes, num_classes)
         stats, skipped = _check_images(root, found, chosen, progress)
         plan, train_stats = _plan(root, found, chosen, explicit, stats, eval_ratio, seed, skipped)
-        mean, std = _mean_std(train_stats)
+        mean, std = mean_std(train_stats)
         info = {"mean": mean, "std": std, "seed": seed, "eval_ratio": eval_ratio,
                 "source": source_name or str(src.resolve()), "skipped": skipped}
         return _write_split(dst, plan, info, link, force, progress)
