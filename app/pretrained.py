@@ -106,7 +106,8 @@ def load_pretrained(network: nn.Layer, source: str, model_name: str, path=None) 
     loaded = [k for k, v in own.items() if k in state and list(state[k].shape) == list(v.shape)]
     head, attention = head_and_attention_keys(network)
     body = [k for k in own if k not in head and k not in attention]
-    body_loaded = set(loaded) & set(body)
+    loaded_set = set(loaded)
+    body_loaded = loaded_set & set(body)
     if len(body_loaded) < MIN_BODY_SHARE * len(body):
         misses = [f"{k} ({'missing' if k not in state else f'{list(state[k].shape)} vs {list(own[k].shape)}'})"
                   for k in body if k not in body_loaded][:3]
@@ -115,13 +116,13 @@ def load_pretrained(network: nn.Layer, source: str, model_name: str, path=None) 
                         f"{', '.join(misses)}); that is another network, not a fine-tune")
     for k in loaded:
         own[k].set_value(state[k].astype(own[k].dtype) if state[k].dtype != own[k].dtype else state[k])
-    fresh = [k for k in own if k not in set(loaded)]
+    fresh = [k for k in own if k not in loaded_set]
     return {
         "source": source, "file": str(path), "md5": _md5(path), "loaded": loaded,
         "fresh": {"head": [k for k in fresh if k in head],
                   "attention": [k for k in fresh if k in attention],
                   "other": [k for k in fresh if k not in head and k not in attention]},
-        "unused": [k for k in state if k not in set(loaded)],
+        "unused": [k for k in state if k not in loaded_set],
         "file_tensors": len(state),
     }
 

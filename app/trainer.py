@@ -223,7 +223,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
         callbacks += [metrics,
                       cb.VisualDLLogger(run_dir, metrics, len(train_loader), start,
                                         t["log_freq"], *_dashboard(cfg, network, train_ds,
-                                                                   eval_ds, rows)),
+                                                                   eval_ds, rows, meta["params"])),
                       cb.SaveBest(run_dir, metrics, meta, state, ema)]
         print(f"run {run_dir}: {cfg['model']['name']} ({meta['params']:,} params), "
               f"{len(train_ds)} train / {len(eval_ds)} eval images, "
@@ -275,13 +275,14 @@ def write_predictions(network, eval_ds, path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _dashboard(cfg: dict, network, train_ds, eval_ds, rows: list) -> tuple:
-    """(hparams, images, best so far) for the VisualDL callback (app/dashboard.py)."""
+def _dashboard(cfg: dict, network, train_ds, eval_ds, rows: list, params: int) -> tuple:
+    """(hparams, images, best so far) for the VisualDL callback (app/dashboard.py); the
+    hparams record is written when a run starts only, so a resume does not count MACs."""
     from app import dashboard
     from models.summary import count_macs
 
-    hparams = dashboard.hparams(cfg, count_params(network),
-                                count_macs(network, cfg["data"]["image_size"]) / 1e9)
+    hparams = None if rows else dashboard.hparams(
+        cfg, params, count_macs(network, cfg["data"]["image_size"]) / 1e9)
     images = (dashboard.RunImages(network, train_ds, eval_ds, cfg["log"]["attention_every"],
                                   cfg["train"]["epochs"], cfg["train"]["seed"])
               if cfg["log"]["images"] else None)
