@@ -125,7 +125,11 @@ def validate(cfg: dict) -> dict:
 
 
 def parse_override(text: str):
-    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; the value is parsed as YAML."""
+    """``"train.epochs=5"`` -> ``("train.epochs", 5)``; the value is parsed as YAML.
+
+    Only ``true`` / ``false`` are booleans: YAML 1.1's ``off``, ``on``, ``yes`` and ``no`` stay
+    words (``-o train.amp=off``).
+    """
     key, sep, raw = text.partition("=")
     if not sep or "." not in key:
         raise UserError(f"override '{text}' must look like section.key=value")
@@ -133,6 +137,8 @@ def parse_override(text: str):
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()
     return key.strip(), value
 
 

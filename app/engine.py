@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 from paddle.static import InputSpec
 
 from app.errors import UserError
+from backend import onednn
 from models import create_model, list_models
 from models.attention import has_nam, nam_sparsity_penalty
 
@@ -220,13 +221,20 @@ def topk_for(num_classes: int) -> tuple:
 def amp_configs_for(amp: str) -> "dict | None":
     """hapi ``amp_configs`` for ``train.amp`` (off | fp16 | bf16) on the current device.
 
-    Raises UserError on a CPU (Paddle's autocast only acts on GPUs) and for bf16 on a GPU
-    without bfloat16 support (before compute capability 8.0).
+    On a GPU: Paddle's autocast (O1); bf16 needs bfloat16 support (compute capability 8.0).
+    On a CPU: bf16 switches :mod:`backend.onednn`'s training convolutions to bfloat16 (hapi's
+    autocast stays off: Paddle's CPU kernels have no bfloat16 conv) and returns None; it needs
+    a CPU that multiplies bfloat16 and the oneDNN backend. fp16 on a CPU is refused.
     """
+    on_cpu = paddle.get_device().startswith("cpu")
+    if on_cpu:
+        onednn.set_bf16_training(amp == "bf16" and _check_cpu_bf16())
     if amp == "off":
         return None
-    if paddle.get_device().startswith("cpu"):
-        raise UserError(f"train.amp={amp} needs a GPU; on CPU use train.amp=off")
+    if on_cpu:
+        if amp == "fp16":
+            raise UserError("train.amp=fp16 needs a GPU; on CPU use train.amp=off or bf16")
+        return None
     if amp == "bf16":
         if not paddle.amp.is_bfloat16_supported():
             raise UserError("train.amp=bf16: this GPU has no bfloat16 support; "
@@ -234,6 +242,16 @@ def amp_configs_for(amp: str) -> "dict | None":
         # bfloat16 has float32's exponent range: no loss scaling needed.
         return {"level": "O1", "init_loss_scaling": 1.0, "use_dynamic_loss_scaling": False}
     return {"level": "O1"}
+
+
+def _check_cpu_bf16() -> bool:
+    if not onednn.cpu_bf16_flags():
+        raise UserError("train.amp=bf16: this CPU does not multiply bfloat16 (no "
+                        f"{' or '.join(onednn.BF16_FLAGS)} in /proc/cpuinfo); use train.amp=off")
+    if not onednn.available():
+        raise UserError("train.amp=bf16 on a CPU runs through the oneDNN backend, which is off "
+                        "here (TOWERNET_ONEDNN=0 or no libdnnl in this Paddle); use train.amp=off")
+    return True
 
 
 def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddle.Model:
@@ -246,11 +264,12 @@ def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddl
     loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"],
                               cfg["train"]["label_smoothing"])
     model.confusion = ConfusionCounts(network, num_classes)  # read by the VisualDL callback
+    amp_configs = amp_configs_for(amp)
     model.prepare(optimizer, loss,
                   [paddle.metric.Accuracy(topk=topk_for(num_classes)), MeanLoss(network),
                    model.confusion],
-                  amp_configs=amp_configs_for(amp))
-    if amp == "bf16":
+                  amp_configs=amp_configs)
+    if amp == "bf16" and amp_configs is not None:
         # hapi 3.3.1 rejects a "dtype" key in amp_configs and calls paddle.amp.auto_cast
         # with its default float16; the keyword arguments it does pass on are these.
         model._adapter._amp_custom_lists["dtype"] = "bfloat16"

@@ -34,17 +34,20 @@ def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | N
     """``<model>-s<seed>`` (``-f<fold>`` in a K-fold study); a pretrained run is
     ``<model>@<source tag>-s<seed>`` (see run_label)."""
     label = run_label(cfg) if cfg else model
-    return f"{label.replace(' @', '@').replace(' +', '+')}-s{seed}" + ("" if fold is None else f"-f{fold}")
+    return f"{label.replace(' @', '@').replace(' +', '+').replace(' ', '-')}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
 def run_label(cfg: dict) -> str:
-    """A run's row in a report: the model, marked with what it started from when pretrained
-    (``mobilenet_v2 @imagenet``, ``towernet @pretrain-68``), so that runs from scratch and
-    fine-tuned runs of one model are never pooled."""
+    """A run's row in a report: the model, marked with its recipe when not the reference one,
+    with bf16 when it trained in bfloat16, and with what it started from when pretrained
+    (``mobilenet_v2 @imagenet``, ``towernet bf16 @pretrain-68``), so that runs from scratch
+    and fine-tuned runs, or fp32 and bf16 runs, of one model are never pooled."""
     name = cfg["model"]["name"]
     recipe = cfg.get("train", {}).get("recipe", "reference")
     if recipe != "reference":
         name = f"{name} +{recipe}"
+    if cfg.get("train", {}).get("amp", "off") != "off":
+        name = f"{name} {cfg['train']['amp']}"
     source = cfg["model"].get("pretrained")
     if not source:
         return name

@@ -120,8 +120,13 @@ def train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     """
     import paddle
 
-    with paddle.utils.unique_name.guard():
-        return _train(cfg, run_dir, force_data)
+    from backend import onednn
+
+    try:
+        with paddle.utils.unique_name.guard():
+            return _train(cfg, run_dir, force_data)
+    finally:
+        onednn.set_bf16_training(False)  # train.amp=bf16 on a CPU holds for this run only
 
 
 def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
@@ -200,7 +205,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
             "std": list(train_ds.std), "data_root": str(cfg["data"]["root"]),
             "fold": cfg["data"]["fold"], "folds": cfg["data"]["folds"],
             "params": count_params(network), "normalize": normalization(cfg),
-            "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
+            "amp": cfg["train"]["amp"], "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
                            if start_from else None)}
 
     callbacks = [cb.NonFiniteLossGuard(start, world_size())]

@@ -12,7 +12,7 @@ import ctypes as C
 import paddle
 
 # oneDNN 3.x C ABI constants (oneapi/dnnl/dnnl_types.h, dnnl_common_types.h).
-_F32, _CPU, _STREAM_DEFAULT = 3, 1, 1
+_BF16, _F32, _CPU, _STREAM_DEFAULT = 2, 3, 1, 1
 _TAG_A, _TAG_ANY, _TAG_NCHW, _TAG_GOIHW = 2, 1, 5, 6  # nchw = oihw = "abcd", goihw = "abcde"
 _FORWARD_TRAINING, _CONV_DIRECT, _POOLING_MAX = 64, 1, 511
 _Q_IMPL_INFO, _Q_SRC, _Q_DIFF_SRC, _Q_WEIGHTS, _Q_DIFF_WEIGHTS, _Q_DST, _Q_DIFF_DST = 8, 129, 130, 131, 132, 133, 134
@@ -58,9 +58,9 @@ class Dnnl:
         if status != 0:
             raise RuntimeError(f"oneDNN call failed with status {status}")
 
-    def memory_desc(self, shape: list[int], tag: int) -> int:
+    def memory_desc(self, shape: list[int], tag: int, dtype: int = _F32) -> int:
         md = C.c_void_p()
-        self.check(self.lib.dnnl_memory_desc_create_with_tag(C.byref(md), len(shape), _dims(shape), _F32, tag))
+        self.check(self.lib.dnnl_memory_desc_create_with_tag(C.byref(md), len(shape), _dims(shape), dtype, tag))
         return md.value
 
     def primitive(self, pd: C.c_void_p) -> C.c_void_p:
@@ -106,11 +106,16 @@ class _Reorder:
 
 
 class ConvPlan:
-    """Primitives for one convolution geometry: forward, backward-data and backward-weights."""
+    """Primitives for one convolution geometry: forward, backward-data and backward-weights.
+
+    ``bf16``: the primitives multiply bfloat16 copies of the input, weights and upstream
+    gradient (made by the reorders into the blocked layout) and write float32 outputs and
+    gradients, oneDNN accumulating in float32; the caller's tensors stay float32.
+    """
 
     def __init__(self, dnnl: Dnnl, x_shape: list[int], w_shape: list[int], bias: bool,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 groups: int, blocked: bool) -> None:
+                 groups: int, blocked: bool, bf16: bool = False) -> None:
         n, _, h, w = x_shape
         co, ci_g, kh, kw = w_shape
         out_hw = [(size + 2 * p - d * (k - 1) - 1) // s + 1
@@ -120,20 +125,25 @@ class ConvPlan:
         w_dims, w_tag = (w_shape, _TAG_NCHW) if groups == 1 else ([groups, co // groups, ci_g, kh, kw], _TAG_GOIHW)
         self.plain = {"x": dnnl.memory_desc(x_shape, _TAG_NCHW), "w": dnnl.memory_desc(w_dims, w_tag),
                       "b": dnnl.memory_desc([co], _TAG_A), "y": dnnl.memory_desc(self.shapes["y"], _TAG_NCHW)}
-        if blocked:
-            x, w, y = (C.c_void_p(dnnl.memory_desc(dims, _TAG_ANY)) for dims in (x_shape, w_dims, self.shapes["y"]))
+        dims = {"x": x_shape, "w": w_dims, "y": self.shapes["y"]}
+        if blocked:  # outputs and gradients in float32, the multiplied operands in ``low``
+            low = _BF16 if bf16 else _F32
+            out = {k: C.c_void_p(dnnl.memory_desc(d, _TAG_ANY)) for k, d in dims.items()}
+            mul = {k: C.c_void_p(dnnl.memory_desc(d, _TAG_ANY, low)) for k, d in dims.items()} if bf16 else out
         else:
-            x, w, y = (C.c_void_p(self.plain[k]) for k in "xwy")
+            out = mul = {k: C.c_void_p(self.plain[k]) for k in "xwy"}
         b = C.c_void_p(self.plain["b"] if bias else 0)
         geometry = (_dims(stride), _dims([d - 1 for d in dilation]), _dims(padding), _dims(padding))
         lib, none = dnnl.lib, C.c_void_p(0)
         fwd, bwd_data, bwd_weights = C.c_void_p(), C.c_void_p(), C.c_void_p()
         dnnl.check(lib.dnnl_convolution_forward_primitive_desc_create(
-            C.byref(fwd), dnnl.engine, _FORWARD_TRAINING, _CONV_DIRECT, x, w, b, y, *geometry, none))
+            C.byref(fwd), dnnl.engine, _FORWARD_TRAINING, _CONV_DIRECT, mul["x"], mul["w"], b, out["y"],
+            *geometry, none))
         dnnl.check(lib.dnnl_convolution_backward_data_primitive_desc_create(
-            C.byref(bwd_data), dnnl.engine, _CONV_DIRECT, x, w, y, *geometry, fwd, none))
+            C.byref(bwd_data), dnnl.engine, _CONV_DIRECT, out["x"], mul["w"], mul["y"], *geometry, fwd, none))
         dnnl.check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
-            C.byref(bwd_weights), dnnl.engine, _CONV_DIRECT, x, w, b, y, *geometry, fwd, none))
+            C.byref(bwd_weights), dnnl.engine, _CONV_DIRECT, mul["x"], out["w"], b, mul["y"], *geometry,
+            fwd, none))
         # The primitive descriptors are never destroyed: the memory descriptors queried from
         # them belong to them, and a plan lives as long as the process.
         query = lib.dnnl_primitive_desc_query_md
@@ -148,6 +158,11 @@ class ConvPlan:
                                                     "db": self.plain["b"]})
         self.implementation = impl_name(dnnl, fwd)
         self._reorders: dict[tuple[int, int], _Reorder] = {}
+        # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
+        # the same layout (one converting reorder less, and half the memory of the float32 input
+        # it replaces). Deriving every bfloat16 layout from the forward's copies instead of from
+        # the float32 originals was measured and did not help (bench/README.md).
+        self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
 
     def _pass(self, pd: C.c_void_p, mds: dict[str, int]) -> dict:
         return {"primitive": self.dnnl.primitive(pd), "md": mds,
@@ -177,16 +192,21 @@ class ConvPlan:
                 "dx": _ARG_DIFF_SRC, "dw": _ARG_DIFF_WEIGHTS, "db": _ARG_DIFF_BIAS, "dy": _ARG_DIFF_DST}
         self.dnnl.execute(which["primitive"], [(args[k], which["mem"][k], t) for k, t in tensors.items()])
 
-    def forward(self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None) -> paddle.Tensor:
+    def forward(self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None) -> tuple:
+        """(y, x_keep): the output and what :meth:`backward` takes as ``x`` (see ``keep_x``)."""
         md = self.fwd["md"]
         y = self.dnnl.empty(md["y"])
         extra = {} if b is None else {"b": b}
-        self.run(self.fwd, x=self.to_pass(x, "x", md["x"]), w=self.to_pass(w, "w", md["w"]), y=y, **extra)
-        return self.from_pass(y, "y", md["y"])
+        x_pass = self.to_pass(x, "x", md["x"])
+        self.run(self.fwd, x=x_pass, w=self.to_pass(w, "w", md["w"]), y=y, **extra)
+        return self.from_pass(y, "y", md["y"]), x_pass if self.keep_x else x
 
     def backward(self, x: paddle.Tensor, w: paddle.Tensor, dy: paddle.Tensor,
                  need_dx: bool, need_weights: bool) -> tuple:
-        """(dx, dw, db): dx only if ``need_dx``, dw and db (None without bias) if ``need_weights``."""
+        """(dx, dw, db): dx only if ``need_dx``, dw and db (None without bias) if ``need_weights``.
+
+        ``x`` is the forward's ``x_keep``.
+        """
         dx = dw = db = None
         dy_data = self.to_pass(dy, "y", self.bwd_data["md"]["dy"])
         if need_dx:
@@ -201,7 +221,7 @@ class ConvPlan:
             extra = {}
             if self.has_bias:  # the primitive writes the bias gradient whenever it has a bias
                 db = extra["db"] = paddle.empty(self.shapes["b"], "float32")
-            self.run(self.bwd_weights, x=self.to_pass(x, "x", md["x"]), dw=dw,
+            self.run(self.bwd_weights, x=x if self.keep_x else self.to_pass(x, "x", md["x"]), dw=dw,
                      dy=dy_data if same else self.to_pass(dy, "y", md["dy"]), **extra)
             dw = self.from_pass(dw, "w", md["dw"])
         return dx, dw, db

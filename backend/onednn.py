@@ -24,6 +24,24 @@ geometry oneDNN refuses, or ``TOWERNET_ONEDNN=0`` in the environment. No compile
 ``backend/_dnnl.py`` binds the C API with ``ctypes``. Primitives are built once per input shape
 and kept for the process (a few per layer: train and eval batch sizes, the last partial
 batch). All buffers, blocked copies included, come from Paddle's allocator.
+
+bfloat16 training (``train.amp=bf16`` on a CPU with ``amx_bf16`` or ``avx512_bf16``;
+:func:`set_bf16_training`). Paddle 3.3.1 has no CPU bfloat16 conv kernel and its autocast
+does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU autocast lists:
+
+- bfloat16 multiplies, float32 accumulation and outputs: the convolutions with at least
+  ``PLAIN_BELOW`` input channels and ``groups == 1``, forward, backward-data and
+  backward-weights. The reorder into the blocked layout converts input, weights and upstream
+  gradient (each once per step: the backward passes reuse the forward's bfloat16 copies); the
+  output, input gradient and weight gradient come back float32, so everything between
+  convolutions and every parameter stays float32.
+- float32, on purpose: the RGB stem (oneDNN's GEMM conv, a few percent of the step); depthwise
+  and grouped convs (memory-bound: MobileNetV2's trained no faster in bfloat16, as PyTorch's);
+  BatchNorm, ReLU, pooling, SimAM and the other attention statistics, softmax and the loss
+  (reductions and exponentials that bfloat16's 8-bit mantissa would bias); the classifier's
+  matmul (under 0.5% of a step at these class counts); the optimizer and its master weights.
+- Passes that record no gradient (evaluation, prediction, export) stay float32, so a bf16
+  run's eval accuracy and checkpoints are float32 results.
 """
 from __future__ import annotations
 
@@ -39,10 +57,12 @@ from ._dnnl import Dnnl as _Dnnl
 from ._dnnl import MaxPoolPlan as _MaxPoolPlan
 
 PLAIN_BELOW = 8
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that multiply bfloat16
 
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
 _PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | None"] = {}  # None: oneDNN refused this geometry
+_BF16_TRAINING = False
 
 
 def _load() -> _Dnnl | None:
@@ -61,14 +81,31 @@ def available() -> bool:
             and paddle.get_device() == "cpu" and _load() is not None)
 
 
+def cpu_bf16_flags() -> list[str]:
+    """The bfloat16 flags of :data:`BF16_FLAGS` this CPU reports in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in BF16_FLAGS if flag in flags]
+
+
+def set_bf16_training(on: bool) -> None:
+    """Run the convolutions of gradient-recording passes in bfloat16 (see :func:`conv2d`)."""
+    global _BF16_TRAINING
+    _BF16_TRAINING = on
+
+
 class _OneDnnConv2D(PyLayer):
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
         # A PyLayer must return None for every input that takes no gradient (frozen layers).
         ctx.plan, ctx.has_bias = plan, bias is not None
         ctx.needs = [not t.stop_gradient for t in (x, weight) + ((bias,) if ctx.has_bias else ())]
-        ctx.save_for_backward(x, weight)
-        return plan.forward(x, weight, bias)
+        y, x_keep = plan.forward(x, weight, bias)
+        ctx.save_for_backward(x_keep, weight)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
@@ -101,14 +138,20 @@ def _pair(value) -> tuple[int, int] | None:
 
 def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None,
            stride=1, padding=0, dilation=1, groups: int = 1) -> paddle.Tensor:
-    """``F.conv2d`` for NCHW float32 with symmetric int padding, on oneDNN when :func:`available`."""
+    """``F.conv2d`` for NCHW float32 with symmetric int padding, on oneDNN when :func:`available`.
+
+    After ``set_bf16_training(True)``, convolutions that record gradients multiply in bfloat16
+    (see the module doc for which); evaluation (no grad) stays float32.
+    """
     geometry = _pair(stride), _pair(padding), _pair(dilation)
     plan = None
     if (available() and None not in geometry and x.dtype == paddle.float32
             and weight.dtype == paddle.float32 and x.ndim == 4 and x.place.is_cpu_place()):
-        key = (tuple(x.shape), tuple(weight.shape), bias is not None, *geometry, groups)
+        blocked = x.shape[1] >= PLAIN_BELOW
+        bf16 = _BF16_TRAINING and blocked and groups == 1 and paddle.is_grad_enabled()
+        key = (tuple(x.shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16)
         plan = _plan(key, _ConvPlan, list(x.shape), list(weight.shape), bias is not None,
-                     *geometry, groups, x.shape[1] >= PLAIN_BELOW)
+                     *geometry, groups, blocked, bf16)
     if plan is None:
         return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
     return _OneDnnConv2D.apply(x.contiguous(), weight.contiguous(), bias, plan)

@@ -1,7 +1,7 @@
 """Training and inference throughput of a registered model, built and stepped as train.py does.
 
     python bench/throughput.py --model towernet_simam --image-size 128 --batch-size 32
-                               [--steps N] [--rounds R] [--json] [--reference torch]
+                               [--steps N] [--rounds R] [--json] [--reference torch|torch-cl]
                                [--data SPLIT_DIR] [-o section.key=value ...]
 
 train: the config train.py would resolve (default.yaml <- the model's or family's YAML <- -o),
@@ -10,8 +10,9 @@ train: the config train.py would resolve (default.yaml <- the model's or family'
 ``Model.fit`` runs per batch minus the data and the callbacks. infer: eval mode, no_grad, as
 ``app.engine.predict_logits``. Each round times ``--steps`` steps after 2 warm-up steps; the
 figure is the median step of the best round (the machine may be shared; the rounds say how
-noisy it was). ``--reference torch`` builds the same TowerNet in PyTorch (bench/torch_towernet.py,
-only if torch is importable) and times it in the same rounds, interleaved, with the same
+noisy it was). ``--reference torch`` builds the same network in PyTorch (bench/torch_towernet.py:
+towernet, towernet_simam, resnet50, mobilenet_v2; only if torch is importable; ``torch-cl`` in
+channels_last, and under CPU autocast bfloat16 when ``-o train.amp=bf16``) and times it in the same rounds, interleaved, with the same
 thread count, in a child process of its own (bench/torch_towernet.py says why). ``--data``
 also times one epoch of the train loader alone (``ImageFolderDataset`` + ``build_loader``,
 cache and workers as configured), and real epochs (that loader feeding the training step)
@@ -59,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--data", help="split folder: also time its train loader, and real epochs "
                                    "against pure compute")
-    p.add_argument("--reference", choices=["torch"], help="time the same network in PyTorch")
+    p.add_argument("--reference", choices=["torch", "torch-cl"],
+                   help="time the same network in PyTorch (torch-cl: channels_last)")
     p.add_argument("--attention-share", action="store_true",
                    help="also time the attention modules alone: their share of the train step")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -120,17 +122,25 @@ def attention_runner(network, x: np.ndarray):
     return [f"{type(layer).__name__}{list(inp.shape)}" for layer, inp, _ in calls], step
 
 
-class TorchReference:
-    """The PyTorch twin in a child process (bench/torch_towernet.py), stepped round by round."""
+TWINS = ("towernet", "towernet_simam", "resnet50", "mobilenet_v2")  # bench/torch_towernet.py
 
-    def __init__(self, cfg: dict, num_classes: int, threads: int, steps: int) -> None:
+
+class TorchReference:
+    """The PyTorch twin in a child process (bench/torch_towernet.py), stepped round by round.
+
+    ``kind`` torch: PyTorch eager's default NCHW; torch-cl: channels_last model and input. A
+    run with ``train.amp=bf16`` times the twin's training step under CPU autocast bfloat16.
+    """
+
+    def __init__(self, cfg: dict, num_classes: int, threads: int, steps: int, kind: str = "torch") -> None:
         if importlib.util.find_spec("torch") is None:
-            raise UserError("--reference torch: torch is not importable in this environment "
+            raise UserError(f"--reference {kind}: torch is not importable in this environment "
                             "(install it into a separate venv; the project does not need it)")
-        if cfg["model"]["name"] not in ("towernet", "towernet_simam"):
-            raise UserError(f"--reference torch: no PyTorch twin of {cfg['model']['name']} "
-                            f"(towernet, towernet_simam)")
+        if cfg["model"]["name"] not in TWINS:
+            raise UserError(f"--reference {kind}: no PyTorch twin of {cfg['model']['name']} "
+                            f"({', '.join(TWINS)})")
         setup = {"model": cfg["model"]["name"], "num_classes": num_classes, "threads": threads,
+                 "channels_last": kind == "torch-cl", "bf16": cfg["train"]["amp"] == "bf16",
                  "image_size": cfg["data"]["image_size"], "batch_size": cfg["train"]["batch_size"],
                  "optimizer": {k: cfg["optimizer"][k] for k in ("lr", "momentum", "weight_decay")},
                  "seed": cfg["train"]["seed"], "warmup": WARMUP, "steps": steps}
@@ -144,7 +154,7 @@ class TorchReference:
         self.proc.stdin.flush()
         reply = self.proc.stdout.readline()
         if not reply:
-            raise UserError(f"--reference torch: the PyTorch process exited "
+            raise UserError(f"--reference: the PyTorch process exited "
                             f"(code {self.proc.wait()}); see its error above")
         return json.loads(reply)
 
@@ -221,9 +231,9 @@ def run(args) -> list[dict]:
     timed(train_step, WARMUP)
     timed(infer, 1)
     reference = None
-    if args.reference == "torch":
-        reference = TorchReference(cfg, args.num_classes, threads, args.steps)
-    names = ["paddle"] + (["torch"] if reference else [])
+    if args.reference:
+        reference = TorchReference(cfg, args.num_classes, threads, args.steps, args.reference)
+    names = ["paddle"] + ([args.reference] if reference else [])
     times = {name: {"train": [], "infer": []} for name in names}
     attention_times = []
     try:
@@ -234,7 +244,7 @@ def run(args) -> list[dict]:
                 attention_times.append(timed(attention, args.steps))
             if reference:
                 for phase, seconds in reference.round().items():
-                    times["torch"][phase].append(seconds)
+                    times[names[1]][phase].append(seconds)
     finally:
         if reference:
             reference.close()
@@ -244,7 +254,7 @@ def run(args) -> list[dict]:
         train = summarize(times[name]["train"], bs)
         infer = summarize(times[name]["infer"], bs)
         rows.append({"framework": name, "model": args.model, "image_size": s, "batch_size": bs,
-                     "threads": threads, "train_img_s": train["img_s"],
+                     "threads": threads, "amp": cfg["train"]["amp"], "train_img_s": train["img_s"],
                      "train_step_ms": train["step_ms"], "train_rounds_img_s": train["rounds_img_s"],
                      "infer_img_s": infer["img_s"], "infer_rounds_img_s": infer["rounds_img_s"]})
     if attention:
@@ -265,14 +275,14 @@ def run(args) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     r0 = rows[0]
     lines = [f"{r0['model']}  {r0['image_size']} px  batch {r0['batch_size']}  "
-             f"{r0['threads']} threads",
+             f"{r0['threads']} threads  amp {r0['amp']}",
              f"{'framework':<10} {'train img/s':>11} {'step ms':>8} {'infer img/s':>11}  "
              f"rounds (train img/s)"]
     for r in rows:
         lines.append(f"{r['framework']:<10} {r['train_img_s']:>11.1f} {r['train_step_ms']:>8.0f} "
                      f"{r['infer_img_s']:>11.1f}  {r['train_rounds_img_s']}")
     if "train_vs_torch" in r0:
-        lines.append(f"paddle / torch: train {r0['train_vs_torch']:.2f}x, "
+        lines.append(f"paddle / {rows[1]['framework']}: train {r0['train_vs_torch']:.2f}x, "
                      f"infer {r0['infer_vs_torch']:.2f}x")
     if "attention_ms" in r0:
         lines.append(f"attention alone (fwd+bwd, {len(r0['attention_calls'])} calls): "

@@ -1,6 +1,6 @@
-"""TowerNet in PyTorch, layer for layer as ``models/towernet.py``: the bench's reference.
+"""TowerNet, ResNet50 and MobileNetV2 in PyTorch, layer for layer as ours: the bench's reference.
 
-Only ``bench/throughput.py --reference torch`` runs this, as a child process (``serve``), and
+Only ``bench/throughput.py --reference torch|torch-cl`` runs this, as a child process (``serve``), and
 only when torch is importable; the project does not depend on torch. A process of its own
 keeps PyTorch as its users run it: none of ``app``'s environment (its malloc setting) and no
 second OpenMP runtime (Paddle's) spinning on the same two cores.
@@ -8,7 +8,11 @@ second OpenMP runtime (Paddle's) spinning on the same two cores.
 Same architecture and maths: bias-free convs + BatchNorm(eps=1e-3, Paddle's momentum 0.9 =
 torch's 0.1) + ReLU, 3x3/2/1 max pools, the GoogLeNet Inception blocks, SimAM with
 n = max(h*w - 1, 1) skipped on maps under 2 positions, adaptive average pooling and a
-Linear head.
+Linear head. ResNet50 and MobileNetV2 as ``paddle.vision.models`` builds them (the
+torchvision designs: stride on the bottleneck's 3x3, ReLU6, dropout 0.2 before the head).
+``torch-cl`` is PyTorch's CPU performance guide: model and input in ``channels_last``; when our
+run trains in bfloat16 (``train.amp=bf16``) the twin's training step runs under
+``torch.autocast("cpu", dtype=torch.bfloat16)``. Inference stays float32 on both sides.
 """
 from __future__ import annotations
 
@@ -95,17 +99,77 @@ class TowerNet(nn.Module):
         return self.fc(self.avgpool(self.inc3(x)).flatten(1))
 
 
-def build(model: str, num_classes: int, optimizer: dict, threads: int):
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, *([act()] if act else []))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * 4
+        self.body = nn.Sequential(_conv_bn(cin, width, 1), _conv_bn(width, width, 3, stride),
+                                  _conv_bn(width, cout, 1, act=None))
+        self.down = (_conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout
+                     else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.down(x))
+
+
+def resnet50(num_classes: int) -> nn.Module:
+    layers, cin = [_conv_bn(3, 64, 7, 2), nn.MaxPool2d(3, 2, 1)], 64
+    for i, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+        for b in range(blocks):
+            layers.append(Bottleneck(cin, width, 2 if b == 0 and i > 0 else 1))
+            cin = width * 4
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, num_classes))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = [_conv_bn(cin, hidden, 1, act=nn.ReLU6)] if expand != 1 else []
+        self.body = nn.Sequential(*layers, _conv_bn(hidden, hidden, 3, stride, hidden, nn.ReLU6),
+                                  _conv_bn(hidden, cout, 1, act=None))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x) if self.residual else self.body(x)
+
+
+def mobilenet_v2(num_classes: int) -> nn.Module:
+    layers, cin = [_conv_bn(3, 32, 3, 2, act=nn.ReLU6)], 32
+    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for i in range(n):
+            layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+            cin = c
+    return nn.Sequential(*layers, _conv_bn(cin, 1280, 1, act=nn.ReLU6), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, num_classes))
+
+
+TWINS = {"towernet": lambda k: TowerNet(k, attention=False),
+         "towernet_simam": lambda k: TowerNet(k, attention=True),
+         "resnet50": resnet50, "mobilenet_v2": mobilenet_v2}
+
+
+def build(model: str, num_classes: int, optimizer: dict, threads: int,
+          channels_last: bool = False, bf16: bool = False):
     """(network, train_step(x, y) -> loss, infer(x) -> logits) mirroring the Paddle recipe."""
     torch.set_num_threads(threads)
-    net = TowerNet(num_classes, attention=model == "towernet_simam")
+    net = TWINS[model](num_classes)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=optimizer["lr"], momentum=optimizer["momentum"],
                           weight_decay=optimizer["weight_decay"])
     loss_fn = nn.CrossEntropyLoss()
 
     def train_step(x, y):
         net.train()
-        loss = loss_fn(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -128,7 +192,10 @@ def serve() -> None:
     rng = np.random.default_rng(0)  # the same batch as the Paddle side
     x = torch.from_numpy(rng.standard_normal((bs, 3, s, s), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, k, (bs, 1)).astype(np.int64).reshape(-1))
-    _, step, infer = build(setup["model"], k, setup["optimizer"], setup["threads"])
+    if setup["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    _, step, infer = build(setup["model"], k, setup["optimizer"], setup["threads"],
+                           setup["channels_last"], setup["bf16"])
     timed(lambda: step(x, y), setup["warmup"])
     timed(lambda: infer(x), 1)
     print(json.dumps({"ready": True}), flush=True)

@@ -1,4 +1,5 @@
-"""Mixed precision (train.amp): refused on a CPU; the GPU path's hapi settings, checked on a CPU."""
+"""Mixed precision (train.amp): fp16 refused on a CPU; the GPU path's hapi settings, checked on a CPU
+(CPU bf16: tests/test_bf16.py)."""
 import numpy as np
 import paddle
 import pytest
@@ -14,7 +15,7 @@ def test_amp_on_cpu_is_a_one_line_error(tiny_split, tmp_path):
                    "--output", tmp_path, "--device", "cpu", *FAST_TRAIN, "-o", "train.amp=fp16")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == ("error: train.amp=fp16 needs a GPU; on CPU use "
-                                   "train.amp=off")
+                                   "train.amp=off or bf16")
     assert not list(tmp_path.iterdir())
 
 

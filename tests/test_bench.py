@@ -2,6 +2,8 @@
 import importlib.util
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 TINY = ["bench/throughput.py", "--model", "towernet", "--image-size", "64", "--batch-size", "2",
@@ -27,14 +29,28 @@ def test_bench_table_and_errors():
     assert bad.returncode == 2 and "train.nope" in bad.stderr
 
 
-def test_bench_torch_reference_is_optional():
-    proc = run_cli(*TINY, "--reference", "torch")
+@pytest.mark.parametrize("kind", ["torch", "torch-cl"])
+def test_bench_torch_reference_is_optional(kind):
+    proc = run_cli(*TINY, "--reference", kind)
     if importlib.util.find_spec("torch") is None:
         assert proc.returncode == 2 and "torch is not importable" in proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
         frameworks = [json.loads(line)["framework"] for line in proc.stdout.splitlines()]
-        assert frameworks == ["paddle", "torch"]
+        assert frameworks == ["paddle", kind]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+@pytest.mark.parametrize("model", ["towernet_simam", "resnet50", "mobilenet_v2"])
+def test_torch_twins_have_our_models_parameters(model):
+    """Same trainable tensors shape for shape, in order (Paddle also lists BN statistics)."""
+    from bench.torch_towernet import TWINS
+    from models import create_model
+
+    ours = [tuple(p.shape) for p in create_model(model, num_classes=16).parameters() if not p.stop_gradient]
+    twin = [tuple(p.shape) for p in TWINS[model](16).parameters()]
+    squeeze = [s if len(s) != 2 else s[::-1] for s in ours]  # Linear: [in, out] vs [out, in]
+    assert sorted(squeeze) == sorted(twin)
 
 
 def test_bench_attention_share():

@@ -1,0 +1,152 @@
+"""train.amp=bf16 on a CPU: the oneDNN backend's bfloat16 convolutions, a bf16 run end to end,
+and the one-line refusals where the CPU or the backend cannot do it."""
+import numpy as np
+import paddle
+import pytest
+
+from app import engine
+from app.config import load_config, parse_override
+from app.errors import UserError
+from backend import onednn
+from conftest import train_cut_in_epoch_2
+
+HAS_BF16 = bool(onednn.cpu_bf16_flags()) and onednn.available()
+needs_bf16 = pytest.mark.skipif(
+    not HAS_BF16, reason=f"this CPU has none of {', '.join(onednn.BF16_FLAGS)} (or no oneDNN backend)")
+
+CASES = [  # batch, in, out, kernel, stride, groups, map: the geometries our models use
+    (4, 64, 128, 3, 1, 1, 16),  # TowerNet 3x3
+    (4, 128, 64, 1, 1, 1, 8),  # 1x1 (Inception reduce, ResNet bottleneck, SE)
+    (4, 32, 64, 3, 2, 1, 16),  # stride 2 (ResNet, MobileNetV2)
+    (4, 16, 32, 5, 1, 1, 8),  # Inception 5x5
+    (4, 32, 32, 3, 2, 32, 16),  # depthwise (MobileNetV2): stays float32
+]
+
+
+def conv_and_grads(x, w, b, dy, bf16, stride, groups):
+    onednn.set_bf16_training(bf16)
+    try:
+        xt, wt, bt = (paddle.to_tensor(a, stop_gradient=False) for a in (x, w, b))
+        y = onednn.conv2d(xt, wt, bt, stride, w.shape[-1] // 2, 1, groups)
+        (y * paddle.to_tensor(dy)).sum().backward()
+        return [t.numpy() for t in (y, xt.grad, wt.grad, bt.grad)]
+    finally:
+        onednn.set_bf16_training(False)
+
+
+@needs_bf16
+@pytest.mark.parametrize("n,ci,co,k,stride,groups,hw", CASES)
+def test_bf16_conv_forward_and_both_backwards_are_float32_within_bfloat16(n, ci, co, k, stride, groups, hw):
+    rng = np.random.default_rng(ci + k)
+    x = rng.standard_normal((n, ci, hw, hw)).astype("float32")
+    w = (rng.standard_normal((co, ci // groups, k, k)) * 0.1).astype("float32")
+    b = rng.standard_normal(co).astype("float32")
+    out = (hw + 2 * (k // 2) - k) // stride + 1
+    dy = rng.standard_normal((n, co, out, out)).astype("float32")
+    fp32 = conv_and_grads(x, w, b, dy, False, stride, groups)
+    bf16 = conv_and_grads(x, w, b, dy, True, stride, groups)
+    for name, a, c in zip(("y", "dx", "dw", "db"), fp32, bf16):
+        assert c.dtype == np.float32
+        error = np.abs(a - c).max() / np.abs(a).max()
+        if groups > 1:
+            assert error == 0, name  # depthwise: float32 on purpose (module doc)
+        else:
+            assert 1e-6 < error <= 1e-2, name  # rounded to bfloat16, and only that much
+
+
+@needs_bf16
+def test_no_grad_passes_stay_float32_while_bf16_training_is_on():
+    x = paddle.randn([2, 16, 8, 8])
+    w = paddle.randn([16, 16, 3, 3])
+    fp32 = onednn.conv2d(x, w, None, 1, 1).numpy()
+    onednn.set_bf16_training(True)
+    try:
+        with paddle.no_grad():
+            evaluated = onednn.conv2d(x, w, None, 1, 1).numpy()
+        x.stop_gradient = False
+        trained = onednn.conv2d(x, w, None, 1, 1).numpy()
+    finally:
+        onednn.set_bf16_training(False)
+    np.testing.assert_array_equal(evaluated, fp32)
+    assert not np.array_equal(trained, fp32)
+
+
+def small_run(root, out, amp, epochs=4, **extra):
+    return load_config(model="towernet_simam", overrides=[
+        ("data.root", str(root)), ("output.dir", str(out)), ("train.epochs", epochs),
+        ("data.image_size", 32), ("train.batch_size", 12), ("data.cache", False),
+        ("train.amp", amp), *extra.items()])
+
+
+@needs_bf16
+def test_bf16_run_learns_like_fp32_keeps_float32_weights_and_is_labelled(tiny_split, tmp_path):
+    import json
+
+    import yaml
+
+    from app import trainer
+    from app.callbacks import read_metrics
+    from app.study import run_label
+
+    runs = {amp: trainer.train(small_run(tiny_split, tmp_path / amp, amp)) for amp in ("off", "bf16")}
+    losses = {amp: [r["train_loss"] for r in read_metrics(run / "metrics.csv")] for amp, run in runs.items()}
+    assert losses["bf16"][-1] < 0.7 * losses["bf16"][0]
+    assert losses["bf16"][-1] == pytest.approx(losses["off"][-1], rel=0.25)
+    assert losses["bf16"] != losses["off"]  # it did run in another precision
+    weights = paddle.load(str(runs["bf16"] / "best.pdparams"))
+    assert {str(t.dtype) for t in weights.values()} <= {"paddle.float32", "paddle.int64"}
+    cfg = yaml.safe_load((runs["bf16"] / "config.yaml").read_text())
+    assert cfg["train"]["amp"] == "bf16" and run_label(cfg) == "towernet_simam bf16"
+    assert json.loads((runs["bf16"] / "best.json").read_text())["amp"] == "bf16"
+    assert onednn._BF16_TRAINING is False  # for that run only: a study's next run is fp32
+
+
+@needs_bf16
+def test_interrupted_bf16_run_resumes_exactly(tiny_split, tmp_path):
+    from app import trainer
+
+    # No random rotation / flip: their random state is not part of a checkpoint (as in
+    # test_recipe's exact-resume test).
+    plain = {"data.rotation": 0, "data.hflip": False}
+    full = trainer.train(small_run(tiny_split, tmp_path / "full", "bf16", epochs=3, **plain))
+    run = tmp_path / "cut" / "towernet_simam"
+    train_cut_in_epoch_2(small_run(tiny_split, tmp_path / "cut", "bf16", epochs=3, **plain), run)
+    trainer.train(trainer.resume_config(run), run)
+    a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_bf16_on_a_cpu_without_bfloat16_is_one_line(monkeypatch):
+    monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
+    monkeypatch.setattr(onednn, "cpu_bf16_flags", lambda: [])
+    with pytest.raises(UserError, match=r"does not multiply bfloat16 \(no amx_bf16 or avx512_bf16"):
+        engine.amp_configs_for("bf16")
+    assert onednn._BF16_TRAINING is False
+
+
+def test_bf16_without_the_onednn_backend_is_one_line(monkeypatch):
+    monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
+    monkeypatch.setattr(onednn, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setenv("TOWERNET_ONEDNN", "0")
+    with pytest.raises(UserError, match="TOWERNET_ONEDNN=0"):
+        engine.amp_configs_for("bf16")
+
+
+def test_cpu_bf16_turns_the_backend_on_and_off_hands_hapi_nothing(monkeypatch):
+    if not onednn.available():
+        pytest.skip("no oneDNN backend in this Paddle build")
+    monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
+    monkeypatch.setattr(onednn, "cpu_bf16_flags", lambda: ["avx512_bf16"])  # faked capability
+    try:
+        assert engine.amp_configs_for("bf16") is None and onednn._BF16_TRAINING is True
+        assert engine.amp_configs_for("off") is None and onednn._BF16_TRAINING is False
+    finally:
+        onednn.set_bf16_training(False)
+
+
+def test_yaml_1_1_words_stay_words_in_overrides():
+    assert parse_override("train.amp=off") == ("train.amp", "off")
+    assert parse_override("data.cache=false") == ("data.cache", False)
+    assert parse_override("data.cache=True") == ("data.cache", True)
+    assert load_config(model="towernet", overrides=[parse_override("train.amp=off")])["train"]["amp"] == "off"
