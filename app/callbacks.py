@@ -33,6 +33,21 @@ def _scalar(value) -> float:
     return float(np.asarray(value).reshape(-1)[0])
 
 
+class EpochSeed(Callback):
+    """Reseed Python's, NumPy's and Paddle's generators at the start of every epoch from
+    (seed, epoch): augmentation, mixup draws and dropout of epoch e do not depend on what
+    ran before it, so a run resumed at epoch e trains exactly as the uninterrupted one."""
+
+    def __init__(self, seed: int, start_epoch: int) -> None:
+        super().__init__()
+        self.seed, self.start_epoch = seed, start_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from app.engine import seed_everything
+
+        seed_everything((self.seed * 100_003 + self.start_epoch + epoch) % 2**32)
+
+
 class NonFiniteLossGuard(Callback):
     """Stops the run on a NaN/inf training loss. Under data parallel every rank has one
     (collective): the ranks agree on each step's verdict, so all of them stop together

@@ -208,7 +208,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
             "amp": cfg["train"]["amp"], "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
                            if start_from else None)}
 
-    callbacks = [cb.NonFiniteLossGuard(start, world_size())]
+    callbacks = [cb.EpochSeed(t["seed"], start), cb.NonFiniteLossGuard(start, world_size())]
     if loaded and t["freeze_epochs"]:
         callbacks.append(pretrained.FreezeBackbone(network, loaded, t["freeze_epochs"], start))
     ema = None

@@ -196,3 +196,28 @@ def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("extra", [[], [("data.randaugment", [2, 9]), ("train.mixup_alpha", 0.2)]],
+                         ids=["reference", "randaugment+mixup"])
+def test_interrupted_run_with_random_augmentation_resumes_to_the_same_weights(tiny_split, tmp_path, extra):
+    """Every epoch reseeds from (seed, epoch) (callbacks.EpochSeed), so the augmentation a
+    resumed run draws is the one the uninterrupted run drew."""
+    import numpy as np
+    import paddle
+
+    from app import trainer
+    from app.config import load_config
+
+    def cfg(out):
+        return load_config(model="mobilenet_v2", overrides=[  # with dropout
+            ("data.root", str(tiny_split)), ("output.dir", str(out)), ("train.epochs", 3),
+            ("data.image_size", 32), ("train.batch_size", 12), ("data.cache", False), *extra])
+
+    full = trainer.train(cfg(tmp_path / "full"))
+    run = tmp_path / "cut" / "mobilenet_v2"
+    train_cut_in_epoch_2(cfg(tmp_path / "cut"), run)
+    trainer.train(trainer.resume_config(run), run)
+    a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
