@@ -96,7 +96,9 @@ def gradcam_grid(args) -> int:
     from app.gradcam import compare_gradcam
 
     if args.gradcam is None or args.gradcam < 1:
-        raise UserError("--runs compares runs with --gradcam N (a positive number of images)")
+        given = "--runs" if args.runs else "--gradcam"
+        raise UserError(f"{given}: Grad-CAM needs --gradcam N with N >= 1 images "
+                        f"(over --run R or --runs R1 R2 ...)")
     select_device(args.device)
     runs = [Path(r) for r in (args.runs or [args.run])]
     loaded = [(run, *evaluation.find_checkpoint(run)) for run in runs]

@@ -8,7 +8,7 @@ from app import engine
 from app.config import load_config, parse_override
 from app.errors import UserError
 from backend import onednn
-from conftest import train_cut_in_epoch_2
+from conftest import run_cli, train_cut_in_epoch_2
 
 HAS_BF16 = bool(onednn.cpu_bf16_flags()) and onednn.available()
 needs_bf16 = pytest.mark.skipif(
@@ -98,6 +98,8 @@ def test_bf16_run_learns_like_fp32_keeps_float32_weights_and_is_labelled(tiny_sp
     cfg = yaml.safe_load((runs["bf16"] / "config.yaml").read_text())
     assert cfg["train"]["amp"] == "bf16" and run_label(cfg) == "towernet_simam bf16"
     assert json.loads((runs["bf16"] / "best.json").read_text())["amp"] == "bf16"
+    proc = run_cli("eval.py", "--run", runs["bf16"], "--out", tmp_path / "eval", check=True)
+    assert "top-1" in proc.stdout  # evaluated (in float32: no gradients, test above)
     assert onednn._BF16_TRAINING is False  # for that run only: a study's next run is fp32
 
 

@@ -86,3 +86,12 @@ def test_gradcam_cli_grid_across_runs(tiny_run, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "image size" in proc.stderr
     proc = run_cli("eval.py", "--runs", a, b)
     assert proc.returncode == 2 and "--gradcam" in proc.stderr
+
+
+@pytest.mark.parametrize("args, flag", [(["--gradcam", "0", "--run", "runs/x"], "--gradcam"),
+                                        (["--runs", "runs/x", "runs/y"], "--runs")])
+def test_gradcam_without_images_is_one_line_naming_the_flag_given(args, flag):
+    proc = run_cli("eval.py", *args)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: {flag}: Grad-CAM needs --gradcam N with N >= 1 "
+                                   f"images (over --run R or --runs R1 R2 ...)")
