@@ -31,12 +31,13 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
 
 - bfloat16 multiplies, float32 accumulation and outputs: the convolutions with at least
   ``PLAIN_BELOW`` input channels and ``groups == 1``, forward, backward-data and
-  backward-weights. The reorder into the blocked layout converts input, weights and upstream
-  gradient (each once per step: the backward passes reuse the forward's bfloat16 copies); the
-  output, input gradient and weight gradient come back float32, so everything between
+  backward-weights. The reorders into the blocked layout convert input, weights and upstream
+  gradient (backward-weights reuses the forward's bfloat16 input where the layouts match);
+  the output, input gradient and weight gradient come back float32, so everything between
   convolutions and every parameter stays float32.
 - float32, on purpose: the RGB stem (oneDNN's GEMM conv, a few percent of the step); depthwise
-  and grouped convs (memory-bound: MobileNetV2's trained no faster in bfloat16, as PyTorch's);
+  and grouped convs (memory-bound; PyTorch's bf16 MobileNetV2 trains slower than its fp32 here,
+  157 vs 180 img/s, bench/README.md);
   BatchNorm, ReLU, pooling, SimAM and the other attention statistics, softmax and the loss
   (reductions and exponentials that bfloat16's 8-bit mantissa would bias); the classifier's
   matmul (under 0.5% of a step at these class counts); the optimizer and its master weights.
