@@ -13,7 +13,8 @@ figure is the median step of the best round (the machine may be shared; the roun
 noisy it was). ``--reference torch`` builds the same network in PyTorch
 (bench/torch_towernet.py: towernet, towernet_simam, resnet50, mobilenet_v2; only if torch is
 importable; ``torch-cl`` in channels_last, and under CPU autocast bfloat16 when ``-o
-train.amp=bf16``) and times it in the same rounds, interleaved, with the same thread count, in a child process of its own (bench/torch_towernet.py says why). ``--data``
+train.amp=bf16``) and times it in the same rounds, interleaved, with the same thread count,
+in a child process of its own (bench/torch_towernet.py says why). ``--data``
 also times one epoch of the train loader alone (``ImageFolderDataset`` + ``build_loader``,
 cache and workers as configured), and real epochs (that loader feeding the training step)
 against pure compute (the same batches, held in memory, through the same step).
