@@ -98,12 +98,13 @@ def read_runs(root) -> list:
     return runs
 
 
-def paired_verdict(diffs: list, name: str, baseline: str) -> dict:
-    """Mean per-seed difference (percentage points), its 95% interval, and plain words."""
+def paired_verdict(diffs: list, name: str, baseline: str, unit: str = "seeds") -> dict:
+    """Mean paired difference (percentage points) over seeds (or seed x fold runs, ``unit``),
+    its 95% t interval, and plain words."""
     d = np.asarray(diffs, dtype=float) * 100
     out = {"n": len(d), "mean_pp": float(d.mean()) if len(d) else None, "diffs_pp": d.tolist()}
     if len(d) < 2:
-        out["verdict"] = (f"{len(d)} paired seed(s): too few to tell {name} from {baseline} "
+        out["verdict"] = (f"{len(d)} paired {unit}: too few to tell {name} from {baseline} "
                           f"beyond seed noise; run at least 3 seeds.")
         return out
     half = t95(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
@@ -112,12 +113,12 @@ def paired_verdict(diffs: list, name: str, baseline: str) -> dict:
     if lo > 0 or hi < 0:
         word = "better" if lo > 0 else "worse"
         out["verdict"] = (f"{name} is {word} than {baseline} by {abs(d.mean()):.1f} points "
-                          f"(95% interval {lo:+.1f} to {hi:+.1f} over {len(d)} seeds): the gap "
-                          f"is larger than the seed-to-seed spread.")
+                          f"(95% interval {lo:+.1f} to {hi:+.1f} over {len(d)} {unit}): the gap "
+                          f"is larger than the run-to-run spread.")
     else:
         out["verdict"] = (f"no clear difference: {name} - {baseline} = {d.mean():+.1f} points, "
-                          f"but the 95% interval ({lo:+.1f} to {hi:+.1f}) over {len(d)} seeds "
-                          f"includes 0, so the gap is within seed noise.")
+                          f"but the 95% interval ({lo:+.1f} to {hi:+.1f}) over {len(d)} {unit} "
+                          f"includes 0, so the gap is within run-to-run noise.")
     return out
 
 
@@ -128,6 +129,8 @@ def summarize(runs: list, costs: dict) -> dict:
         by_model.setdefault(run["model"], []).append(run)
     models = sorted(by_model)
     baseline = "towernet" if "towernet" in by_model else models[0]
+    kfold = any(r["fold"] is not None for r in runs)
+    unit = "seed x fold runs" if kfold else "seeds"
     base_final = {(r["seed"], r["fold"]): r["rows"][-1]["eval_acc"] for r in by_model[baseline]}
     base_runs = {(r["seed"], r["fold"]): r for r in by_model[baseline]}
     table = []
@@ -137,6 +140,7 @@ def summarize(runs: list, costs: dict) -> dict:
         final = [r["rows"][-1]["eval_acc"] for r in rs]
         entry = {
             "model": name, "seeds": sorted(r["seed"] for r in rs),
+            "folds": sorted(r["fold"] for r in rs) if kfold else None,
             "epochs": [len(r["rows"]) for r in rs],
             "best_mean": float(np.mean(best)), "best_std": _std(best),
             "final_mean": float(np.mean(final)), "final_std": _std(final),
@@ -149,10 +153,10 @@ def summarize(runs: list, costs: dict) -> dict:
         if name != baseline:
             diffs = [r["rows"][-1]["eval_acc"] - base_final[(r["seed"], r["fold"])]
                      for r in rs if (r["seed"], r["fold"]) in base_final]
-            entry["vs_baseline"] = paired_verdict(diffs, name, baseline)
+            entry["vs_baseline"] = paired_verdict(diffs, name, baseline, unit)
             entry["vs_baseline"].update(per_image_comparison(rs, base_runs, name, baseline))
         table.append(entry)
-    return {"baseline": baseline, "models": table}
+    return {"baseline": baseline, "kfold": kfold, "models": table}
 
 
 def per_image_comparison(runs: list, base_runs: dict, name: str, baseline: str) -> dict:
@@ -191,40 +195,59 @@ def model_costs(runs: list) -> dict:
     return costs
 
 
+def _units_text(m: dict) -> str:
+    """A table cell for a model's runs: ``0,1,2`` (seeds) or ``s0 f0-4`` (seed, folds)."""
+    if not m.get("folds"):
+        return ",".join(map(str, m["seeds"]))
+    by_seed: dict = {}
+    for seed, fold in zip(m["seeds"], m["folds"]):
+        by_seed.setdefault(seed, []).append(fold)
+    return "; ".join(f"s{seed} f{','.join(map(str, sorted(folds)))}" for seed, folds in sorted(by_seed.items()))
+
+
 def to_markdown(summary: dict, runs: list) -> str:
+    kfold = summary.get("kfold", False)
+    over, paired, each = (("seed x fold runs", "seed and fold", "per-run (seed, fold)") if kfold
+                          else ("seeds", "seed", "per-seed"))
     lines = ["# Study report", "",
              f"{len(runs)} runs; baseline: `{summary['baseline']}`. Eval top-1 as "
-             "mean ± std over seeds; `best` is the best epoch (chosen on the eval split, "
+             f"mean ± std over {over}; `best` is the best epoch (chosen on the eval split, "
              "so optimistic), `final` the last epoch.", "",
-             "| model | seeds | best top-1 | final top-1 | params | GMACs | train img/s "
-             "| epoch s |", "|---|---|---|---|---|---|---|---|"]
+             f"| model | {'runs' if kfold else 'seeds'} | best top-1 | final top-1 | params | GMACs "
+             "| train img/s | epoch s |", "|---|---|---|---|---|---|---|---|"]
     for m in summary["models"]:
-        lines.append(f"| {m['model']} | {','.join(map(str, m['seeds']))} | "
+        lines.append(f"| {m['model']} | {_units_text(m)} | "
                      f"{m['best_mean']:.4f} ± {m['best_std']:.4f} | "
                      f"{m['final_mean']:.4f} ± {m['final_std']:.4f} | "
                      f"{m.get('params', 0):,} | {m.get('gmacs', 0):.3f} | "
                      f"{m['train_images_per_s']:.1f} | {m['epoch_seconds']:.1f} |")
-    lines += ["", f"## Against `{summary['baseline']}` (paired by seed, final top-1)", ""]
+    lines += ["", f"## Against `{summary['baseline']}` (paired by {paired}, final top-1)", ""]
     for m in summary["models"]:
         if "vs_baseline" in m:
             v = m["vs_baseline"]
             diffs = ", ".join(f"{d:+.1f}" for d in v["diffs_pp"])
-            lines.append(f"- **{m['model']}**: per-seed differences [{diffs}] points. "
+            lines.append(f"- **{m['model']}**: {each} differences [{diffs}] points. "
                          f"{v['verdict']}")
             if "bootstrap_ci95_pp" in v:
                 po = v["p_outperform"]
+                per_unit = ", ".join(f"{p:.3g}" for p in v["mcnemar_p_per_unit"])
                 lines.append(f"  - per image ({v['bootstrap_units']} seed/fold units, "
                              f"{v['bootstrap_images']} paired predictions): "
                              f"{v['verdict_bootstrap']} P({m['model']} > {summary['baseline']}) "
                              f"= {po['p']:.2f} (95% CI {po['ci95'][0]:.2f}-{po['ci95'][1]:.2f}); "
                              f"discordant images [baseline only, model only] = {v['discordant']}; "
+                             f"McNemar p = {v['mcnemar_p']:.3g} pooled, per unit [{per_unit}]; "
                              f"minimum detectable difference {v['mde_pp']:.1f} points.")
     lines += ["", "Per-image statistics: a two-level paired bootstrap (2000 resamples of the "
               "seed/fold units, then of the images within each), P(A > B) over the units "
               "(ties half) with a bootstrap interval, McNemar's exact test on the pooled "
               "discordant images, and the minimum detectable difference at 80% power "
-              "(2.8 bootstrap standard errors).", "",
-              "![eval accuracy per epoch](study_curves.png)", ""]
+              "(2.8 bootstrap standard errors)."]
+    if kfold:
+        lines += ["", "The t interval over seed x fold runs treats the folds as independent "
+                  "samples; their training sets overlap, so it is optimistic (Nadeau & Bengio, "
+                  "2003). The bootstrap resamples folds and the images within them."]
+    lines += ["", "![eval accuracy per epoch](study_curves.png)", ""]
     return "\n".join(lines)
 
 

@@ -102,4 +102,7 @@ def test_tiny_folds_study_end_to_end(tiny_split, tmp_path):
     for key in ("bootstrap_ci95_pp", "p_outperform", "mcnemar_p", "discordant", "mde_pp"):
         assert key in vs, key
     assert vs["bootstrap_units"] == 3 and vs["bootstrap_images"] == 48
-    assert "detect" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "detect" in text and "paired by seed and fold" in text and "| s0 f0,1,2 |" in text
+    assert f"McNemar p = {vs['mcnemar_p']:.3g} pooled, per unit [" in text
+    assert report["kfold"] is True and len(vs["mcnemar_p_per_unit"]) == 3

@@ -22,7 +22,7 @@ def test_paired_verdict_interval_matches_t_formula():
     assert v["ci95_pp"] == pytest.approx([d.mean() - half, d.mean() + half])
     assert v["ci95_pp"][0] > 0 and "better" in v["verdict"]
     noisy = study.paired_verdict([0.05, -0.04, 0.01], "b", "a")
-    assert noisy["ci95_pp"][0] < 0 < noisy["ci95_pp"][1] and "within seed noise" in noisy["verdict"]
+    assert noisy["ci95_pp"][0] < 0 < noisy["ci95_pp"][1] and "within run-to-run noise" in noisy["verdict"]
     worse = study.paired_verdict([-0.05, -0.06, -0.04], "b", "a")
     assert "worse" in worse["verdict"]
     assert "too few" in study.paired_verdict([0.1], "b", "a")["verdict"]
