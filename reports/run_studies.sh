@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The studies behind reports/ (issues 13 and 14), one after the other. Re-running it skips
+# The studies behind reports/ (issues 13, 14, 21, 22), one after the other. Re-running it skips
 # finished runs and resumes interrupted ones. Needs ../shared (the Caltech101 folders) and
-# takes hours on two cores: run it in the background, e.g.
+# takes many hours on two cores: run it in the background, e.g.
 #   nohup bash reports/run_studies.sh /work/studies > /work/studies/pipeline.log 2>&1 &
+# Run it from a copy of the code (git worktree) if you keep editing this checkout: each run
+# reads its YAML and code when it starts.
 set -u
 out=${1:-studies}
 cd "$(dirname "$0")/.."
@@ -11,16 +13,29 @@ c16=$out/data/c16 other=$out/data/other68
 [ -f $c16/manifest.json ] || $P data_tools/split.py --src ../shared/caltech101/101_ObjectCategories --dst $c16
 [ -f $other/manifest.json ] || $P data_tools/split.py --src ../shared/caltech101_other/101_ObjectCategories \
   --dst $other --num-classes 68
+C16="--data $c16 --image-size 128 --epochs 30"
 # Issue 13: MobileNetV2 hosts from scratch, 128 px, 30 epochs, 2 seeds.
 $P train.py --models mobilenet_v2,mobilenet_v2_ca,mobilenet_v2_se,mobilenet_v2_simam --seeds 0,1 \
-  --data $c16 --image-size 128 --epochs 30 --output $out/mbv2_att
-# Issue 14: pretrain mobilenet_v2 on the 68 other Caltech101 classes, then fine-tune on the 16.
-if [ -f $out/pretrain/mbv2-other68/state.json ]; then
-  $P train.py --resume $out/pretrain/mbv2-other68
-else
-  $P train.py --model mobilenet_v2 --data $other --image-size 128 --epochs 30 \
-    --output $out/pretrain --name mbv2-other68
-fi
-$P train.py --models mobilenet_v2,mobilenet_v2_ca,mobilenet_v2_simam --seeds 0,1 --data $c16 \
-  --image-size 128 --epochs 30 --pretrained $out/pretrain/mbv2-other68/last.pdparams \
-  --output $out/mbv2_ft
+  $C16 --output $out/mbv2_att
+# Issue 22: 5-fold x 1 seed of the TowerNet trio, and the fixed split with 2 seeds.
+$P train.py --models towernet,towernet_simam,towernet_se --seeds 0 --folds 5 $C16 --output $out/kfold
+$P train.py --models towernet,towernet_simam,towernet_se --seeds 0 $C16 --output $out/towernet_trio
+$P train.py --models towernet,towernet_simam --seeds 0,1 $C16 --output $out/towernet_trio
+# Issue 21: towernet_simam in bfloat16 next to the fp32 runs (CPUs with amx_bf16/avx512_bf16).
+$P train.py --models towernet_simam --seeds 0,1 $C16 -o train.amp=bf16 --output $out/towernet_trio
+# Issue 14: pretrain towernet and mobilenet_v2 on the 68 other Caltech101 classes, fine-tune on the 16.
+for arch in towernet:towernet-other68 mobilenet_v2:mbv2-other68; do
+  model=${arch%%:*} name=${arch##*:}
+  if [ -f $out/pretrain/$name/state.json ]; then
+    $P train.py --resume $out/pretrain/$name
+  else
+    $P train.py --model $model --data $other --image-size 128 --epochs 30 --output $out/pretrain --name $name
+  fi
+done
+$P train.py --models towernet,towernet_simam --seeds 0,1 $C16 \
+  --pretrained $out/pretrain/towernet-other68/last.pdparams --output $out/towernet_ft
+$P train.py --models mobilenet_v2,mobilenet_v2_ca,mobilenet_v2_simam --seeds 0,1 $C16 \
+  --pretrained $out/pretrain/mbv2-other68/last.pdparams --output $out/mbv2_ft
+# Issue 21: resnet50 fp32 vs bf16, 2 seeds each.
+$P train.py --models resnet50 --seeds 0,1 $C16 --output $out/bf16_resnet50
+$P train.py --models resnet50 --seeds 0,1 $C16 -o train.amp=bf16 --output $out/bf16_resnet50
