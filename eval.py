@@ -7,6 +7,7 @@
   python eval.py --run runs/towernet_simam --export deploy/ts_onnx --format onnx [--opset 13]
   python eval.py --model-dir deploy/towernet_simam --image a.jpg   # paddle.inference or onnxruntime
   python eval.py --compare runs                       # table, compare.png, study report.md
+  python eval.py --compare studies/scratch studies/finetune --out studies/both
   python eval.py --gradcam 8 --runs runs/towernet runs/towernet_simam [--target true|pred]
 """
 import argparse
@@ -24,7 +25,9 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run folder (uses its best.pdparams + best.json)")
     src.add_argument("--checkpoint", help="a .pdparams file with its .json (or best.json) beside it")
-    src.add_argument("--compare", metavar="DIR", help="compare every run below DIR")
+    src.add_argument("--compare", nargs="+", metavar="DIR",
+                     help="compare every run below DIR (several: e.g. a from-scratch and a "
+                          "fine-tuning study; the report goes to --out, default the first DIR)")
     src.add_argument("--runs", nargs="+", metavar="RUN",
                      help="several run folders: --gradcam compares them on the same images")
     src.add_argument("--model-dir", metavar="DIR",
@@ -137,14 +140,13 @@ def main(argv=None) -> int:
 
     if args.compare:
         runs = evaluation.collect_runs(args.compare)
-        out = Path(args.out or args.compare)
+        out = Path(args.out or args.compare[0])
         make_out_dir(out)
         print(report.write_comparison(runs, out))
         from app.study import write_report
 
-        write_report(args.compare)
-        print(f"wrote {out / 'compare.png'}; {Path(args.compare) / 'report.md'}, report.json, "
-              f"study_curves.png")
+        write_report(args.compare, out)
+        print(f"wrote {out / 'compare.png'}, {out / 'report.md'}, report.json, study_curves.png")
         return 0
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be positive")

@@ -113,21 +113,23 @@ def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
     return top_predictions(paths, probs, meta["classes"], topk)
 
 
-def collect_runs(root) -> list:
-    """Every run folder below ``root`` with a best.json and metrics.csv, as dicts."""
-    from app.study import read_runs
+def collect_runs(roots) -> list:
+    """Every run folder below ``roots`` (one folder or several) with a best.json and
+    metrics.csv, as dicts."""
+    from app.study import _shown, read_runs
 
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"folder not found: {root}")
+    roots = [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"folder not found: {root}")
     runs = []
-    for r in read_runs(root):
+    for r in (run for root in roots for run in read_runs(root)):
         if not r["meta"]:
             continue
         rows, run_dir = r["rows"], r["dir"]
         best = max(rows, key=lambda row: row["eval_acc"])
         runs.append({
-            "run": str(run_dir.relative_to(root)) if run_dir != root else run_dir.name,
+            "run": _shown(run_dir, roots),
             "model": r["meta"]["model"], "params": r["meta"].get("params"),
             "epochs": len(rows), "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
             "final_acc": rows[-1]["eval_acc"],
@@ -136,5 +138,6 @@ def collect_runs(root) -> list:
             "curve": [(row["epoch"], row["eval_acc"]) for row in rows],
         })
     if not runs:
-        raise UserError(f"no finished runs (best.json + metrics.csv) below {root}")
+        raise UserError(f"no finished runs (best.json + metrics.csv) below "
+                        f"{', '.join(map(str, roots))}")
     return runs

@@ -251,23 +251,26 @@ def to_markdown(summary: dict, runs: list) -> str:
     return "\n".join(lines)
 
 
-def write_report(root) -> dict:
-    """Write report.md, report.json and study_curves.png for every run below ``root``."""
+def write_report(roots, out=None) -> dict:
+    """Write report.md, report.json and study_curves.png for every run below ``roots`` (one
+    folder or several, e.g. a from-scratch study and a fine-tuning study) into ``out``
+    (default: the first folder)."""
     from app import report
 
-    root = Path(root)
-    everything = read_runs(root)
+    roots = [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
+    root = Path(out) if out is not None else roots[0]
+    everything = [r for folder in roots for r in read_runs(folder)]
     if not everything:
-        raise UserError(f"no runs with metrics.csv below {root}")
+        raise UserError(f"no runs with metrics.csv below {', '.join(map(str, roots))}")
     # Only runs that trained all their epochs enter the statistics: a run still going (or
     # stopped) would pull its model's mean towards an early epoch.
     runs = [r for r in everything if len(r["rows"]) >= r["epochs"]]
     pending = [r for r in everything if len(r["rows"]) < r["epochs"]]
     if not runs:
-        raise UserError(f"no run below {root} has finished its epochs yet "
+        raise UserError(f"no run below {', '.join(map(str, roots))} has finished its epochs yet "
                         f"({len(pending)} in progress or stopped)")
     summary = summarize(runs, model_costs(runs))
-    summary["runs"] = [{"dir": str(r["dir"].relative_to(root)), "model": r["model"],
+    summary["runs"] = [{"dir": _shown(r["dir"], roots), "model": r["model"],
                         "seed": r["seed"], "fold": r["fold"], "finished": r["finished"],
                         "counted": len(r["rows"]) >= r["epochs"],
                         "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in everything]
@@ -276,9 +279,17 @@ def write_report(root) -> dict:
     text = to_markdown(summary, runs)
     if pending:
         text += ("\nNot counted (epochs not all trained yet, or stopped): " + ", ".join(
-            f"`{r['dir'].relative_to(root)}` ({len(r['rows'])}/{r['epochs']})" for r in pending) + "\n")
+            f"`{_shown(r['dir'], roots)}` ({len(r['rows'])}/{r['epochs']})" for r in pending) + "\n")
     atomic_write_text(root / "report.md", text)
     return summary
+
+
+def _shown(run_dir: Path, roots: list) -> str:
+    """A run folder as the report names it: relative to its study folder, prefixed with that
+    folder's name when the report covers several."""
+    root = next(r for r in roots if run_dir == r or r in run_dir.parents)
+    rel = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+    return rel if len(roots) == 1 else f"{root.name}/{rel}"
 
 
 def run_study(config_file, models: list, seeds: list, overrides: list,

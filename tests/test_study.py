@@ -1,6 +1,7 @@
 """Multi-seed studies, their report and verdicts, and attention-map capture."""
 import json
 import math
+import shutil
 
 import numpy as np
 import paddle
@@ -66,6 +67,19 @@ def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
     assert (tmp_path / "new" / "dir" / "compare.png").is_file()
     proc = run_cli("eval.py", "--compare", out, "--out", state_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+
+    # Runs in two study folders (say, from scratch and fine-tuned) compared as one study.
+    before = json.loads((out / "report.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    for seed in (0, 1):
+        shutil.move(str(out / f"towernet_simam-s{seed}"), str(other / f"towernet_simam-s{seed}"))
+    both = tmp_path / "both"
+    run_cli("eval.py", "--compare", out, other, "--out", both, check=True)
+    joined = json.loads((both / "report.json").read_text())
+    assert joined == {**before, "runs": joined["runs"]}  # the same statistics as before the move
+    assert sorted(r["dir"] for r in joined["runs"]) == [
+        "other/towernet_simam-s0", "other/towernet_simam-s1", "study/towernet-s0", "study/towernet-s1"]
 
 
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
