@@ -1,13 +1,20 @@
 """Atomic file writes: a temporary file in the same folder, flushed, then renamed.
 
 A crash (or Ctrl-C) part-way through leaves the previous file untouched, never half a file.
-This module does not import paddle; :func:`atomic_save` imports it lazily.
+The file gets the permissions ``open()`` would give it (0666 less the umask), not mkstemp's
+private 0600. This module does not import paddle; :func:`atomic_save` imports it lazily.
 """
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -20,6 +27,7 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
