@@ -156,7 +156,37 @@ def summarize(runs: list, costs: dict) -> dict:
             entry["vs_baseline"] = paired_verdict(diffs, name, baseline, unit)
             entry["vs_baseline"].update(per_image_comparison(rs, base_runs, name, baseline))
         table.append(entry)
-    return {"baseline": baseline, "kfold": kfold, "models": table}
+    return {"baseline": baseline, "kfold": kfold, "models": table,
+            "one_change": one_change_pairs(by_model, unit)}
+
+
+def one_change_pairs(by_model: dict, unit: str) -> list:
+    """Each model against the same model with one tag of its label removed: fine-tuned
+    (``@source``) against from scratch, bf16 against fp32, a recipe (``+name``) against the
+    reference one. Paired by (seed, fold) on final top-1, with the first epoch at which the
+    variant reaches the plain run's final accuracy (how many epochs a fine-tune needs to
+    pass training from scratch)."""
+    pairs = []
+    for label in sorted(by_model):
+        parts = label.split(" ")
+        for i, tag in enumerate(parts[1:], 1):
+            base = " ".join(parts[:i] + parts[i + 1:])
+            if base not in by_model:
+                continue
+            plain = {(r["seed"], r["fold"]): r for r in by_model[base]}
+            matched = [(r, plain[(r["seed"], r["fold"])]) for r in by_model[label]
+                       if (r["seed"], r["fold"]) in plain]
+            if not matched:
+                continue
+            diffs = [r["rows"][-1]["eval_acc"] - b["rows"][-1]["eval_acc"] for r, b in matched]
+            reach = [next((row["epoch"] for row in r["rows"]
+                           if row["eval_acc"] >= b["rows"][-1]["eval_acc"]), None)
+                     for r, b in matched]
+            entry = {"model": label, "plain": base, "change": tag, "epochs_to_plain_final": reach,
+                     **paired_verdict(diffs, label, base, unit)}
+            entry.update(per_image_comparison([r for r, _ in matched], plain, label, base))
+            pairs.append(entry)
+    return pairs
 
 
 def per_image_comparison(runs: list, base_runs: dict, name: str, baseline: str) -> dict:
@@ -238,6 +268,23 @@ def to_markdown(summary: dict, runs: list) -> str:
                              f"discordant images [baseline only, model only] = {v['discordant']}; "
                              f"McNemar p = {v['mcnemar_p']:.3g} pooled, per unit [{per_unit}]; "
                              f"minimum detectable difference {v['mde_pp']:.1f} points.")
+    if summary.get("one_change"):
+        lines += ["", f"## One change at a time (paired by {paired}, final top-1)", "",
+                  "Each model against the same model without one of its tags: `@source` "
+                  "(fine-tuned) vs from scratch, `bf16` vs float32, `+recipe` vs the reference "
+                  "recipe. *Epoch reached*: the first epoch at which the changed run's eval "
+                  "top-1 reached the plain run's final top-1 (— never).", "",
+                  f"| model | against | {each} differences (points) | 95% t interval "
+                  "| 95% bootstrap CI | epoch reached |", "|---|---|---|---|---|---|"]
+        for p in summary["one_change"]:
+            t_ci = (f"{p['ci95_pp'][0]:+.1f} to {p['ci95_pp'][1]:+.1f}" if "ci95_pp" in p else "—")
+            boot = (f"{p['bootstrap_ci95_pp'][0]:+.1f} to {p['bootstrap_ci95_pp'][1]:+.1f}"
+                    if "bootstrap_ci95_pp" in p else "—")
+            reached = ", ".join("—" if e is None else str(e) for e in p["epochs_to_plain_final"])
+            lines.append(f"| {p['model']} | {p['plain']} | "
+                         f"{', '.join(f'{d:+.1f}' for d in p['diffs_pp'])} | {t_ci} | {boot} "
+                         f"| {reached} |")
+        lines += [""] + [f"- {p['verdict']}" for p in summary["one_change"]]
     lines += ["", "Per-image statistics: a two-level paired bootstrap (2000 resamples of the "
               "seed/fold units, then of the images within each), P(A > B) over the units "
               "(ties half) with a bootstrap interval, McNemar's exact test on the pooled "

@@ -186,3 +186,32 @@ def test_report_counts_only_runs_that_trained_all_their_epochs(tmp_path):
     se = next(m for m in summary["models"] if m["model"] == "towernet_se")
     assert se["seeds"] == [0] and se["final_mean"] == pytest.approx(0.8)
     assert "`towernet_se-s1` (1/3)" in (tmp_path / "report.md").read_text()
+
+
+def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
+    def run(model, seed, accs):
+        rows = [{"epoch": e, "eval_acc": a} for e, a in enumerate(accs, 1)]
+        return {"model": model, "seed": seed, "fold": None, "rows": rows, "predictions": None}
+
+    by_model = {
+        "towernet": [run("towernet", 0, [0.5, 0.7, 0.8]), run("towernet", 1, [0.5, 0.6, 0.7])],
+        "towernet @pre": [run("towernet @pre", 0, [0.6, 0.85, 0.9]),
+                          run("towernet @pre", 1, [0.7, 0.75, 0.72])],
+        "towernet_simam": [run("towernet_simam", 0, [0.5, 0.8])],
+        "towernet_simam bf16": [run("towernet_simam bf16", 0, [0.4, 0.7])],
+        "towernet_se": [run("towernet_se", 0, [0.9])],  # nothing to pair with
+    }
+    pairs = {p["model"]: p for p in study.one_change_pairs(by_model, "seeds")}
+    assert set(pairs) == {"towernet @pre", "towernet_simam bf16"}
+    pre = pairs["towernet @pre"]
+    assert pre["plain"] == "towernet" and pre["change"] == "@pre"
+    assert pre["diffs_pp"] == pytest.approx([10.0, 2.0])
+    assert pre["epochs_to_plain_final"] == [2, 1]  # 0.85 >= 0.8 at epoch 2; 0.7 >= 0.7 at epoch 1
+    bf16 = pairs["towernet_simam bf16"]
+    assert bf16["plain"] == "towernet_simam" and bf16["diffs_pp"] == pytest.approx([-10.0])
+    assert bf16["epochs_to_plain_final"] == [None] and "too few" in bf16["verdict"]
+    text = study.to_markdown({"baseline": "towernet", "kfold": False, "models": [],
+                              "one_change": list(pairs.values())}, [])
+    assert "## One change at a time (paired by seed, final top-1)" in text
+    assert "| towernet @pre | towernet | +10.0, +2.0 |" in text and "| 2, 1 |" in text
+    assert "| towernet_simam bf16 | towernet_simam | -10.0 | — | — | — |" in text
