@@ -116,7 +116,7 @@ def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
 def collect_runs(roots) -> list:
     """Every run folder below ``roots`` (one folder or several) with a best.json and
     metrics.csv, as dicts."""
-    from app.study import _shown, read_runs
+    from app.study import report_dir_name, read_runs
 
     roots = [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
     for root in roots:
@@ -129,7 +129,7 @@ def collect_runs(roots) -> list:
         rows, run_dir = r["rows"], r["dir"]
         best = max(rows, key=lambda row: row["eval_acc"])
         runs.append({
-            "run": _shown(run_dir, roots),
+            "run": report_dir_name(run_dir, roots),
             "model": r["meta"]["model"], "params": r["meta"].get("params"),
             "epochs": len(rows), "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
             "final_acc": rows[-1]["eval_acc"],

@@ -34,7 +34,8 @@ def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | N
     """``<model>-s<seed>`` (``-f<fold>`` in a K-fold study); a pretrained run is
     ``<model>@<source tag>-s<seed>`` (see run_label)."""
     label = run_label(cfg) if cfg else model
-    return f"{label.replace(' @', '@').replace(' +', '+').replace(' ', '-')}-s{seed}" + ("" if fold is None else f"-f{fold}")
+    name = label.replace(" @", "@").replace(" +", "+").replace(" ", "-")
+    return f"{name}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
 def run_label(cfg: dict) -> str:
@@ -226,13 +227,14 @@ def model_costs(runs: list) -> dict:
 
 
 def _units_text(m: dict) -> str:
-    """A table cell for a model's runs: ``0,1,2`` (seeds) or ``s0 f0-4`` (seed, folds)."""
+    """A table cell for a model's runs: ``0,1,2`` (seeds) or ``s0 f0,1,2,3,4`` (seed, folds)."""
     if not m.get("folds"):
         return ",".join(map(str, m["seeds"]))
     by_seed: dict = {}
     for seed, fold in zip(m["seeds"], m["folds"]):
         by_seed.setdefault(seed, []).append(fold)
-    return "; ".join(f"s{seed} f{','.join(map(str, sorted(folds)))}" for seed, folds in sorted(by_seed.items()))
+    return "; ".join(f"s{seed} f{','.join(map(str, sorted(folds)))}"
+                     for seed, folds in sorted(by_seed.items()))
 
 
 def to_markdown(summary: dict, runs: list) -> str:
@@ -317,7 +319,7 @@ def write_report(roots, out=None) -> dict:
         raise UserError(f"no run below {', '.join(map(str, roots))} has finished its epochs yet "
                         f"({len(pending)} in progress or stopped)")
     summary = summarize(runs, model_costs(runs))
-    summary["runs"] = [{"dir": _shown(r["dir"], roots), "model": r["model"],
+    summary["runs"] = [{"dir": report_dir_name(r["dir"], roots), "model": r["model"],
                         "seed": r["seed"], "fold": r["fold"], "finished": r["finished"],
                         "counted": len(r["rows"]) >= r["epochs"],
                         "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in everything]
@@ -326,12 +328,13 @@ def write_report(roots, out=None) -> dict:
     text = to_markdown(summary, runs)
     if pending:
         text += ("\nNot counted (epochs not all trained yet, or stopped): " + ", ".join(
-            f"`{_shown(r['dir'], roots)}` ({len(r['rows'])}/{r['epochs']})" for r in pending) + "\n")
+            f"`{report_dir_name(r['dir'], roots)}` ({len(r['rows'])}/{r['epochs']})"
+            for r in pending) + "\n")
     atomic_write_text(root / "report.md", text)
     return summary
 
 
-def _shown(run_dir: Path, roots: list) -> str:
+def report_dir_name(run_dir: Path, roots: list) -> str:
     """A run folder as the report names it: relative to its study folder, prefixed with that
     folder's name when the report covers several."""
     root = next(r for r in roots if run_dir == r or r in run_dir.parents)

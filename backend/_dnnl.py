@@ -162,7 +162,8 @@ class ConvPlan:
         # the same layout (one converting reorder less, and half the memory of the float32 input
         # it replaces). Deriving every bfloat16 layout from the forward's copies instead of from
         # the float32 originals was measured and did not help (bench/README.md).
-        self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
+        self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(
+            self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
 
     def _pass(self, pd: C.c_void_p, mds: dict[str, int]) -> dict:
         return {"primitive": self.dnnl.primitive(pd), "md": mds,
