@@ -43,9 +43,9 @@ class EpochSeed(Callback):
         self.seed, self.start_epoch = seed, start_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
-        from app.engine import seed_everything
+        from app.engine import epoch_seed, seed_everything
 
-        seed_everything((self.seed * 100_003 + self.start_epoch + epoch) % 2**32)
+        seed_everything(epoch_seed(self.seed, self.start_epoch + epoch))
 
 
 class NonFiniteLossGuard(Callback):

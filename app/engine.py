@@ -73,6 +73,12 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The random seed of (run seed, 0-based epoch): the loader's shuffle and the per-epoch
+    reseeding of augmentation (callbacks.EpochSeed) start from it."""
+    return (seed * 100_003 + epoch) % 2**32
+
+
 def check_model_name(name: str) -> None:
     if name not in list_models():
         raise UserError(f"unknown model '{name}'; known: {', '.join(list_models())}")
@@ -281,12 +287,12 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
     """A DataLoader over a DistributedBatchSampler: each rank reads its own shard.
 
     The sampler shuffles with ``RandomState(epoch)``; the epoch counter starts at
-    ``seed * 100_003 + start_epoch`` so the order differs between seeds and a resumed
+    ``epoch_seed(seed, start_epoch)`` so the order differs between seeds and a resumed
     run sees the same order an uninterrupted run would have.
     """
     sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size,
                                                 shuffle=shuffle, drop_last=False)
-    sampler.set_epoch(seed * 100_003 + start_epoch)
+    sampler.set_epoch(epoch_seed(seed, start_epoch))
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                                 return_list=True, collate_fn=collate_fn)
 

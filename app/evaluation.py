@@ -116,9 +116,9 @@ def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
 def collect_runs(roots) -> list:
     """Every run folder below ``roots`` (one folder or several) with a best.json and
     metrics.csv, as dicts."""
-    from app.study import report_dir_name, read_runs
+    from app.study import as_roots, read_runs, report_dir_name
 
-    roots = [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
+    roots = as_roots(roots)
     for root in roots:
         if not root.is_dir():
             raise UserError(f"folder not found: {root}")

@@ -306,7 +306,7 @@ def write_report(roots, out=None) -> dict:
     (default: the first folder)."""
     from app import report
 
-    roots = [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
+    roots = as_roots(roots)
     root = Path(out) if out is not None else roots[0]
     everything = [r for folder in roots for r in read_runs(folder)]
     if not everything:
@@ -332,6 +332,11 @@ def write_report(roots, out=None) -> dict:
             for r in pending) + "\n")
     atomic_write_text(root / "report.md", text)
     return summary
+
+
+def as_roots(roots) -> list[Path]:
+    """One study folder or several, as a list of paths."""
+    return [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
 
 
 def report_dir_name(run_dir: Path, roots: list) -> str:

@@ -205,7 +205,8 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
             "std": list(train_ds.std), "data_root": str(cfg["data"]["root"]),
             "fold": cfg["data"]["fold"], "folds": cfg["data"]["folds"],
             "params": count_params(network), "normalize": normalization(cfg),
-            "amp": cfg["train"]["amp"], "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
+            "amp": cfg["train"]["amp"],
+            "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
                            if start_from else None)}
 
     callbacks = [cb.EpochSeed(t["seed"], start), cb.NonFiniteLossGuard(start, world_size())]
