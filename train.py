@@ -24,7 +24,8 @@ def parse_args(argv=None):
                    "its family's: towernet.yaml, resnet50.yaml, mobilenet_v2.yaml)")
     p.add_argument("--model", help="registered model name (see --list-models)")
     p.add_argument("--recipe", help="training recipe layered on the model's config: "
-                                    "reference (default) or small_data (configs/recipes/)")
+                                    "reference (default), small_data (configs/recipes/) or "
+                                    "a recipe YAML file of one's own")
     p.add_argument("--list-models", action="store_true", help="print model names and exit")
     p.add_argument("--data", help="split folder with train/ and eval/ (data.root)")
     p.add_argument("--epochs", type=int)

@@ -165,17 +165,33 @@ def list_recipes() -> list:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
-def apply_recipe(cfg: dict, recipe: str) -> None:
-    """Layer configs/recipes/<recipe>.yaml onto ``cfg`` (key by key) and record its name."""
+def recipe_file(recipe: str) -> Path:
+    """``recipe`` is a name in configs/recipes/ or the path of a YAML file of one's own."""
+    if recipe.endswith((".yaml", ".yml")) or "/" in recipe:
+        path = Path(recipe)
+        if not path.is_file():
+            raise UserError(f"recipe file {recipe} does not exist")
+        return path
     path = RECIPE_DIR / f"{recipe}.yaml"
     if not path.is_file():
-        raise UserError(f"unknown recipe {recipe!r}; known: {', '.join(list_recipes())}")
+        raise UserError(f"unknown recipe {recipe!r}; known: {', '.join(list_recipes())} "
+                        "(or give a recipe file's path)")
+    return path
+
+
+def apply_recipe(cfg: dict, recipe: str) -> None:
+    """Layer a recipe onto ``cfg`` (key by key) and record its name (the file's stem).
+
+    A recipe file may start from another with ``_base_: <path relative to it>``, as config
+    files do, so a variant lists only what it changes.
+    """
+    path = recipe_file(recipe)
     for section, values in read_yaml(path).items():
         if not isinstance(values, dict):
             raise UserError(f"recipe {path}: section '{section}' must be a mapping")
         for name, value in values.items():
             set_key(cfg, f"{section}.{name}", value)
-    cfg["train"]["recipe"] = recipe
+    cfg["train"]["recipe"] = path.stem
 
 
 def load_config(config_file=None, model=None, overrides=(), recipe=None) -> dict:

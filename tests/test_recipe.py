@@ -127,6 +127,22 @@ def test_recipe_layers_between_the_model_yaml_and_flags():
         load_config(model="towernet", overrides=[("data.crop_scale", [0.9, 0.1])])
 
 
+def test_recipe_file_of_ones_own_starts_from_a_base(tmp_path):
+    from app.config import RECIPE_DIR
+
+    variant = tmp_path / "no_erasing.yaml"
+    variant.write_text(f"_base_: {RECIPE_DIR / 'small_data.yaml'}\n"
+                       "data: {random_erasing: 0.0}\ntrain: {ema_decay: 0.99}\n")
+    cfg = load_config(model="towernet", recipe=str(variant))
+    small = load_config(model="towernet", recipe="small_data")
+    assert cfg["train"]["recipe"] == "no_erasing"
+    assert cfg["data"]["random_erasing"] == 0.0 and cfg["train"]["ema_decay"] == 0.99
+    changed = {(s, k) for s in cfg for k in cfg[s] if cfg[s][k] != small[s][k]}
+    assert changed == {("data", "random_erasing"), ("train", "ema_decay"), ("train", "recipe")}
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(model="towernet", recipe=str(tmp_path / "missing.yaml"))
+
+
 def test_study_keeps_recipes_apart(tiny_split, tmp_path):
     from app.study import run_label
 
