@@ -73,15 +73,17 @@ class ToCHW:
 
     def __init__(self, mean, std):
         std = np.asarray(std, np.float32)
-        # (x / 255 - mean) / std as one multiply-add per pixel.
-        self.scale = (1.0 / (255.0 * std)).astype(np.float32)
-        self.shift = (-np.asarray(mean, np.float32) / std).astype(np.float32)
+        # (x / 255 - mean) / std as one multiply-add per pixel, per channel of CHW.
+        self.scale = (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+        self.shift = (-np.asarray(mean, np.float32) / std).astype(np.float32)[:, None, None]
 
     def __call__(self, img) -> np.ndarray:
-        x = np.asarray(img, dtype=np.float32) * self.scale + self.shift
-        if self.erase is not None:
-            x = self.erase(x)  # on the normalised HWC image: erased pixels = the mean colour
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        u = np.asarray(img).transpose(2, 0, 1)  # uint8 CHW view; the float32 pass writes CHW
+        x = np.multiply(u, self.scale, dtype=np.float32, order="C")
+        x += self.shift
+        if self.erase is not None:  # on the normalised HWC image: erased pixels = the mean colour
+            x = np.ascontiguousarray(self.erase(x.transpose(1, 2, 0)).transpose(2, 0, 1))
+        return x
 
     erase = None
 

@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--attention-share", action="store_true",
                    help="also time the attention modules alone: their share of the train step")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--recipe", help="training recipe, as in train.py (its augmentation shows "
+                                    "in the --data loader and epoch figures)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as in train.py (e.g. -o train.threads=1)")
     return p.parse_args(argv)
@@ -215,7 +217,7 @@ def summarize(rounds: list[list[float]], batch_size: int) -> dict:
 def run(args) -> list[dict]:
     overrides = [("data.image_size", args.image_size), ("train.batch_size", args.batch_size)]
     overrides += [parse_override(o) for o in args.override]
-    cfg = load_config(model=args.model, overrides=overrides)
+    cfg = load_config(model=args.model, overrides=overrides, recipe=args.recipe)
     select_device(cfg["train"]["device"], cfg["train"]["threads"])
     threads = cfg["train"]["threads"] or available_cores()
     seed_everything(cfg["train"]["seed"])

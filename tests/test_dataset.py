@@ -140,3 +140,15 @@ def test_class_mismatch_and_unfinished_split_are_user_errors(split_root):
     (split_root / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="did not finish"):
         ImageFolderDataset(split_root, "train")
+
+
+def test_to_chw_is_the_normalisation_formula_in_contiguous_chw():
+    from app.data import ToCHW
+
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    out = ToCHW(mean, std)(Image.fromarray(hwc))
+    expected = (hwc.transpose(2, 0, 1) / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    assert out.shape == (3, 5, 7) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
