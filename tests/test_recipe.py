@@ -252,3 +252,29 @@ def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_pat
     assert "ema.fc.weight" in a and int(a["ema.@updates"].numpy()[0]) == int(b["ema.@updates"].numpy()[0]) == 9
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_with_every_piece_off_the_reference_path_is_taken():
+    """The reference recipe builds exactly the pre-recipe pipeline: no piece is a no-op
+    layer in the path (a tiny run's numbers then depend only on the reference code)."""
+    import paddle.vision.transforms as T
+
+    from app.data import ToCHW
+    from app.trainer import train_collate
+
+    for cfg in (load_config(model="towernet_simam"), load_config(model="towernet_simam", recipe="reference")):
+        d, t = cfg["data"], cfg["train"]
+        transform = build_transform(48, (0.5,) * 3, (0.25,) * 3, train=True, rotation=d["rotation"],
+                                    hflip=d["hflip"], augment=Augment.from_config(d))
+        assert [type(s) for s in transform.transforms] == [T.Resize, T.RandomRotation,
+                                                           T.RandomHorizontalFlip, ToCHW]
+        assert transform.transforms[-1].erase is None
+        assert train_collate(cfg, 16) is None and t["ema_decay"] == 0
+        schedule = build_optimizer(cfg, create_model("towernet", num_classes=3), 7)._learning_rate
+        assert type(schedule) is paddle.optimizer.lr.CosineAnnealingDecay and schedule.T_max == 7 * t["epochs"]
+        net = create_model("towernet", num_classes=5)
+        logits = paddle.to_tensor(np.random.default_rng(1).standard_normal((4, 5)).astype("float32"))
+        label = paddle.to_tensor(np.array([[0], [3], [4], [1]], dtype="int64"))
+        net.train()
+        loss = ClassificationLoss(net, label_smoothing=t["label_smoothing"])(logits, label)
+        assert float(loss) == float(paddle.nn.functional.cross_entropy(logits, label))  # bit for bit
