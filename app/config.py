@@ -23,6 +23,7 @@ NULLABLE = {"output.name": str, "model.pretrained": str, "data.fold": int, "data
 CHOICES = {
     "train.device": ("auto", "cpu", "gpu"),
     "train.amp": ("off", "fp16", "bf16"),
+    "train.channels_last": ("auto", "on", "off"),
     "data.normalize": ("auto", "split", "imagenet"),
 }
 # Keys that must be positive numbers (zero allowed where noted by >= 0 below).
@@ -222,7 +223,7 @@ def save_config(cfg: dict, path) -> None:
 
 # What may change when a run is resumed: where and how fast it runs, not what it computes.
 RESUMABLE_KEYS = {"train.device", "train.threads", "data.num_workers", "data.cache",
-                  "data.root"}
+                  "data.root", "train.channels_last"}
 
 
 def resume_config_overrides(cfg: dict, overrides, given_config=None) -> dict:

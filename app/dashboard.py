@@ -11,6 +11,7 @@ import random
 import numpy as np
 
 from app.gradcam import pick_images
+from models import nchw_twin
 
 ATTENTION_IMAGES = 8  # the same eval images for every run of a split (pick_images, seed 0)
 TRAIN_SAMPLES = 16
@@ -98,8 +99,8 @@ class RunImages:
         from app.attention_maps import attention_grid
 
         was_training = self.network.training
-        try:
-            return attention_grid(self.network, self.eval_ds, self.attention_indices, self.classes,
-                                  max_layers=ATTENTION_LAYERS)[1]
+        try:  # the maps are read off NCHW feature maps: a channels-last network's NCHW twin
+            return attention_grid(nchw_twin(self.network), self.eval_ds, self.attention_indices,
+                                  self.classes, max_layers=ATTENTION_LAYERS)[1]
         finally:
             self.network.train(was_training)

@@ -81,7 +81,11 @@ def read_runs(root) -> list:
             cfg = yaml.safe_load(cfg_path.read_text())
         except (OSError, yaml.YAMLError):
             cfg = None
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        try:  # a truncated file can still be YAML: the keys read here must all be there
+            label, fields = run_label(cfg), {"arch": cfg["model"]["name"], "seed": cfg["train"]["seed"],
+                                             "fold": cfg["data"].get("fold"), "epochs": cfg["train"]["epochs"],
+                                             "image_size": cfg["data"]["image_size"]}
+        except (KeyError, TypeError, AttributeError):
             raise UserError(f"{cfg_path} is damaged; restore it (the run's resolved config) or "
                             f"move the run folder out of {root}")
         hint = f"restore it or move the run folder out of {root}"
@@ -89,12 +93,9 @@ def read_runs(root) -> list:
         state = read_json(state_path, hint) if state_path.is_file() else {}
         best_path = cfg_path.parent / "best.json"
         best = read_json(best_path, hint) if best_path.is_file() else {}
-        runs.append({"dir": cfg_path.parent, "model": run_label(cfg), "arch": cfg["model"]["name"],
-                     "seed": cfg["train"]["seed"], "fold": cfg["data"].get("fold"),
+        runs.append({"dir": cfg_path.parent, "model": label, **fields,
                      "predictions": read_predictions(cfg_path.parent / "predictions.csv"),
-                     "epochs": cfg["train"]["epochs"],
-                     "image_size": cfg["data"]["image_size"], "rows": rows,
-                     "num_classes": best.get("num_classes", 16), "meta": best,
+                     "rows": rows, "num_classes": best.get("num_classes", 16), "meta": best,
                      "finished": state.get("status") == "finished"})
     return runs
 

@@ -20,8 +20,8 @@ from app.augment import Augment, MixBatch
 from app.ema import ModelEMA, split_checkpoint
 from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
-                        check_model_name, build_optimizer, is_main_process, prepare_model,
-                        seed_everything, select_device, world_size)
+                        build_optimizer, check_model_name, is_main_process, prepare_model,
+                        seed_everything, select_device, use_channels_last, world_size)
 from app.errors import UserError
 from models.summary import count_params
 
@@ -138,14 +138,15 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     resume = run_dir is not None
     main = is_main_process()
     check_model_name(cfg["model"]["name"])
-    select_device(cfg["train"]["device"], cfg["train"]["threads"])
+    device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
     amp_configs_for(cfg["train"]["amp"])  # refuses AMP on a CPU before the data is loaded
     seed_everything(cfg["train"]["seed"])
     source = cfg["model"]["pretrained"]
     # Found (or downloaded) before the data is loaded, so that a missing file fails at once.
     source_path = pretrained.resolve_source(source, cfg["model"]["name"]) if source and not resume else None
     train_ds, eval_ds = load_datasets(cfg)
-    network = build_network(cfg["model"]["name"], len(train_ds.classes), cfg["model"]["kwargs"])
+    network = build_network(cfg["model"]["name"], len(train_ds.classes), cfg["model"]["kwargs"],
+                            use_channels_last(cfg["train"]["channels_last"], cfg["model"]["name"], device))
     start_from = _start_from(cfg, network, run_dir, source_path)
 
     state = load_state(run_dir) if resume else {}

@@ -20,6 +20,9 @@ _Q_WORKSPACE = 135
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS, _ARG_BIAS = 1, 17, 33, 41
 _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS, _ARG_DIFF_BIAS = 129, 145, 161, 169
 _ARG_WORKSPACE = 64
+_ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT, _ARG_DIFF_SCALE, _ARG_DIFF_SHIFT = 49, 50, 51, 52, 255, 256
+_FORWARD_INFERENCE, _BACKWARD = 96, 128
+_USE_GLOBAL_STATS, _USE_SCALE, _USE_SHIFT, _FUSE_NORM_RELU = 0x1, 0x2, 0x4, 0x8
 
 _Dims = C.c_int64 * 12
 
@@ -61,6 +64,14 @@ class Dnnl:
     def memory_desc(self, shape: list[int], tag: int, dtype: int = _F32) -> int:
         md = C.c_void_p()
         self.check(self.lib.dnnl_memory_desc_create_with_tag(C.byref(md), len(shape), _dims(shape), dtype, tag))
+        return md.value
+
+    def memory_desc_nhwc(self, shape: list[int], dtype: int = _F32) -> int:
+        """Logical NCHW ``shape`` laid out channels-last in memory (oneDNN's ``acdb``)."""
+        n, c, h, w = shape
+        md = C.c_void_p()
+        self.check(self.lib.dnnl_memory_desc_create_with_strides(
+            C.byref(md), 4, _dims(shape), dtype, _dims([h * w * c, 1, w * c, c])))
         return md.value
 
     def primitive(self, pd: C.c_void_p) -> C.c_void_p:
@@ -115,19 +126,32 @@ class ConvPlan:
 
     def __init__(self, dnnl: Dnnl, x_shape: list[int], w_shape: list[int], bias: bool,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 groups: int, blocked: bool, bf16: bool = False) -> None:
+                 groups: int, blocked: bool, bf16: bool = False, nhwc: bool = False) -> None:
+        """``x_shape`` is the logical [N, C, H, W]; with ``nhwc`` the tensors are channels-last
+        ([N, H, W, C] in Paddle) and the activations stay so inside oneDNN: only the weights
+        (and, in bf16, a type conversion) are reordered."""
         n, _, h, w = x_shape
         co, ci_g, kh, kw = w_shape
         out_hw = [(size + 2 * p - d * (k - 1) - 1) // s + 1
                   for size, p, d, k, s in zip((h, w), padding, dilation, (kh, kw), stride)]
         self.dnnl, self.has_bias = dnnl, bias
-        self.shapes = {"x": x_shape, "w": w_shape, "b": [co], "y": [n, co, *out_hw]}
+        y_shape = [n, co, *out_hw]
+        self.shapes = {"x": x_shape, "w": w_shape, "b": [co], "y": y_shape}
+        if nhwc:
+            self.shapes.update(x=[n, h, w, x_shape[1]], y=[n, *out_hw, co])
         w_dims, w_tag = (w_shape, _TAG_NCHW) if groups == 1 else ([groups, co // groups, ci_g, kh, kw], _TAG_GOIHW)
-        self.plain = {"x": dnnl.memory_desc(x_shape, _TAG_NCHW), "w": dnnl.memory_desc(w_dims, w_tag),
-                      "b": dnnl.memory_desc([co], _TAG_A), "y": dnnl.memory_desc(self.shapes["y"], _TAG_NCHW)}
-        dims = {"x": x_shape, "w": w_dims, "y": self.shapes["y"]}
-        if blocked:  # outputs and gradients in float32, the multiplied operands in ``low``
-            low = _BF16 if bf16 else _F32
+        act = (lambda shape, dtype=_F32: dnnl.memory_desc_nhwc(shape, dtype)) if nhwc else (
+            lambda shape, dtype=_F32: dnnl.memory_desc(shape, _TAG_NCHW, dtype))
+        self.plain = {"x": act(x_shape), "w": dnnl.memory_desc(w_dims, w_tag),
+                      "b": dnnl.memory_desc([co], _TAG_A), "y": act(y_shape)}
+        dims = {"x": x_shape, "w": w_dims, "y": y_shape}
+        low = _BF16 if bf16 else _F32
+        if nhwc:  # activations as they are (bf16: converted, same layout); weights as oneDNN likes
+            out = {"x": C.c_void_p(self.plain["x"]), "y": C.c_void_p(self.plain["y"]),
+                   "w": C.c_void_p(dnnl.memory_desc(w_dims, _TAG_ANY))}
+            mul = {"x": C.c_void_p(act(x_shape, low)), "y": C.c_void_p(act(y_shape, low)),
+                   "w": C.c_void_p(dnnl.memory_desc(w_dims, _TAG_ANY, low))} if bf16 else out
+        elif blocked:  # outputs and gradients in float32, the multiplied operands in ``low``
             out = {k: C.c_void_p(dnnl.memory_desc(d, _TAG_ANY)) for k, d in dims.items()}
             mul = {k: C.c_void_p(dnnl.memory_desc(d, _TAG_ANY, low)) for k, d in dims.items()} if bf16 else out
         else:
@@ -229,14 +253,18 @@ class ConvPlan:
 
 
 class MaxPoolPlan:
-    """Max-pool forward (with the argmax workspace) and backward, plain NCHW in and out."""
+    """Max-pool forward (with the argmax workspace) and backward, plain NCHW (or NHWC) in and out."""
 
     def __init__(self, dnnl: Dnnl, x_shape: list[int], kernel: tuple[int, int],
-                 stride: tuple[int, int], padding: tuple[int, int]) -> None:
-        n, c, h, w = x_shape
+                 stride: tuple[int, int], padding: tuple[int, int], nhwc: bool = False) -> None:
+        n, c, h, w = x_shape  # logical; with ``nhwc`` the tensors are [N, H, W, C]
         out_hw = [(size + 2 * p - k) // s + 1 for size, p, k, s in zip((h, w), padding, kernel, stride)]
-        self.dnnl, self.x_shape, self.y_shape = dnnl, x_shape, [n, c, *out_hw]
-        x, y = (C.c_void_p(dnnl.memory_desc(shape, _TAG_NCHW)) for shape in (x_shape, self.y_shape))
+        y_shape = [n, c, *out_hw]
+        self.dnnl, self.x_shape, self.y_shape = dnnl, x_shape, y_shape
+        if nhwc:
+            self.x_shape, self.y_shape = [n, h, w, c], [n, *out_hw, c]
+        md = dnnl.memory_desc_nhwc if nhwc else (lambda shape: dnnl.memory_desc(shape, _TAG_NCHW))
+        x, y = C.c_void_p(md(x_shape)), C.c_void_p(md(y_shape))
         geometry = (_dims(stride), _dims(kernel), _dims([0, 0]), _dims(padding), _dims(padding))
         lib, none = dnnl.lib, C.c_void_p(0)
         fwd, bwd = C.c_void_p(), C.c_void_p()
@@ -260,6 +288,70 @@ class MaxPoolPlan:
         self.dnnl.execute(self.bwd, [(_ARG_DIFF_DST, self.y, dy), (_ARG_DIFF_SRC, self.x, dx),
                                      (_ARG_WORKSPACE, self.workspace, workspace)])
         return dx
+
+
+class BatchNormPlan:
+    """Batch normalisation of channels-last [N, H, W, C] float32, optionally with the ReLU fused.
+
+    Training: ``forward`` normalises with the batch's mean and biased variance and returns
+    them (the caller updates the running statistics); ``backward`` gives the gradients of
+    the input, scale and shift (the ReLU's mask comes from the forward's workspace).
+    Inference: ``infer`` normalises with given (running) statistics.
+    """
+
+    def __init__(self, dnnl: Dnnl, shape: list[int], epsilon: float, relu: bool) -> None:
+        n, h, w, c = shape
+        self.dnnl, self.shape, self.channels = dnnl, shape, c
+        lib, none = dnnl.lib, C.c_void_p(0)
+        lib.dnnl_batch_normalization_forward_primitive_desc_create.argtypes = [
+            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_float, C.c_uint, C.c_void_p]
+        lib.dnnl_batch_normalization_backward_primitive_desc_create.argtypes = [
+            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_float, C.c_uint,
+            C.c_void_p, C.c_void_p]
+        x = C.c_void_p(dnnl.memory_desc_nhwc([n, c, h, w]))
+        flags = _USE_SCALE | _USE_SHIFT | (_FUSE_NORM_RELU if relu else 0)
+        fwd, bwd, inf = C.c_void_p(), C.c_void_p(), C.c_void_p()
+        create = lib.dnnl_batch_normalization_forward_primitive_desc_create
+        dnnl.check(create(C.byref(fwd), dnnl.engine, _FORWARD_TRAINING, x, x, epsilon, flags, none))
+        dnnl.check(create(C.byref(inf), dnnl.engine, _FORWARD_INFERENCE, x, x, epsilon,
+                          flags | _USE_GLOBAL_STATS, none))
+        dnnl.check(lib.dnnl_batch_normalization_backward_primitive_desc_create(
+            C.byref(bwd), dnnl.engine, _BACKWARD, x, x, x, epsilon, flags, fwd, none))
+        self.workspace_md = lib.dnnl_primitive_desc_query_md(fwd, _Q_WORKSPACE, 0) if relu else None
+        self.fwd, self.bwd, self.inf = dnnl.primitive(fwd), dnnl.primitive(bwd), dnnl.primitive(inf)
+        vec = dnnl.memory_desc([c], _TAG_A)
+        self.mem = {k: dnnl.memory(x.value) for k in ("x", "y", "dx", "dy")}
+        self.mem.update({k: dnnl.memory(vec) for k in ("mean", "var", "scale", "shift", "dscale", "dshift")})
+        if relu:
+            self.mem["ws"] = dnnl.memory(self.workspace_md)
+        self.implementation = impl_name(dnnl, fwd)
+
+    def _args(self, **tensors: paddle.Tensor) -> list:
+        ids = {"x": _ARG_SRC, "y": _ARG_DST, "dx": _ARG_DIFF_SRC, "dy": _ARG_DIFF_DST, "mean": _ARG_MEAN,
+               "var": _ARG_VARIANCE, "scale": _ARG_SCALE, "shift": _ARG_SHIFT, "dscale": _ARG_DIFF_SCALE,
+               "dshift": _ARG_DIFF_SHIFT, "ws": _ARG_WORKSPACE}
+        return [(ids[k], self.mem[k], t) for k, t in tensors.items()]
+
+    def forward(self, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor) -> tuple:
+        """(y, batch mean, batch biased variance, ReLU workspace or None)."""
+        y, mean, var = paddle.empty(self.shape, "float32"), paddle.empty([self.channels]), paddle.empty([self.channels])
+        extra = {"ws": self.dnnl.empty(self.workspace_md)} if self.workspace_md else {}
+        self.dnnl.execute(self.fwd, self._args(x=x, y=y, mean=mean, var=var, scale=scale, shift=shift, **extra))
+        return y, mean, var, extra.get("ws")
+
+    def backward(self, x, dy, mean, var, scale, workspace) -> tuple:
+        """(dx, dscale, dshift)."""
+        dx = paddle.empty(self.shape, "float32")
+        dscale, dshift = paddle.empty([self.channels]), paddle.empty([self.channels])
+        extra = {"ws": workspace} if workspace is not None else {}
+        self.dnnl.execute(self.bwd, self._args(x=x, dy=dy, mean=mean, var=var, scale=scale, dx=dx,
+                                               dscale=dscale, dshift=dshift, **extra))
+        return dx, dscale, dshift
+
+    def infer(self, x, mean, var, scale, shift) -> paddle.Tensor:
+        y = paddle.empty(self.shape, "float32")
+        self.dnnl.execute(self.inf, self._args(x=x, y=y, mean=mean, var=var, scale=scale, shift=shift))
+        return y
 
 
 def impl_name(dnnl: Dnnl, pd: C.c_void_p) -> str:

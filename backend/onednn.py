@@ -11,6 +11,14 @@ its max-pools 1.6-2.8x (bench/kernels.py); TowerNet-SimAM trains ~1.3x faster, R
 1.2-1.4x and MobileNetV2 3.1-3.4x (bench/README.md). Convs take bias, stride, padding,
 dilation and groups.
 
+Channels-last (NHWC; issue 19). Convs and max-pools also take NHWC tensors, which oneDNN reads
+and writes as they are (``acdb`` memory): no activation reorders, only the weights are
+reordered into the layout the JIT kernel wants. :func:`batch_norm` runs an NHWC BatchNorm2D on
+oneDNN's batch-normalisation primitive with the ReLU fused into it (forward and backward;
+Paddle's CPU BatchNorm and ReLU are 3.5-4.4x slower on these shapes, bench/README.md). A model
+built with ``data_format="NHWC"`` (TowerNet) therefore runs conv -> BN+ReLU -> pool chains
+without leaving channels-last; ``train.channels_last: auto`` picks it on a CPU.
+
 Same maths as ``F.conv2d`` / ``F.max_pool2d``: conv sums run in another order, so results
 differ in the last bits (relative 1e-6); the pool's values and gradients are identical, ties
 included (tests/test_onednn.py, tests/test_speed_equivalence.py). Conv inputs with fewer than
@@ -53,6 +61,7 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.autograd import PyLayer
 
+from ._dnnl import BatchNormPlan as _BatchNormPlan
 from ._dnnl import ConvPlan as _ConvPlan
 from ._dnnl import Dnnl as _Dnnl
 from ._dnnl import MaxPoolPlan as _MaxPoolPlan
@@ -62,7 +71,7 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that mul
 
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
-_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | None"] = {}  # None: oneDNN refused this geometry
+_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | None"] = {}  # None: oneDNN refused this geometry
 _BF16_TRAINING = False
 
 
@@ -138,23 +147,27 @@ def _pair(value) -> tuple[int, int] | None:
 
 
 def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None,
-           stride=1, padding=0, dilation=1, groups: int = 1) -> paddle.Tensor:
-    """``F.conv2d`` for NCHW float32 with symmetric int padding, on oneDNN when :func:`available`.
+           stride=1, padding=0, dilation=1, groups: int = 1, data_format: str = "NCHW") -> paddle.Tensor:
+    """``F.conv2d`` for NCHW or NHWC float32 with symmetric int padding, on oneDNN when :func:`available`.
 
-    After ``set_bf16_training(True)``, convolutions that record gradients multiply in bfloat16
+    NHWC activations stay channels-last inside oneDNN (no activation reorders). After
+    ``set_bf16_training(True)``, convolutions that record gradients multiply in bfloat16
     (see the module doc for which); evaluation (no grad) stays float32.
     """
     geometry = _pair(stride), _pair(padding), _pair(dilation)
     plan = None
-    if (available() and None not in geometry and x.dtype == paddle.float32
+    nhwc = data_format == "NHWC"
+    if (available() and None not in geometry and x.dtype == paddle.float32 and data_format in ("NCHW", "NHWC")
             and weight.dtype == paddle.float32 and x.ndim == 4 and x.place.is_cpu_place()):
-        blocked = x.shape[1] >= PLAIN_BELOW
+        shape = [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] if nhwc else list(x.shape)
+        blocked = shape[1] >= PLAIN_BELOW
         bf16 = _BF16_TRAINING and blocked and groups == 1 and paddle.is_grad_enabled()
-        key = (tuple(x.shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16)
-        plan = _plan(key, _ConvPlan, list(x.shape), list(weight.shape), bias is not None,
-                     *geometry, groups, blocked, bf16)
+        key = (tuple(shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16, nhwc)
+        plan = _plan(key, _ConvPlan, shape, list(weight.shape), bias is not None,
+                     *geometry, groups, blocked, bf16, nhwc)
     if plan is None:
-        return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                        data_format=data_format)
     return _OneDnnConv2D.apply(x.contiguous(), weight.contiguous(), bias, plan)
 
 
@@ -168,25 +181,76 @@ def _plan(key: tuple, build, *args):
     return _PLANS[key]
 
 
-def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0) -> paddle.Tensor:
-    """``F.max_pool2d`` (NCHW, floor mode, int padding), on oneDNN when :func:`available`.
+def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0, data_format: str = "NCHW") -> paddle.Tensor:
+    """``F.max_pool2d`` (NCHW or NHWC, floor mode, int padding), on oneDNN when :func:`available`.
 
     The gradient goes to the first maximum of each window, as in ``F.max_pool2d``
     (ties included; tests/test_onednn.py).
     """
     geometry = _pair(kernel_size), _pair(kernel_size if stride is None else stride), _pair(padding)
     plan = None
+    nhwc = data_format == "NHWC"
     if (available() and None not in geometry and x.dtype == paddle.float32 and x.ndim == 4
-            and x.place.is_cpu_place()):
-        plan = _plan(("maxpool", tuple(x.shape), *geometry), _MaxPoolPlan, list(x.shape), *geometry)
+            and x.place.is_cpu_place() and data_format in ("NCHW", "NHWC")):
+        shape = [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] if nhwc else list(x.shape)
+        plan = _plan(("maxpool", tuple(shape), *geometry, nhwc), _MaxPoolPlan, shape, *geometry, nhwc)
     if plan is not None:
         return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
     # Where gradients flow in dygraph, Paddle's argmax path: same values and gradient as the
     # plain pool, but its CPU backward scatters through saved indices instead of rescanning
     # each window. Static graphs (export) and no-grad evaluation take the plain pool.
     if x.stop_gradient or not paddle.is_grad_enabled() or not paddle.in_dynamic_mode():
-        return F.max_pool2d(x, kernel_size, stride, padding)
-    return F.max_pool2d(x, kernel_size, stride, padding, return_mask=True)[0]
+        return F.max_pool2d(x, kernel_size, stride, padding, data_format=data_format)
+    return F.max_pool2d(x, kernel_size, stride, padding, return_mask=True, data_format=data_format)[0]
+
+
+class _OneDnnBatchNorm(PyLayer):
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan, stats):
+        y, mean, var, workspace = plan.forward(x, weight, bias)
+        stats.extend((mean, var))  # for the caller's running statistics
+        ctx.plan, ctx.workspace = plan, workspace
+        ctx.needs = [not t.stop_gradient for t in (x, weight, bias)]
+        ctx.save_for_backward(x, mean, var, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, var, weight = ctx.saved_tensor()
+        grads = ctx.plan.backward(x, dy.contiguous(), mean, var, weight, ctx.workspace)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs))
+
+
+@paddle.jit.not_to_static  # a static graph (export) takes Paddle's BN below as it is
+def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False) -> paddle.Tensor:
+    """``bn(x)`` (then ReLU when ``relu``): on oneDNN, ReLU fused, for NHWC float32 in dygraph.
+
+    Same maths as Paddle's BatchNorm: batch mean and biased variance in training, running
+    statistics updated as ``momentum * running + (1 - momentum) * batch``; running statistics
+    in evaluation (or with ``use_global_stats``). Anything else takes ``bn`` and ``F.relu``.
+    """
+    plan = None
+    if (available() and bn._data_format == "NHWC" and x.ndim == 4 and x.dtype == paddle.float32
+            and x.place.is_cpu_place() and paddle.in_dynamic_mode() and bn.weight is not None
+            and bn.bias is not None):
+        plan = _plan(("bnorm", tuple(x.shape), float(bn._epsilon), relu), _BatchNormPlan,
+                     list(x.shape), float(bn._epsilon), relu)
+    # Paddle's use_global_stats: None = batch statistics in training only; True = running
+    # ones always (a frozen backbone); False = batch ones always (left to Paddle here).
+    frozen = bn._use_global_stats is True or (bn._use_global_stats is None and not bn.training)
+    if plan is None or bn._use_global_stats is False or (frozen and paddle.is_grad_enabled()):
+        y = bn(x)  # also frozen statistics with gradients (Grad-CAM, a frozen backbone)
+        return F.relu(y) if relu else y
+    x = x.contiguous()
+    if frozen:
+        return plan.infer(x, bn._mean, bn._variance, bn.weight, bn.bias)
+    stats = []
+    y = _OneDnnBatchNorm.apply(x, bn.weight, bn.bias, plan, stats)
+    with paddle.no_grad():
+        m = bn._momentum
+        for running, batch in zip((bn._mean, bn._variance), stats):
+            paddle.assign(running * m + batch * (1.0 - m), running)
+    return y
 
 
 class Conv2D(nn.Conv2D):
@@ -198,23 +262,24 @@ class Conv2D(nn.Conv2D):
     """
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation, self._groups)
+        return conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation, self._groups,
+                      self._data_format)
 
 
 class MaxPool2D(nn.MaxPool2D):
     """``nn.MaxPool2D`` on oneDNN (see :func:`max_pool2d`); same values and gradients."""
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return max_pool2d(x, self.ksize, self.stride, self.padding)
+        return max_pool2d(x, self.ksize, self.stride, self.padding, self.data_format)
 
 
 def convertible(layer: nn.Layer) -> bool:
     """Whether :func:`convert` switches ``layer`` (other forms stay with Paddle's kernels)."""
     if type(layer) is nn.Conv2D:
-        return (layer._data_format == "NCHW" and layer._padding_mode == "zeros"
+        return (layer._data_format in ("NCHW", "NHWC") and layer._padding_mode == "zeros"
                 and None not in (_pair(layer._stride), _pair(layer._padding), _pair(layer._dilation)))
     if type(layer) is nn.MaxPool2D:
-        return (layer.data_format == "NCHW" and not layer.ceil_mode and not layer.return_mask
+        return (layer.data_format in ("NCHW", "NHWC") and not layer.ceil_mode and not layer.return_mask
                 and None not in (_pair(layer.ksize), _pair(layer.padding))
                 and (layer.stride is None or _pair(layer.stride) is not None))
     return False

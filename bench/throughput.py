@@ -44,7 +44,7 @@ import paddle  # noqa: E402
 
 from app.config import load_config, parse_override  # noqa: E402
 from app.engine import (available_cores, build_loader, build_network, build_optimizer,  # noqa: E402
-                        prepare_model, seed_everything, select_device)
+                        prepare_model, seed_everything, select_device, use_channels_last)
 from app.errors import UserError, exit_on_user_error  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
@@ -73,13 +73,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def paddle_runner(cfg: dict, num_classes: int, batch: tuple):
+def paddle_runner(cfg: dict, num_classes: int, batch: tuple, device: str = "cpu"):
     """(network, train_step, infer, train_on) exactly as train.py builds and steps the model.
 
     train_step and infer use the fixed ``batch``; ``train_on(images, labels)`` steps on a
     loader's batch.
     """
-    network = build_network(cfg["model"]["name"], num_classes, cfg["model"]["kwargs"])
+    name = cfg["model"]["name"]
+    network = build_network(name, num_classes, cfg["model"]["kwargs"],
+                            use_channels_last(cfg["train"]["channels_last"], name, device))
     optimizer = build_optimizer(cfg, network, steps_per_epoch=1000)
     model = prepare_model(network, cfg, num_classes, optimizer)
     x, y = paddle.to_tensor(batch[0]), paddle.to_tensor(batch[1])
@@ -218,7 +220,7 @@ def run(args) -> list[dict]:
     overrides = [("data.image_size", args.image_size), ("train.batch_size", args.batch_size)]
     overrides += [parse_override(o) for o in args.override]
     cfg = load_config(model=args.model, overrides=overrides, recipe=args.recipe)
-    select_device(cfg["train"]["device"], cfg["train"]["threads"])
+    device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
     threads = cfg["train"]["threads"] or available_cores()
     seed_everything(cfg["train"]["seed"])
     rng = np.random.default_rng(0)
@@ -226,7 +228,7 @@ def run(args) -> list[dict]:
     batch = (rng.standard_normal((bs, 3, s, s), dtype=np.float32),
              rng.integers(0, args.num_classes, (bs, 1)).astype(np.int64))
 
-    network, train_step, infer, train_on = paddle_runner(cfg, args.num_classes, batch)
+    network, train_step, infer, train_on = paddle_runner(cfg, args.num_classes, batch, device)
     attention_calls, attention = (attention_runner(network, batch[0]) if args.attention_share
                                   else ([], None))
     if args.attention_share and not attention_calls:
@@ -257,7 +259,9 @@ def run(args) -> list[dict]:
         train = summarize(times[name]["train"], bs)
         infer = summarize(times[name]["infer"], bs)
         rows.append({"framework": name, "model": args.model, "image_size": s, "batch_size": bs,
-                     "threads": threads, "amp": cfg["train"]["amp"], "train_img_s": train["img_s"],
+                     "threads": threads, "amp": cfg["train"]["amp"],
+                     "layout": getattr(network, "data_format", "NCHW") if name == "paddle" else
+                     ("NHWC" if name == "torch-cl" else "NCHW"), "train_img_s": train["img_s"],
                      "train_step_ms": train["step_ms"], "train_rounds_img_s": train["rounds_img_s"],
                      "infer_img_s": infer["img_s"], "infer_rounds_img_s": infer["rounds_img_s"]})
     if attention:
@@ -279,10 +283,10 @@ def format_table(rows: list[dict]) -> str:
     r0 = rows[0]
     lines = [f"{r0['model']}  {r0['image_size']} px  batch {r0['batch_size']}  "
              f"{r0['threads']} threads  amp {r0['amp']}",
-             f"{'framework':<10} {'train img/s':>11} {'step ms':>8} {'infer img/s':>11}  "
+             f"{'framework':<15} {'train img/s':>11} {'step ms':>8} {'infer img/s':>11}  "
              f"rounds (train img/s)"]
     for r in rows:
-        lines.append(f"{r['framework']:<10} {r['train_img_s']:>11.1f} {r['train_step_ms']:>8.0f} "
+        lines.append(f"{r['framework'] + ' ' + r['layout']:<15} {r['train_img_s']:>11.1f} {r['train_step_ms']:>8.0f} "
                      f"{r['infer_img_s']:>11.1f}  {r['train_rounds_img_s']}")
     if "train_vs_torch" in r0:
         lines.append(f"paddle / {rows[1]['framework']}: train {r0['train_vs_torch']:.2f}x, "

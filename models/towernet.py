@@ -40,65 +40,86 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
+from backend import onednn
+
 from .attention import attend, create_attention
 
 
 class BasicConv2d(nn.Sequential):
     """Bias-free conv + BatchNorm(eps=1e-3) + ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 data_format: str = "NCHW") -> None:
         super().__init__(
             nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride,
-                      padding=kernel_size // 2, bias_attr=False),
-            nn.BatchNorm2D(out_channels, epsilon=1e-3),
+                      padding=kernel_size // 2, bias_attr=False, data_format=data_format),
+            nn.BatchNorm2D(out_channels, epsilon=1e-3, data_format=data_format),
             nn.ReLU(),
         )
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        conv, bn, _ = self  # relu(bn(conv(x))); channels-last on oneDNN: BN and ReLU in one pass
+        return onednn.batch_norm(conv(x), bn, relu=True)
 
 
 class Inception(nn.Layer):
     """GoogLeNet block: 1x1 | 1x1->3x3 | 1x1->5x5 | maxpool->1x1, concatenated on channels."""
 
-    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int) -> None:
+    def __init__(self, in_channels: int, c1: int, c2: tuple[int, int], c3: tuple[int, int], c4: int,
+                 data_format: str = "NCHW") -> None:
         super().__init__()
-        self.p1 = BasicConv2d(in_channels, c1, 1)
-        self.p2 = nn.Sequential(BasicConv2d(in_channels, c2[0], 1), BasicConv2d(c2[0], c2[1], 3))
-        self.p3 = nn.Sequential(BasicConv2d(in_channels, c3[0], 1), BasicConv2d(c3[0], c3[1], 5))
-        self.p4 = nn.Sequential(nn.MaxPool2D(3, stride=1, padding=1), BasicConv2d(in_channels, c4, 1))
+        f = {"data_format": data_format}
+        self.axis = 1 if data_format == "NCHW" else 3
+        self.p1 = BasicConv2d(in_channels, c1, 1, **f)
+        self.p2 = nn.Sequential(BasicConv2d(in_channels, c2[0], 1, **f), BasicConv2d(c2[0], c2[1], 3, **f))
+        self.p3 = nn.Sequential(BasicConv2d(in_channels, c3[0], 1, **f), BasicConv2d(c3[0], c3[1], 5, **f))
+        self.p4 = nn.Sequential(nn.MaxPool2D(3, stride=1, padding=1, **f), BasicConv2d(in_channels, c4, 1, **f))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return paddle.concat([self.p1(x), self.p2(x), self.p3(x), self.p4(x)], axis=1)
+        return paddle.concat([self.p1(x), self.p2(x), self.p3(x), self.p4(x)], axis=self.axis)
 
 
-def _maxpool() -> nn.MaxPool2D:
-    return nn.MaxPool2D(3, stride=2, padding=1)
+def _maxpool(data_format: str) -> nn.MaxPool2D:
+    return nn.MaxPool2D(3, stride=2, padding=1, data_format=data_format)
 
 
 class TowerNet(nn.Layer):
-    """TowerNet with ``attention`` (a :func:`create_attention` name or ``"none"``) in its four slots."""
+    """TowerNet with ``attention`` (a :func:`create_attention` name or ``"none"``) in its four slots.
 
-    def __init__(self, num_classes: int = 16, attention: str = "simam", in_channels: int = 3) -> None:
+    ``data_format="NHWC"`` runs the same network channels-last inside (the input and the
+    logits are as always; the parameters and their names are the same): on a CPU with oneDNN
+    that saves the layout reorders around every conv and fuses BN with ReLU (backend/onednn.py).
+    """
+
+    def __init__(self, num_classes: int = 16, attention: str = "simam", in_channels: int = 3,
+                 data_format: str = "NCHW") -> None:
         super().__init__()
-        self.b1 = nn.Sequential(BasicConv2d(in_channels, 64, 3, stride=2), _maxpool())
-        self.b2 = nn.Sequential(BasicConv2d(64, 128, 3), _maxpool())
-        self.b3 = nn.Sequential(BasicConv2d(128, 256, 3), _maxpool())
-        self.att3 = create_attention(attention, 256)
-        self.b4 = nn.Sequential(BasicConv2d(256, 256, 3), _maxpool())
-        self.att4 = create_attention(attention, 256)
-        self.inc1 = Inception(256, 64, (64, 128), (16, 32), 32)
-        self.pool1 = _maxpool()
-        self.att5a = create_attention(attention, 256)
-        self.inc2 = Inception(256, 64, (64, 128), (16, 32), 32)
-        self.pool2 = _maxpool()
-        self.att5b = create_attention(attention, 256)
-        self.inc3 = Inception(256, 64, (64, 128), (16, 32), 32)
-        self.avgpool = nn.AdaptiveAvgPool2D(1)
+        self.data_format = data_format
+        f = {"data_format": data_format}
+        self.b1 = nn.Sequential(BasicConv2d(in_channels, 64, 3, stride=2, **f), _maxpool(data_format))
+        self.b2 = nn.Sequential(BasicConv2d(64, 128, 3, **f), _maxpool(data_format))
+        self.b3 = nn.Sequential(BasicConv2d(128, 256, 3, **f), _maxpool(data_format))
+        self.att3 = create_attention(attention, 256, **f)
+        self.b4 = nn.Sequential(BasicConv2d(256, 256, 3, **f), _maxpool(data_format))
+        self.att4 = create_attention(attention, 256, **f)
+        self.inc1 = Inception(256, 64, (64, 128), (16, 32), 32, **f)
+        self.pool1 = _maxpool(data_format)
+        self.att5a = create_attention(attention, 256, **f)
+        self.inc2 = Inception(256, 64, (64, 128), (16, 32), 32, **f)
+        self.pool2 = _maxpool(data_format)
+        self.att5b = create_attention(attention, 256, **f)
+        self.inc3 = Inception(256, 64, (64, 128), (16, 32), 32, **f)
+        self.avgpool = nn.AdaptiveAvgPool2D(1, **f)
         self.fc = nn.Linear(256, num_classes)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        f = self.data_format
+        if f == "NHWC":
+            x = x.transpose([0, 2, 3, 1])
         x = self.b2(self.b1(x))
-        x = attend(self.att3, self.b3(x))
-        x = attend(self.att4, self.b4(x))
-        x = attend(self.att5a, self.pool1(self.inc1(x)))
-        x = attend(self.att5b, self.pool2(self.inc2(x)))
+        x = attend(self.att3, self.b3(x), f)
+        x = attend(self.att4, self.b4(x), f)
+        x = attend(self.att5a, self.pool1(self.inc1(x)), f)
+        x = attend(self.att5b, self.pool2(self.inc2(x)), f)
         x = self.avgpool(self.inc3(x)).flatten(1)
         return self.fc(x)

@@ -88,7 +88,9 @@ def test_bf16_run_learns_like_fp32_keeps_float32_weights_and_is_labelled(tiny_sp
     from app.callbacks import read_metrics
     from app.study import run_label
 
-    runs = {amp: trainer.train(small_run(tiny_split, tmp_path / amp, amp)) for amp in ("off", "bf16")}
+    # 6 epochs of 3 steps: after 4 the losses of two precisions still cross each other by
+    # chance (seed 0 channels-last: bf16 1.33 vs fp32 0.82 at epoch 4, 0.65 vs 0.62 at 6).
+    runs = {amp: trainer.train(small_run(tiny_split, tmp_path / amp, amp, epochs=6)) for amp in ("off", "bf16")}
     losses = {amp: [r["train_loss"] for r in read_metrics(run / "metrics.csv")] for amp, run in runs.items()}
     assert losses["bf16"][-1] < 0.7 * losses["bf16"][0]
     assert losses["bf16"][-1] == pytest.approx(losses["off"][-1], rel=0.25)

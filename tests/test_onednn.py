@@ -151,7 +151,7 @@ def test_convert_swaps_plain_convs_in_place_and_keeps_the_state_dict():
         paddle.nn.Conv2D(3, 8, 3, padding=1),
         paddle.nn.Conv2D(8, 8, 3, padding="SAME"),  # string padding: left to Paddle
         paddle.nn.Conv2D(8, 8, 3, padding=1, padding_mode="reflect"),  # not zero padding: left
-        paddle.nn.Conv2D(8, 8, 3, padding=1, data_format="NHWC"),
+        paddle.nn.Conv2D(8, 8, 3, padding=1, data_format="NHWC"),  # channels-last: converted
         paddle.nn.MaxPool2D(3, 2, 1),
         paddle.nn.MaxPool2D(3, 2, 1, ceil_mode=True),  # ceil mode: left
     )
@@ -159,7 +159,7 @@ def test_convert_swaps_plain_convs_in_place_and_keeps_the_state_dict():
     first = net[0]
     onednn.convert(net)
     assert net[0] is first and type(net[0]) is onednn.Conv2D
-    assert [type(layer) for layer in net[1:4]] == [paddle.nn.Conv2D] * 3
+    assert [type(layer) for layer in net[1:3]] == [paddle.nn.Conv2D] * 2 and type(net[3]) is onednn.Conv2D
     assert type(net[4]) is onednn.MaxPool2D and type(net[5]) is paddle.nn.MaxPool2D
     assert list(net.state_dict()) == keys and all(a is b for a, b in zip(net.parameters(), weights))
 
@@ -172,3 +172,136 @@ def test_every_registered_model_has_its_convs_and_pools_converted():
         pools = [m for m in layers if isinstance(m, paddle.nn.MaxPool2D)]
         assert convs and all(type(m) is onednn.Conv2D for m in convs), name
         assert all(type(m) is onednn.MaxPool2D for m in pools), name
+
+
+def nhwc(fn):
+    """``fn`` (NCHW in and out) run on channels-last copies: NHWC in, NHWC out, NCHW returned."""
+    def run(x, *args, **kwargs):
+        y = fn(x.transpose([0, 2, 3, 1]), *args, data_format="NHWC", **kwargs)
+        return y.transpose([0, 3, 1, 2])
+    return run
+
+
+@pytest.mark.parametrize("n,ci,co,k,stride,padding,dilation,groups,bias,hw", CASES[:6])
+def test_channels_last_conv_matches_float64(n, ci, co, k, stride, padding, dilation, groups, bias, hw):
+    rng = np.random.default_rng(ci * 10 + k)
+    x = rng.standard_normal((n, ci, hw, hw))
+    w = rng.standard_normal((co, ci // groups, k, k)) * 0.1
+    b = rng.standard_normal(co) if bias else None
+    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dy = rng.standard_normal(F.conv2d(paddle.to_tensor(x), paddle.to_tensor(w), None, **geometry).shape)
+    exact = conv_and_grads(x, w, b, dy, F.conv2d, **geometry)
+    f32 = [None if a is None else a.astype(np.float32) for a in (x, w, b, dy)]
+    ours = conv_and_grads(*f32, nhwc(onednn.conv2d), **geometry)
+    for got, want in zip(ours, exact):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    nhwc_key = [key for key in onednn._PLANS if key[-1] is True and key[1] == w.shape]
+    assert nhwc_key and onednn._PLANS[nhwc_key[0]] is not None  # oneDNN ran it, no fallback
+
+
+def test_channels_last_max_pool_equals_paddle_exactly():
+    x = np.random.default_rng(0).standard_normal((2, 9, 9, 16)).astype(np.float32)
+    x[:, 1, 1:3, :] = 5.0  # ties
+    results = []
+    for fn in (onednn.max_pool2d, F.max_pool2d):
+        xt = paddle.to_tensor(x, stop_gradient=False)
+        y = fn(xt, 3, 2, 1, data_format="NHWC")
+        (y * y).sum().backward()
+        results.append((y.numpy(), xt.grad.numpy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_channels_last_batch_norm_matches_paddle_in_training_and_eval(relu):
+    rng = np.random.default_rng(int(relu))
+    x = (rng.standard_normal((4, 5, 6, 8)) * 2 + 1).astype(np.float32)
+    dy = paddle.to_tensor(rng.standard_normal(x.shape).astype(np.float32))
+    layers = [paddle.nn.BatchNorm2D(8, epsilon=1e-3, data_format="NHWC") for _ in range(2)]
+    for bn in layers:
+        bn.weight.set_value(rng.standard_normal(8).astype(np.float32) if bn is layers[0] else layers[0].weight)
+        bn.bias.set_value(np.linspace(-1, 1, 8).astype(np.float32))
+    ours, paddles = [], []
+    for bn, out, fn in ((layers[0], ours, lambda t, bn: onednn.batch_norm(t, bn, relu)),
+                        (layers[1], paddles, lambda t, bn: F.relu(bn(t)) if relu else bn(t))):
+        for step in range(2):  # the running statistics move twice
+            xt = paddle.to_tensor(x + step, stop_gradient=False)
+            y = fn(xt, bn)
+            (y * dy).sum().backward()
+        out += [y.numpy(), xt.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy(),
+                bn._mean.numpy(), bn._variance.numpy()]
+        bn.eval()
+        with paddle.no_grad():
+            out.append(fn(paddle.to_tensor(x), bn).numpy())
+    assert any(key[0] == "bnorm" and onednn._PLANS[key] is not None for key in onednn._PLANS)
+    for got, want in zip(ours, paddles):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * (np.abs(want).max() + 1))
+
+
+def test_channels_last_batch_norm_with_frozen_statistics_and_gradients_is_paddles():
+    """use_global_stats (a frozen backbone) or eval with gradients (Grad-CAM): Paddle's BN."""
+    bn = paddle.nn.BatchNorm2D(8, data_format="NHWC")
+    bn._mean.set_value(np.full(8, 0.5, np.float32))
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 3, 8)).astype(np.float32),
+                         stop_gradient=False)
+    for setup in (lambda: setattr(bn, "_use_global_stats", True), lambda: bn.eval()):
+        setup()
+        y = onednn.batch_norm(x, bn, relu=True)
+        np.testing.assert_allclose(y.numpy(), F.relu(bn(x)).numpy(), rtol=1e-6, atol=1e-6)
+        y.sum().backward()
+        assert x.grad is not None
+        x.clear_gradient()
+
+
+def test_channels_last_towernets_compute_what_the_nchw_ones_do():
+    from models import channels_last_capable, list_models, nchw_twin
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 64, 64)).astype(np.float32)
+    label = paddle.to_tensor(np.array([[0], [1], [2], [3]]))
+    names = [n for n in list_models() if channels_last_capable(n)]
+    assert {"towernet", "towernet_simam", "towernet_se"} <= set(names)
+    for name in ("towernet", "towernet_simam", "towernet_se", "towernet_cbam"):
+        paddle.seed(1)
+        plain = create_model(name, num_classes=5)
+        fast = create_model(name, num_classes=5, data_format="NHWC")
+        assert list(fast.state_dict()) == list(plain.state_dict())
+        fast.set_state_dict(plain.state_dict())
+        results = []
+        for net in (plain, fast):
+            net.train()
+            loss = F.cross_entropy(net(paddle.to_tensor(x)), label)
+            loss.backward()
+            grads = {k: p.grad.numpy() for k, p in net.named_parameters() if p.grad is not None}
+            net.eval()
+            with paddle.no_grad():
+                logits = net(paddle.to_tensor(x)).numpy()
+            results.append((float(loss), grads, logits, {k: v.numpy() for k, v in net.state_dict().items()}))
+        (l0, g0, e0, s0), (l1, g1, e1, s1) = results
+        assert l1 == pytest.approx(l0, rel=1e-4), name
+        np.testing.assert_allclose(e1, e0, rtol=1e-3, atol=1e-4)
+        for k in s0:  # running statistics moved the same way
+            np.testing.assert_allclose(s1[k], s0[k], rtol=1e-4, atol=1e-5)
+        assert g1.keys() == g0.keys()
+        for k in g0:
+            if k.endswith("conv.weight") or ".0.weight" in k or k.startswith("fc."):
+                np.testing.assert_allclose(g1[k], g0[k], rtol=1e-2, atol=1e-3 * np.abs(g0[k]).max(), err_msg=f"{name} {k}")
+        twin = nchw_twin(fast)
+        assert twin.data_format == "NCHW" and not twin.training
+        with paddle.no_grad():
+            np.testing.assert_allclose(twin(paddle.to_tensor(x)).numpy(), e1, rtol=1e-3, atol=1e-4)
+
+
+def test_channels_last_setting_resolves_per_model_and_device():
+    from app.engine import use_channels_last
+    from app.errors import UserError
+
+    assert use_channels_last("auto", "towernet_simam", "cpu") is True
+    assert use_channels_last("auto", "resnet50", "cpu") is False  # no NHWC layout (yet)
+    assert use_channels_last("auto", "towernet_simam", "gpu") is False
+    assert use_channels_last("off", "towernet_simam", "cpu") is False
+    assert use_channels_last("on", "towernet", "gpu") is True
+    with pytest.raises(UserError, match="no channels-last layout"):
+        use_channels_last("on", "resnet50", "cpu")
+    with pytest.raises(ValueError, match="data_format"):
+        create_model("resnet50", data_format="NHWC")
