@@ -50,7 +50,10 @@ def create_attention(name: str, channels: int, data_format: str = "NCHW", **kwar
 
     ``data_format`` is the host's layout: a module that computes channels-last itself (its
     class lists ``"NHWC"`` in ``data_formats``) is built so; :func:`attend` hands the others
-    an NCHW view. Raises ValueError naming the known attentions when ``name`` is unknown.
+    an NCHW copy. None does yet: SimAM written channels-last (its sums as batched products
+    with ones, or as reductions) took 17-23 ms forward + backward at TowerNet's 128-px shapes
+    against 7.2 NCHW and 9.4 NCHW with the two transposes (bench/README.md). Raises
+    ValueError naming the known attentions when ``name`` is unknown.
     """
     if name == "none":
         return nn.Identity()

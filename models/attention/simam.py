@@ -29,39 +29,31 @@ class SimAM(nn.Layer):
     # Smallest H*W on which the module's statistics mean something (one neighbour).
     min_hw = 2
 
-    data_formats = ("NCHW", "NHWC")
-
-    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4, data_format: str = "NCHW") -> None:
+    def __init__(self, channels: int | None = None, e_lambda: float = 1e-4) -> None:
         super().__init__()
-        self.e_lambda, self.data_format = e_lambda, data_format
+        self.e_lambda = e_lambda
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        nhwc = self.data_format == "NHWC"
-        _, h, w, c = x.shape if nhwc else (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
-        m = h * w  # the batch may be dynamic (-1) in an exported graph
+        _, c, h, w = x.shape  # the batch may be dynamic (-1) in an exported graph
+        m = h * w
         n = max(m - 1, 1)
-        # Cheap on purpose (it must stay under 3% of a CPU training step). NCHW: each channel
-        # is a row of a [b*c, h*w] matrix; NHWC: a column of a [b, h*w, c] one. Its two sums
-        # are matrix products with a vector of ones (MKL, multi-threaded, and a backward that
-        # is one outer product) instead of Paddle's single-threaded reduce and broadcast-expand;
-        # the denominator 4*(sum/n + lambda) is one fused scale and the division a multiply by
-        # its reciprocal. The statistics and the gate are float32 even for half-precision
-        # input (AMP on a GPU).
-        rows = x.reshape([-1, m, c]) if nhwc else x.reshape([-1, m])
+        # Cheap on purpose (it must stay under 3% of a CPU training step). Each channel is a
+        # row of a [b*c, h*w] matrix; its two sums are GEMVs with a column of ones (MKL,
+        # multi-threaded, and a backward that is one outer product) instead of Paddle's
+        # single-threaded reduce and broadcast-expand; the denominator 4*(sum/n + lambda) is
+        # one fused scale and the division a multiply by its reciprocal. The statistics and
+        # the gate are float32 even for half-precision input (AMP on a GPU).
+        rows = x.reshape([-1, m])
         with paddle.amp.auto_cast(enable=False):
             rows32 = rows if rows.dtype == paddle.float32 else rows.astype("float32")
-            if nhwc:
-                ones = paddle.ones([1, m], dtype="float32")
-                total = lambda t: paddle.matmul(ones, t)  # noqa: E731  [b, 1, c]
-            else:
-                ones = paddle.ones([m, 1], dtype="float32")
-                total = lambda t: paddle.matmul(t, ones)  # noqa: E731  [b*c, 1]
-            d = (rows32 - paddle.scale(total(rows32), scale=1.0 / m)).square()
-            inv_denom = paddle.reciprocal(paddle.scale(total(d), scale=4.0 / n, bias=4.0 * self.e_lambda))
+            ones = paddle.ones([m, 1], dtype="float32")
+            d = (rows32 - paddle.scale(paddle.matmul(rows32, ones), scale=1.0 / m)).square()
+            inv_denom = paddle.reciprocal(
+                paddle.scale(paddle.matmul(d, ones), scale=4.0 / n, bias=4.0 * self.e_lambda))
             gate = F.sigmoid(paddle.scale(d * inv_denom, bias=0.5))
         if gate.dtype != rows.dtype:
             gate = gate.astype(rows.dtype)
-        return (rows * gate).reshape(x.shape if nhwc else [-1, c, h, w])
+        return (rows * gate).reshape([-1, c, h, w])
 
     def extra_repr(self) -> str:
         return f"e_lambda={self.e_lambda}"
