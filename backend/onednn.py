@@ -239,7 +239,9 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False) -> padd
     # ones always (a frozen backbone); False = batch ones always (left to Paddle here).
     frozen = bn._use_global_stats is True or (bn._use_global_stats is None and not bn.training)
     if plan is None or bn._use_global_stats is False or (frozen and paddle.is_grad_enabled()):
-        y = bn(x)  # also frozen statistics with gradients (Grad-CAM, a frozen backbone)
+        # Paddle's forward (also for frozen statistics with gradients: Grad-CAM, a frozen
+        # backbone), called as such: ``bn`` may be this module's BatchNorm2D
+        y = nn.BatchNorm2D.forward(bn, x)
         return F.relu(y) if relu else y
     x = x.contiguous()
     if frozen:
@@ -273,11 +275,20 @@ class MaxPool2D(nn.MaxPool2D):
         return max_pool2d(x, self.ksize, self.stride, self.padding, self.data_format)
 
 
+class BatchNorm2D(nn.BatchNorm2D):
+    """A channels-last ``nn.BatchNorm2D`` on oneDNN (see :func:`batch_norm`); same state."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return batch_norm(x, self)
+
+
 def convertible(layer: nn.Layer) -> bool:
     """Whether :func:`convert` switches ``layer`` (other forms stay with Paddle's kernels)."""
     if type(layer) is nn.Conv2D:
         return (layer._data_format in ("NCHW", "NHWC") and layer._padding_mode == "zeros"
                 and None not in (_pair(layer._stride), _pair(layer._padding), _pair(layer._dilation)))
+    if type(layer) is nn.BatchNorm2D:  # NCHW stays Paddle's: oneDNN's was no faster there
+        return layer._data_format == "NHWC"
     if type(layer) is nn.MaxPool2D:
         return (layer.data_format in ("NCHW", "NHWC") and not layer.ceil_mode and not layer.return_mask
                 and None not in (_pair(layer.ksize), _pair(layer.padding))
@@ -286,12 +297,14 @@ def convertible(layer: nn.Layer) -> bool:
 
 
 def convert(model: nn.Layer) -> nn.Layer:
-    """Switch ``model``'s plain ``nn.Conv2D`` / ``nn.MaxPool2D`` layers to this module's, in place.
+    """Switch ``model``'s plain ``nn.Conv2D`` / ``nn.MaxPool2D`` (and channels-last
+    ``nn.BatchNorm2D``) layers to this module's, in place.
 
     The layers keep their identity, parameters and buffers (``__class__`` is swapped: the
     subclasses add no state), so optimizers, checkpoints and hooks see no difference.
     """
+    kinds = ((nn.Conv2D, Conv2D), (nn.MaxPool2D, MaxPool2D), (nn.BatchNorm2D, BatchNorm2D))
     for layer in model.sublayers(include_self=True):
         if convertible(layer):
-            layer.__class__ = Conv2D if isinstance(layer, nn.Conv2D) else MaxPool2D
+            layer.__class__ = next(ours for paddles, ours in kinds if isinstance(layer, paddles))
     return model

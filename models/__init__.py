@@ -102,11 +102,14 @@ def model_spec(model: nn.Layer) -> dict:
 register_model(functools.partial(TowerNet, attention="none"), name="towernet", channels_last=True)
 for _att in list_attentions():
     register_model(functools.partial(TowerNet, attention=_att), name=f"towernet_{_att}", channels_last=True)
-    register_model(functools.partial(baselines.mobilenet_v2_with, _att), name=f"mobilenet_v2_{_att}")
+    register_model(functools.partial(baselines.mobilenet_v2_with, _att), name=f"mobilenet_v2_{_att}",
+                   channels_last=True)
     if _att != "darknet_se":
-        register_model(functools.partial(baselines.resnet50_with, _att), name=f"resnet50_{_att}")
-for _fn in (baselines.vgg19, baselines.resnet50, baselines.mobilenet_v2):
-    register_model(_fn)
+        register_model(functools.partial(baselines.resnet50_with, _att), name=f"resnet50_{_att}",
+                       channels_last=True)
+register_model(baselines.vgg19)
+for _fn in (baselines.resnet50, baselines.mobilenet_v2):
+    register_model(_fn, channels_last=True)
 
 upgrade_state_dict = baselines.upgrade_state_dict
 

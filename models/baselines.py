@@ -24,6 +24,10 @@ In a MobileNetV2 inverted residual (expand 1x1, depthwise 3x3, project 1x1) the 
 after the depthwise conv's BN + ReLU6 and before the projection, in every block: where
 Coordinate Attention's paper (Hou, Zhou, Feng, CVPR 2021, Figure 5) and MobileNetV3's SE put it.
 
+``data_format="NHWC"`` (ResNet-50 and MobileNetV2 hosts; not VGG, whose classifier reads the
+flattened 7x7 map in NCHW order) switches paddle's layers to channels-last in place
+(:func:`channels_last`): same parameters, same input and output, faster on oneDNN.
+
 ``upgrade_state_dict`` maps checkpoints of the earlier ``resnet50_<att>`` layout, which wrapped
 conv2 / bn3 in a Sequential (``layer1.0.conv2.0.weight``), onto these keys.
 """
@@ -52,19 +56,20 @@ class AttentionBottleneck(BottleneckBlock):
         channels = self.conv2._out_channels if position == "conv2" else self.conv3._out_channels
         self.att = create_attention(attention, channels)
         self.position = position
+        self.data_format = "NCHW"  # of the maps; :func:`channels_last` switches it
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        identity = x
+        identity, f = x, self.data_format
         out = self.conv2(self.relu(self.bn1(self.conv1(x))))
         if self.position == "conv2":
-            out = attend(self.att, out)
+            out = attend(self.att, out, f)
         out = self.bn3(self.conv3(self.relu(self.bn2(out))))
         if self.position == "bn3":
-            out = attend(self.att, out)
+            out = attend(self.att, out, f)
         if self.downsample is not None:
             identity = self.downsample(x)
         out = self.relu(out + identity)
-        return attend(self.att, out) if self.position == "out" else out
+        return attend(self.att, out, f) if self.position == "out" else out
 
 
 def _bottleneck_factory(attention: str):
@@ -85,9 +90,10 @@ def _bottleneck_factory(attention: str):
     return make
 
 
-def resnet50_with(attention: str, num_classes: int = 16) -> ResNet:
+def resnet50_with(attention: str, num_classes: int = 16, data_format: str = "NCHW") -> ResNet:
     """ResNet-50 with ``attention`` in its bottlenecks (every one; non-local in five)."""
-    return ResNet(_bottleneck_factory(attention), depth=50, num_classes=num_classes)
+    return channels_last(ResNet(_bottleneck_factory(attention), depth=50, num_classes=num_classes),
+                         data_format)
 
 
 class AttentionInvertedResidual(nn.Layer):
@@ -100,35 +106,70 @@ class AttentionInvertedResidual(nn.Layer):
         self.conv = block.conv
         self._depthwise = len(self.conv) - 3  # [expand], depthwise CNA, project conv, BN
         self.att = create_attention(attention, self.conv[self._depthwise][0]._out_channels)
+        self.data_format = "NCHW"  # of the maps; :func:`channels_last` switches it
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         out = x
         for i, layer in enumerate(self.conv):
             out = layer(out)
             if i == self._depthwise:
-                out = attend(self.att, out)
+                out = attend(self.att, out, self.data_format)
         return x + out if self.use_res_connect else out
 
 
-def mobilenet_v2_with(attention: str, num_classes: int = 16) -> nn.Layer:
+def mobilenet_v2_with(attention: str, num_classes: int = 16, data_format: str = "NCHW") -> nn.Layer:
     """MobileNetV2 with ``attention`` in each of its 17 inverted residual blocks."""
     model = pvm.mobilenet_v2(pretrained=False, num_classes=num_classes)
     for name, block in list(model.features.named_children()):
         if isinstance(block, InvertedResidual):
             setattr(model.features, name, AttentionInvertedResidual(block, attention))
-    return model
+    return channels_last(model, data_format)
 
 
 def vgg19(num_classes: int = 16) -> nn.Layer:
     return pvm.vgg19(pretrained=False, num_classes=num_classes)
 
 
-def resnet50(num_classes: int = 16) -> nn.Layer:
-    return pvm.resnet50(pretrained=False, num_classes=num_classes)
+def resnet50(num_classes: int = 16, data_format: str = "NCHW") -> nn.Layer:
+    return channels_last(pvm.resnet50(pretrained=False, num_classes=num_classes), data_format)
 
 
-def mobilenet_v2(num_classes: int = 16) -> nn.Layer:
-    return pvm.mobilenet_v2(pretrained=False, num_classes=num_classes)
+def mobilenet_v2(num_classes: int = 16, data_format: str = "NCHW") -> nn.Layer:
+    return channels_last(pvm.mobilenet_v2(pretrained=False, num_classes=num_classes), data_format)
+
+
+def _to_channels_last(x: paddle.Tensor) -> paddle.Tensor:
+    return x.transpose([0, 2, 3, 1])
+
+
+def channels_last(model: nn.Layer, data_format: str = "NHWC") -> nn.Layer:
+    """``model`` (a paddle.vision ResNet or MobileNetV2) switched to channels-last in place.
+
+    paddle's hosts take no ``data_format``, but every op between their input and their
+    flatten is layout-free (convs, BN, activations, pools, residual adds) once those layers
+    are told the layout: the layers' ``data_format`` is set, the blocks' attention slots are
+    told, and a forward pre-hook transposes the NCHW input. The flatten after the 1x1 global
+    pool reads the same C numbers either way. Same parameters and names. ``"NCHW"``: as is.
+    """
+    if data_format == "NCHW":
+        return model
+    # Attention modules keep NCHW: attend() hands them NCHW copies.
+    blocks = [m for m in model.sublayers() if isinstance(m, (AttentionBottleneck, AttentionInvertedResidual))]
+    inside_attention = {id(m) for b in blocks for m in b.att.sublayers(include_self=True)}
+    for layer in model.sublayers(include_self=True):
+        if id(layer) in inside_attention:
+            continue
+        if isinstance(layer, nn.Conv2D):
+            layer._data_format, layer._channel_dim = "NHWC", 3
+        elif isinstance(layer, (nn.BatchNorm2D, nn.AdaptiveAvgPool2D)):
+            layer._data_format = "NHWC"
+        elif isinstance(layer, nn.MaxPool2D):
+            layer.data_format = "NHWC"
+        elif isinstance(layer, (AttentionBottleneck, AttentionInvertedResidual)):
+            layer.data_format = "NHWC"
+    model.data_format = "NHWC"
+    model.register_forward_pre_hook(lambda layer, inputs: (_to_channels_last(inputs[0]), *inputs[1:]))
+    return model
 
 
 _LEGACY_KEY = re.compile(r"^(layer\d\.\d+)\.(conv2|bn3)\.([01])\.(.+)$")
