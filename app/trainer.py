@@ -235,18 +235,24 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
         print(f"run {run_dir}: {cfg['model']['name']} ({meta['params']:,} params), "
               f"{len(train_ds)} train / {len(eval_ds)} eval images, "
               f"{len(train_ds.classes)} classes, epochs {start + 1}-{epochs}", flush=True)
+    interrupted = RunStopped(f"interrupted; the last finished epoch is saved. Continue with: "
+                             f"python train.py --resume {run_dir}", 130)
     try:
         model.fit(train_loader, eval_loader, epochs=epochs - start, verbose=0,
                   callbacks=callbacks + ([ema] if ema is not None else []))
     except KeyboardInterrupt:
         _mark(run_dir, main, "interrupted")
-        raise RunStopped(f"interrupted; the last finished epoch is saved. Continue with: "
-                         f"python train.py --resume {run_dir}", 130)
+        raise interrupted
     except cb.NonFiniteLoss as e:
         _mark(run_dir, main, "diverged")
         raise RunStopped(f"stopped: {e}; the last good checkpoints in {run_dir} are kept "
                          f"(try a lower --lr)", 3)
     except OSError as e:
+        if "KeyboardInterrupt" in str(e) and e.errno is None:
+            # Ctrl-C inside a PyLayer's backward (the oneDNN convs): Paddle re-raises it as
+            # an OSError naming the KeyboardInterrupt.
+            _mark(run_dir, main, "interrupted")
+            raise interrupted
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # Every file is written to a temporary name and renamed: what was whole stays whole.

@@ -8,6 +8,8 @@ import numpy as np
 import paddle
 import pytest
 
+from backend import onednn
+
 from app import callbacks as cb
 from app.atomic import atomic_save
 from app import trainer
@@ -95,11 +97,23 @@ def forward_then_interrupt(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
     return forward(self, *args, **kwargs)
 engine.ClassificationLoss.forward = forward_then_interrupt
+if os.environ.get("CUT_WHERE") == "conv_backward":  # inside a PyLayer's backward (oneDNN conv)
+    from backend import onednn
+    backward = onednn._OneDnnConv2D.backward
+    def backward_then_interrupt(ctx, dy):
+        if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return backward(ctx, dy)
+    engine.ClassificationLoss.forward = forward
+    onednn._OneDnnConv2D.backward = staticmethod(backward_then_interrupt)
 runpy.run_path("train.py", run_name="__main__")
 """
 
 
-def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path):
+@pytest.mark.parametrize("where", ["loss", "conv_backward"])
+def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path, where):
+    if where == "conv_backward" and not onednn.available():
+        pytest.skip("no oneDNN path: the convs have no PyLayer backward to interrupt")
     epochs = "4"
     args = ["train.py", "--model", "towernet", "--data", tiny_split, "--epochs", epochs, *FAST]
     run_cli(*args, "--output", tmp_path / "full", check=True)
@@ -108,7 +122,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path):
     run = tmp_path / "cut" / "towernet"
     # A real SIGINT, sent by the process to itself on epoch 2's first step: polling state.json
     # from here raced a run that now finishes its remaining epochs in well under a second.
-    env = {**os.environ, "CUT_STATE": str(run / "state.json")}
+    env = {**os.environ, "CUT_STATE": str(run / "state.json"), "CUT_WHERE": where}
     proc = subprocess.run([sys.executable, "-c", INTERRUPT_AFTER_EPOCH_1, *map(str, args),
                            "--output", tmp_path / "cut"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
