@@ -42,6 +42,8 @@ from paddle.vision import models as pvm
 from paddle.vision.models.mobilenetv2 import InvertedResidual
 from paddle.vision.models.resnet import BottleneckBlock, ResNet
 
+from backend import onednn
+
 from .attention import attend, create_attention
 
 # ResNet-50's stage widths (planes) -> the bottleneck indices that carry a non-local block.
@@ -59,11 +61,13 @@ class AttentionBottleneck(BottleneckBlock):
         self.data_format = "NCHW"  # of the maps; :func:`channels_last` switches it
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        # relu(bn(conv(x))) as batch_norm(conv(x), bn, relu=True): one pass on oneDNN when
+        # channels-last, Paddle's BN and ReLU otherwise (backend/onednn.py).
         identity, f = x, self.data_format
-        out = self.conv2(self.relu(self.bn1(self.conv1(x))))
+        out = self.conv2(onednn.batch_norm(self.conv1(x), self.bn1, relu=True))
         if self.position == "conv2":
             out = attend(self.att, out, f)
-        out = self.bn3(self.conv3(self.relu(self.bn2(out))))
+        out = self.bn3(self.conv3(onednn.batch_norm(out, self.bn2, relu=True)))
         if self.position == "bn3":
             out = attend(self.att, out, f)
         if self.downsample is not None:
@@ -131,7 +135,9 @@ def vgg19(num_classes: int = 16) -> nn.Layer:
 
 
 def resnet50(num_classes: int = 16, data_format: str = "NCHW") -> nn.Layer:
-    return channels_last(pvm.resnet50(pretrained=False, num_classes=num_classes), data_format)
+    """paddle.vision's ResNet-50 (same layers and keys), its bottlenecks :class:`AttentionBottleneck`
+    with no attention, for their fused BN + ReLU."""
+    return resnet50_with("none", num_classes, data_format)
 
 
 def mobilenet_v2(num_classes: int = 16, data_format: str = "NCHW") -> nn.Layer:
