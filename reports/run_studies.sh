@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The studies behind reports/ (issues 13, 14, 21, 22), one after the other. Re-running it skips
+# The studies behind reports/ (issues 13, 14, 15, 19, 21, 22), one after the other. Re-running it skips
 # finished runs and resumes interrupted ones. Needs ../shared (the Caltech101 folders) and
 # takes many hours on two cores: run it in the background, e.g.
 #   nohup bash reports/run_studies.sh /work/studies > /work/studies/pipeline.log 2>&1 &
@@ -13,6 +13,8 @@ c16=$out/data/c16 other=$out/data/other68
 [ -f $c16/manifest.json ] || $P data_tools/split.py --src ../shared/caltech101/101_ObjectCategories --dst $c16
 [ -f $other/manifest.json ] || $P data_tools/split.py --src ../shared/caltech101_other/101_ObjectCategories \
   --dst $other --num-classes 68
+tune=$out/data/c16_tune  # issue 15: the c16 train split split 4:1 again; the eval split is never seen
+[ -f $tune/manifest.json ] || $P data_tools/split.py --src $c16/train --dst $tune --link --seed 0
 C16="--data $c16 --image-size 128 --epochs 30"
 # Issue 13: MobileNetV2 hosts from scratch, 128 px, 30 epochs, 2 seeds.
 $P train.py --models mobilenet_v2,mobilenet_v2_ca,mobilenet_v2_se,mobilenet_v2_simam --seeds 0,1 \
@@ -39,3 +41,16 @@ $P train.py --models mobilenet_v2,mobilenet_v2_ca,mobilenet_v2_simam --seeds 0,1
 # Issue 21: resnet50 fp32 vs bf16, 2 seeds each.
 $P train.py --models resnet50 --seeds 0,1 $C16 --output $out/bf16_resnet50
 $P train.py --models resnet50 --seeds 0,1 $C16 -o train.amp=bf16 --output $out/bf16_resnet50
+# Issue 19: the channels-last path's accuracy, paired by seed with the NCHW path (same code).
+$P train.py --models towernet_simam --seeds 0,1 $C16 --output $out/layout/nhwc
+$P train.py --models towernet_simam --seeds 0,1 $C16 -o train.channels_last=off --output $out/layout/nchw
+# Issue 15: small_data's values, tuned on the held-out part of the train split.
+TUNE="--data $tune --image-size 128 --epochs 30"
+R=reports/recipe_tuning/recipes
+for seed in 0 1; do
+  $P train.py --models towernet_simam --seeds $seed $TUNE --output $out/recipe_tune
+  $P train.py --models towernet_simam --seeds $seed $TUNE --recipe small_data --output $out/recipe_tune
+  for v in sd_mix sd_ema sd_crop08 sd_crop50 sd_no_ra sd_no_cj sd_no_re sd_no_ls sd_lr02 sd_wd5; do
+    $P train.py --models towernet_simam --seeds $seed $TUNE --recipe $R/$v.yaml --output $out/recipe_tune
+  done
+done
