@@ -52,6 +52,12 @@ class Dnnl:
         lib.dnnl_memory_desc_equal.argtypes = [C.c_void_p, C.c_void_p]
         lib.dnnl_memory_set_data_handle.argtypes = [C.c_void_p, C.c_void_p]
         lib.dnnl_primitive_execute.argtypes = [C.c_void_p, C.c_void_p, C.c_int, C.c_void_p]
+        # Their float epsilon needs declaring (ctypes passes plain Python numbers as int/double).
+        lib.dnnl_batch_normalization_forward_primitive_desc_create.argtypes = [
+            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_float, C.c_uint, C.c_void_p]
+        lib.dnnl_batch_normalization_backward_primitive_desc_create.argtypes = [
+            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_float, C.c_uint,
+            C.c_void_p, C.c_void_p]
         self.engine, self.stream = C.c_void_p(), C.c_void_p()
         self.check(lib.dnnl_engine_create(C.byref(self.engine), _CPU, C.c_size_t(0)))
         self.check(lib.dnnl_stream_create(C.byref(self.stream), self.engine, _STREAM_DEFAULT))
@@ -303,11 +309,6 @@ class BatchNormPlan:
         n, h, w, c = shape
         self.dnnl, self.shape, self.channels = dnnl, shape, c
         lib, none = dnnl.lib, C.c_void_p(0)
-        lib.dnnl_batch_normalization_forward_primitive_desc_create.argtypes = [
-            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_float, C.c_uint, C.c_void_p]
-        lib.dnnl_batch_normalization_backward_primitive_desc_create.argtypes = [
-            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_float, C.c_uint,
-            C.c_void_p, C.c_void_p]
         x = C.c_void_p(dnnl.memory_desc_nhwc([n, c, h, w]))
         flags = _USE_SCALE | _USE_SHIFT | (_FUSE_NORM_RELU if relu else 0)
         fwd, bwd, inf = C.c_void_p(), C.c_void_p(), C.c_void_p()

@@ -303,7 +303,7 @@ def test_channels_last_models_compute_what_the_nchw_ones_do():
             np.testing.assert_allclose(twin(paddle.to_tensor(x)).numpy(), e1, rtol=1e-3, atol=1e-4)
 
 
-def test_channels_last_setting_resolves_per_model_and_device():
+def test_channels_last_setting_resolves_per_model_and_device(monkeypatch):
     from app.engine import use_channels_last
     from app.errors import UserError
 
@@ -317,6 +317,8 @@ def test_channels_last_setting_resolves_per_model_and_device():
         use_channels_last("on", "vgg19", "cpu")
     with pytest.raises(ValueError, match="data_format"):
         create_model("vgg19", data_format="NHWC")
+    monkeypatch.setenv("TOWERNET_ONEDNN", "0")  # Paddle's kernels: NCHW is their fast layout
+    assert use_channels_last("auto", "towernet_simam", "cpu") is False
 
 
 def test_every_channels_last_model_evaluates_like_its_nchw_twin():
