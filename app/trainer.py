@@ -206,7 +206,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
             "std": list(train_ds.std), "data_root": str(cfg["data"]["root"]),
             "fold": cfg["data"]["fold"], "folds": cfg["data"]["folds"],
             "params": count_params(network), "normalize": normalization(cfg),
-            "amp": cfg["train"]["amp"],
+            "amp": cfg["train"]["amp"], "layout": getattr(network, "data_format", "NCHW"),
             "pretrained": ({"source": start_from["source"], "md5": start_from["md5"]}
                            if start_from else None)}
 
@@ -234,7 +234,8 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
                       cb.SaveBest(run_dir, metrics, meta, state, ema)]
         print(f"run {run_dir}: {cfg['model']['name']} ({meta['params']:,} params), "
               f"{len(train_ds)} train / {len(eval_ds)} eval images, "
-              f"{len(train_ds.classes)} classes, epochs {start + 1}-{epochs}", flush=True)
+              f"{len(train_ds.classes)} classes, epochs {start + 1}-{epochs}"
+              f"{', channels-last' if meta['layout'] == 'NHWC' else ''}", flush=True)
     interrupted = RunStopped(f"interrupted; the last finished epoch is saved. Continue with: "
                              f"python train.py --resume {run_dir}", 130)
     try:

@@ -231,3 +231,15 @@ def test_eval_unreadable_image_exit_2(tiny_split, tmp_path):
     proc = run_cli("eval.py", "--run", run, "--image", bad)
     assert proc.returncode == 2 and "bad.jpg" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_channels_last_run_records_its_layout_and_tracks_the_nchw_run(tiny_split, tmp_path):
+    runs = {cl: trainer.train(small_cfg(tiny_split, tmp_path / cl, model="towernet_simam", epochs=1,
+                                        **{"train.channels_last": cl, "log.images": False}))
+            for cl in ("auto", "off")}
+    layouts = {cl: json.loads((run / "best.json").read_text())["layout"] for cl, run in runs.items()}
+    assert layouts == {"auto": "NHWC" if onednn.available() else "NCHW", "off": "NCHW"}
+    rows = {cl: read_metrics(run / "metrics.csv")[0] for cl, run in runs.items()}
+    assert rows["auto"]["train_loss"] == pytest.approx(rows["off"]["train_loss"], rel=1e-3)
+    # The checkpoint is layout-free: the channels-last run's weights evaluate in an NCHW model.
+    assert direct_top1(runs["auto"], tiny_split) == pytest.approx(rows["auto"]["eval_acc"], abs=1e-6)
