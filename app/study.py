@@ -133,7 +133,6 @@ def summarize(runs: list, costs: dict) -> dict:
     baseline = "towernet" if "towernet" in by_model else models[0]
     kfold = any(r["fold"] is not None for r in runs)
     unit = "seed x fold runs" if kfold else "seeds"
-    base_final = {(r["seed"], r["fold"]): r["rows"][-1]["eval_acc"] for r in by_model[baseline]}
     base_runs = {(r["seed"], r["fold"]): r for r in by_model[baseline]}
     table = []
     for name in models:
@@ -153,10 +152,7 @@ def summarize(runs: list, costs: dict) -> dict:
             **costs.get(name, {}),
         }
         if name != baseline:
-            diffs = [r["rows"][-1]["eval_acc"] - base_final[(r["seed"], r["fold"])]
-                     for r in rs if (r["seed"], r["fold"]) in base_final]
-            entry["vs_baseline"] = paired_verdict(diffs, name, baseline, unit)
-            entry["vs_baseline"].update(per_image_comparison(rs, base_runs, name, baseline))
+            entry["vs_baseline"] = paired_comparison(rs, base_runs, name, baseline, unit)
         table.append(entry)
     return {"baseline": baseline, "kfold": kfold, "models": table,
             "one_change": one_change_pairs(by_model, unit)}
@@ -180,15 +176,21 @@ def one_change_pairs(by_model: dict, unit: str) -> list:
                        if (r["seed"], r["fold"]) in plain]
             if not matched:
                 continue
-            diffs = [r["rows"][-1]["eval_acc"] - b["rows"][-1]["eval_acc"] for r, b in matched]
             reach = [next((row["epoch"] for row in r["rows"]
                            if row["eval_acc"] >= b["rows"][-1]["eval_acc"]), None)
                      for r, b in matched]
-            entry = {"model": label, "plain": base, "change": tag, "epochs_to_plain_final": reach,
-                     **paired_verdict(diffs, label, base, unit)}
-            entry.update(per_image_comparison([r for r, _ in matched], plain, label, base))
-            pairs.append(entry)
+            pairs.append({"model": label, "plain": base, "change": tag, "epochs_to_plain_final": reach,
+                          **paired_comparison([r for r, _ in matched], plain, label, base, unit)})
     return pairs
+
+
+def paired_comparison(runs: list, base_runs: dict, name: str, baseline: str, unit: str) -> dict:
+    """``runs`` against ``base_runs`` (keyed by (seed, fold)): the paired verdict on final
+    top-1 and the per-image statistics, over the units both have."""
+    diffs = [r["rows"][-1]["eval_acc"] - base_runs[(r["seed"], r["fold"])]["rows"][-1]["eval_acc"]
+             for r in runs if (r["seed"], r["fold"]) in base_runs]
+    return {**paired_verdict(diffs, name, baseline, unit),
+            **per_image_comparison(runs, base_runs, name, baseline)}
 
 
 def per_image_comparison(runs: list, base_runs: dict, name: str, baseline: str) -> dict:
