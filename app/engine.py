@@ -97,6 +97,14 @@ def use_channels_last(setting: str, name: str, device: str) -> bool:
     return channels_last_capable(name) and device == "cpu" and onednn.available()
 
 
+def training_network(cfg: dict, num_classes: int, device: str) -> paddle.nn.Layer:
+    """The network ``train.py`` trains for ``cfg``: its model, channels-last where
+    ``train.channels_last`` resolves so on ``device``."""
+    name = cfg["model"]["name"]
+    return build_network(name, num_classes, cfg["model"]["kwargs"],
+                         use_channels_last(cfg["train"]["channels_last"], name, device))
+
+
 def build_network(name: str, num_classes: int, kwargs=None, channels_last: bool = False) -> paddle.nn.Layer:
     check_model_name(name)
     layout = {"data_format": "NHWC"} if channels_last else {}

@@ -19,9 +19,9 @@ from app.config import load_config, save_config
 from app.augment import Augment, MixBatch
 from app.ema import ModelEMA, split_checkpoint
 from app.data import ImageFolderDataset, split_fingerprint
-from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_network,
-                        build_optimizer, check_model_name, is_main_process, prepare_model,
-                        seed_everything, select_device, use_channels_last, world_size)
+from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_optimizer,
+                        check_model_name, is_main_process, prepare_model, seed_everything,
+                        select_device, training_network, world_size)
 from app.errors import UserError
 from models.summary import count_params
 
@@ -145,8 +145,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     # Found (or downloaded) before the data is loaded, so that a missing file fails at once.
     source_path = pretrained.resolve_source(source, cfg["model"]["name"]) if source and not resume else None
     train_ds, eval_ds = load_datasets(cfg)
-    network = build_network(cfg["model"]["name"], len(train_ds.classes), cfg["model"]["kwargs"],
-                            use_channels_last(cfg["train"]["channels_last"], cfg["model"]["name"], device))
+    network = training_network(cfg, len(train_ds.classes), device)
     start_from = _start_from(cfg, network, run_dir, source_path)
 
     state = load_state(run_dir) if resume else {}

@@ -5,7 +5,7 @@
                                [--data SPLIT_DIR] [-o section.key=value ...]
 
 train: the config train.py would resolve (default.yaml <- the model's or family's YAML <- -o),
-``select_device`` (threads), ``build_network``, ``build_optimizer``, ``prepare_model`` and hapi's
+``select_device`` (threads), ``training_network``, ``build_optimizer``, ``prepare_model`` and hapi's
 ``Model.train_batch`` on a fixed random batch, plus the per-step lr update, i.e. what
 ``Model.fit`` runs per batch minus the data and the callbacks. infer: eval mode, no_grad, as
 ``app.engine.predict_logits``. Each round times ``--steps`` steps after 2 warm-up steps; the
@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from app.config import load_config, parse_override  # noqa: E402
-from app.engine import (available_cores, build_loader, build_network, build_optimizer,  # noqa: E402
-                        prepare_model, seed_everything, select_device, use_channels_last)
+from app.engine import (available_cores, build_loader, build_optimizer, prepare_model,  # noqa: E402
+                        seed_everything, select_device, training_network)
 from app.errors import UserError, exit_on_user_error  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
@@ -79,9 +79,7 @@ def paddle_runner(cfg: dict, num_classes: int, batch: tuple, device: str = "cpu"
     train_step and infer use the fixed ``batch``; ``train_on(images, labels)`` steps on a
     loader's batch.
     """
-    name = cfg["model"]["name"]
-    network = build_network(name, num_classes, cfg["model"]["kwargs"],
-                            use_channels_last(cfg["train"]["channels_last"], name, device))
+    network = training_network(cfg, num_classes, device)
     optimizer = build_optimizer(cfg, network, steps_per_epoch=1000)
     model = prepare_model(network, cfg, num_classes, optimizer)
     x, y = paddle.to_tensor(batch[0]), paddle.to_tensor(batch[1])
