@@ -45,39 +45,34 @@ def list_attentions() -> list[str]:
     return sorted(_ATTENTIONS)
 
 
-def create_attention(name: str, channels: int, data_format: str = "NCHW", **kwargs) -> nn.Layer:
+def create_attention(name: str, channels: int, **kwargs) -> nn.Layer:
     """Build attention ``name`` for ``channels`` channels; ``"none"`` gives an identity.
 
-    ``data_format`` is the host's layout: a module that computes channels-last itself (its
-    class lists ``"NHWC"`` in ``data_formats``) is built so; :func:`attend` hands the others
-    an NCHW copy. None does yet: SimAM written channels-last (its sums as batched products
-    with ones, or as reductions) took 17-23 ms forward + backward at TowerNet's 128-px shapes
-    against 7.2 NCHW and 9.4 NCHW with the two transposes (bench/README.md). Raises
-    ValueError naming the known attentions when ``name`` is unknown.
+    Raises ValueError naming the known attentions when ``name`` is unknown.
     """
     if name == "none":
         return nn.Identity()
     if name not in _ATTENTIONS:
         raise ValueError(f"unknown attention {name!r}; known: none, {', '.join(list_attentions())}")
-    cls = _ATTENTIONS[name]
-    if data_format in getattr(cls, "data_formats", ("NCHW",)) and data_format != "NCHW":
-        kwargs["data_format"] = data_format
-    return cls(channels, **kwargs)
+    return _ATTENTIONS[name](channels, **kwargs)
 
 
 def attend(attention: nn.Layer, x: paddle.Tensor, data_format: str = "NCHW") -> paddle.Tensor:
     """``attention(x)``, or ``x`` itself when its H*W is outside the module's [min_hw, max_hw].
 
     Decided from the static spatial shape: known in dygraph, and under ``to_static`` with a
-    fixed input size. ``x`` channels-last (``data_format="NHWC"``) goes to a module built for
-    NCHW as a transposed copy, and its output comes back channels-last.
+    fixed input size. Every module computes in NCHW: ``x`` channels-last (a channels-last
+    host, ``data_format="NHWC"``) goes in as a transposed copy and comes back channels-last.
+    SimAM written channels-last (its sums as batched products with ones, or as reductions)
+    took 17-23 ms forward + backward at TowerNet's 128-px shapes against 7.2 NCHW and 9.4
+    with the two transposes (bench/README.md).
     """
     nhwc = data_format == "NHWC"
     h, w = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
     hw = h * w
     if hw < getattr(attention, "min_hw", 1) or hw > getattr(attention, "max_hw", hw):
         return x
-    if nhwc and getattr(attention, "data_format", "NCHW") != "NHWC" and not isinstance(attention, nn.Identity):
+    if nhwc and not isinstance(attention, nn.Identity):
         return attention(x.transpose([0, 3, 1, 2])).transpose([0, 2, 3, 1])
     return attention(x)
 
