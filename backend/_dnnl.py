@@ -72,8 +72,10 @@ class Dnnl:
         self.check(self.lib.dnnl_memory_desc_create_with_tag(C.byref(md), len(shape), _dims(shape), dtype, tag))
         return md.value
 
-    def memory_desc_nhwc(self, shape: list[int], dtype: int = _F32) -> int:
-        """Logical NCHW ``shape`` laid out channels-last in memory (oneDNN's ``acdb``)."""
+    def activation_desc(self, shape: list[int], nhwc: bool, dtype: int = _F32) -> int:
+        """Logical [N, C, H, W] ``shape`` in plain NCHW memory, or channels-last (``acdb``)."""
+        if not nhwc:
+            return self.memory_desc(shape, _TAG_NCHW, dtype)
         n, c, h, w = shape
         md = C.c_void_p()
         self.check(self.lib.dnnl_memory_desc_create_with_strides(
@@ -146,8 +148,9 @@ class ConvPlan:
         if nhwc:
             self.shapes.update(x=[n, h, w, x_shape[1]], y=[n, *out_hw, co])
         w_dims, w_tag = (w_shape, _TAG_NCHW) if groups == 1 else ([groups, co // groups, ci_g, kh, kw], _TAG_GOIHW)
-        act = (lambda shape, dtype=_F32: dnnl.memory_desc_nhwc(shape, dtype)) if nhwc else (
-            lambda shape, dtype=_F32: dnnl.memory_desc(shape, _TAG_NCHW, dtype))
+        def act(shape, dtype=_F32):
+            return dnnl.activation_desc(shape, nhwc, dtype)
+
         self.plain = {"x": act(x_shape), "w": dnnl.memory_desc(w_dims, w_tag),
                       "b": dnnl.memory_desc([co], _TAG_A), "y": act(y_shape)}
         dims = {"x": x_shape, "w": w_dims, "y": y_shape}
@@ -269,8 +272,7 @@ class MaxPoolPlan:
         self.dnnl, self.x_shape, self.y_shape = dnnl, x_shape, y_shape
         if nhwc:
             self.x_shape, self.y_shape = [n, h, w, c], [n, *out_hw, c]
-        md = dnnl.memory_desc_nhwc if nhwc else (lambda shape: dnnl.memory_desc(shape, _TAG_NCHW))
-        x, y = C.c_void_p(md(x_shape)), C.c_void_p(md(y_shape))
+        x, y = (C.c_void_p(dnnl.activation_desc(shape, nhwc)) for shape in (x_shape, y_shape))
         geometry = (_dims(stride), _dims(kernel), _dims([0, 0]), _dims(padding), _dims(padding))
         lib, none = dnnl.lib, C.c_void_p(0)
         fwd, bwd = C.c_void_p(), C.c_void_p()
@@ -309,7 +311,7 @@ class BatchNormPlan:
         n, h, w, c = shape
         self.dnnl, self.shape, self.channels = dnnl, shape, c
         lib, none = dnnl.lib, C.c_void_p(0)
-        x = C.c_void_p(dnnl.memory_desc_nhwc([n, c, h, w]))
+        x = C.c_void_p(dnnl.activation_desc([n, c, h, w], nhwc=True))
         flags = _USE_SCALE | _USE_SHIFT | (_FUSE_NORM_RELU if relu else 0)
         fwd, bwd, inf = C.c_void_p(), C.c_void_p(), C.c_void_p()
         create = lib.dnnl_batch_normalization_forward_primitive_desc_create

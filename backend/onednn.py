@@ -146,6 +146,11 @@ def _pair(value) -> tuple[int, int] | None:
     return None
 
 
+def _logical_shape(x: paddle.Tensor, nhwc: bool) -> list[int]:
+    """``x``'s [N, C, H, W] whichever layout it is stored in."""
+    return [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] if nhwc else list(x.shape)
+
+
 def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None,
            stride=1, padding=0, dilation=1, groups: int = 1, data_format: str = "NCHW") -> paddle.Tensor:
     """``F.conv2d`` for NCHW or NHWC float32 with symmetric int padding, on oneDNN when :func:`available`.
@@ -159,7 +164,7 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None =
     nhwc = data_format == "NHWC"
     if (available() and None not in geometry and x.dtype == paddle.float32 and data_format in ("NCHW", "NHWC")
             and weight.dtype == paddle.float32 and x.ndim == 4 and x.place.is_cpu_place()):
-        shape = [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] if nhwc else list(x.shape)
+        shape = _logical_shape(x, nhwc)
         blocked = shape[1] >= PLAIN_BELOW
         bf16 = _BF16_TRAINING and blocked and groups == 1 and paddle.is_grad_enabled()
         key = (tuple(shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16, nhwc)
@@ -192,7 +197,7 @@ def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0, data_forma
     nhwc = data_format == "NHWC"
     if (available() and None not in geometry and x.dtype == paddle.float32 and x.ndim == 4
             and x.place.is_cpu_place() and data_format in ("NCHW", "NHWC")):
-        shape = [x.shape[0], x.shape[3], x.shape[1], x.shape[2]] if nhwc else list(x.shape)
+        shape = _logical_shape(x, nhwc)
         plan = _plan(("maxpool", tuple(shape), *geometry, nhwc), _MaxPoolPlan, shape, *geometry, nhwc)
     if plan is not None:
         return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
