@@ -30,18 +30,26 @@ def conv_and_grads(x, w, b, dy, fn, **geometry):
     return [t.numpy() for t in (y, xt.grad, wt.grad) + (() if b is None else (bt.grad,))]
 
 
-@pytest.mark.parametrize("n,ci,co,k,stride,padding,dilation,groups,bias,hw", CASES)
-def test_forward_and_all_gradients_match_float64(n, ci, co, k, stride, padding, dilation, groups, bias, hw):
-    rng = np.random.default_rng(ci * 100 + k)
+def conv_case(seed, n, ci, co, k, stride, padding, dilation, groups, bias, hw):
+    """(x, w, b, dy, geometry) in float64 for one CASES row."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, ci, hw, hw))
     w = rng.standard_normal((co, ci // groups, k, k)) * 0.1
     b = rng.standard_normal(co) if bias else None
     geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    out_shape = F.conv2d(paddle.to_tensor(x), paddle.to_tensor(w), None, **geometry).shape
-    dy = rng.standard_normal(out_shape)
+    dy = rng.standard_normal(F.conv2d(paddle.to_tensor(x), paddle.to_tensor(w), None, **geometry).shape)
+    return x, w, b, dy, geometry
+
+
+def float32(*arrays):
+    return [None if a is None else a.astype(np.float32) for a in arrays]
+
+
+@pytest.mark.parametrize("n,ci,co,k,stride,padding,dilation,groups,bias,hw", CASES)
+def test_forward_and_all_gradients_match_float64(n, ci, co, k, stride, padding, dilation, groups, bias, hw):
+    x, w, b, dy, geometry = conv_case(ci * 100 + k, n, ci, co, k, stride, padding, dilation, groups, bias, hw)
     expected = conv_and_grads(x, w, b, dy, F.conv2d, **geometry)
-    got = conv_and_grads(*(None if a is None else a.astype(np.float32) for a in (x, w, b, dy)),
-                         onednn.conv2d, **geometry)
+    got = conv_and_grads(*float32(x, w, b, dy), onednn.conv2d, **geometry)
     assert len(got) == len(expected)
     for name, a, b in zip(("y", "dx", "dw", "db"), got, expected):
         assert a.shape == b.shape, name
@@ -184,15 +192,9 @@ def nhwc(fn):
 
 @pytest.mark.parametrize("n,ci,co,k,stride,padding,dilation,groups,bias,hw", CASES[:6])
 def test_channels_last_conv_matches_float64(n, ci, co, k, stride, padding, dilation, groups, bias, hw):
-    rng = np.random.default_rng(ci * 10 + k)
-    x = rng.standard_normal((n, ci, hw, hw))
-    w = rng.standard_normal((co, ci // groups, k, k)) * 0.1
-    b = rng.standard_normal(co) if bias else None
-    geometry = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    dy = rng.standard_normal(F.conv2d(paddle.to_tensor(x), paddle.to_tensor(w), None, **geometry).shape)
+    x, w, b, dy, geometry = conv_case(ci * 10 + k, n, ci, co, k, stride, padding, dilation, groups, bias, hw)
     exact = conv_and_grads(x, w, b, dy, F.conv2d, **geometry)
-    f32 = [None if a is None else a.astype(np.float32) for a in (x, w, b, dy)]
-    ours = conv_and_grads(*f32, nhwc(onednn.conv2d), **geometry)
+    ours = conv_and_grads(*float32(x, w, b, dy), nhwc(onednn.conv2d), **geometry)
     for got, want in zip(ours, exact):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     nhwc_key = [key for key in onednn._PLANS if key[-1] is True and key[1] == w.shape]
