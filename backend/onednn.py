@@ -245,8 +245,9 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False) -> padd
     frozen = bn._use_global_stats is True or (bn._use_global_stats is None and not bn.training)
     if plan is None or bn._use_global_stats is False or (frozen and paddle.is_grad_enabled()):
         # Paddle's BN (also for frozen statistics with gradients: Grad-CAM, a frozen
-        # backbone); this module's BatchNorm2D, whose forward is this function, by its class
-        y = nn.BatchNorm2D.forward(bn, x) if isinstance(bn, BatchNorm2D) else bn(x)
+        # backbone), by its forward: ``bn`` may be this module's BatchNorm2D, whose forward
+        # is this function (no forward hooks either way, as on the oneDNN path)
+        y = nn.BatchNorm2D.forward(bn, x)
         return F.relu(y) if relu else y
     x = x.contiguous()
     if frozen:
