@@ -21,7 +21,7 @@ from app.ema import ModelEMA, split_checkpoint
 from app.data import ImageFolderDataset, split_fingerprint
 from app.engine import (amp_configs_for, broadcast_from_main, build_loader, build_optimizer,
                         check_model_name, is_main_process, prepare_model, seed_everything,
-                        select_device, training_network, world_size)
+                        select_device, training_network, use_channels_last, world_size)
 from app.errors import UserError
 from models.summary import count_params
 
@@ -140,6 +140,7 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     check_model_name(cfg["model"]["name"])
     device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
     amp_configs_for(cfg["train"]["amp"])  # refuses AMP on a CPU before the data is loaded
+    use_channels_last(cfg["train"]["channels_last"], cfg["model"]["name"], device)  # and a layout
     seed_everything(cfg["train"]["seed"])
     source = cfg["model"]["pretrained"]
     # Found (or downloaded) before the data is loaded, so that a missing file fails at once.

@@ -237,3 +237,11 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
         os.umask(old)
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "report.md").stat().st_mode == (tmp_path / "plain.md").stat().st_mode
+
+
+def test_a_layout_the_model_lacks_is_one_line_before_the_data_is_read(tiny_split, tmp_path):
+    proc = run_cli("train.py", "--model", "vgg19", "--data", tiny_split, "--epochs", "1",
+                   "-o", "train.channels_last=on", "--output", tmp_path / "runs", *TINY,
+                   "-o", "data.cache=true")  # the cache would print its progress first
+    one_line_exit_2(proc, "no channels-last layout")
+    assert not (tmp_path / "runs").exists()
