@@ -1,4 +1,4 @@
-"""The oneDNN C API through ``ctypes``: the library in the Paddle wheel, reorders, conv and max-pool plans.
+"""The oneDNN C API through ``ctypes``: the library in the Paddle wheel, reorders and the plans.
 
 Used by :mod:`backend.onednn` (which says why). The enum values are oneDNN 3.x's stable C ABI
 (``oneapi/dnnl/dnnl_types.h``, ``dnnl_common_types.h``); :class:`Dnnl` checks the library's
@@ -23,6 +23,8 @@ _ARG_WORKSPACE = 64
 _ARG_MEAN, _ARG_VARIANCE, _ARG_SCALE, _ARG_SHIFT, _ARG_DIFF_SCALE, _ARG_DIFF_SHIFT = 49, 50, 51, 52, 255, 256
 _FORWARD_INFERENCE, _BACKWARD = 96, 128
 _USE_GLOBAL_STATS, _USE_SCALE, _USE_SHIFT, _FUSE_NORM_RELU = 0x1, 0x2, 0x4, 0x8
+_ELTWISE_RELU, _ELTWISE_RELU_USE_DST, _BINARY_ADD = 0x20, 0x100, 0x1FFF0
+_ARG_SRC_1 = 2
 
 _Dims = C.c_int64 * 12
 
@@ -57,6 +59,12 @@ class Dnnl:
             C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_float, C.c_uint, C.c_void_p]
         lib.dnnl_batch_normalization_backward_primitive_desc_create.argtypes = [
             C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_float, C.c_uint,
+            C.c_void_p, C.c_void_p]
+        lib.dnnl_post_ops_append_eltwise.argtypes = [C.c_void_p, C.c_int, C.c_float, C.c_float]
+        lib.dnnl_eltwise_forward_primitive_desc_create.argtypes = [
+            C.c_void_p, C.c_void_p, C.c_int, C.c_int, C.c_void_p, C.c_void_p, C.c_float, C.c_float, C.c_void_p]
+        lib.dnnl_eltwise_backward_primitive_desc_create.argtypes = [
+            C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_float, C.c_float,
             C.c_void_p, C.c_void_p]
         self.engine, self.stream = C.c_void_p(), C.c_void_p()
         self.check(lib.dnnl_engine_create(C.byref(self.engine), _CPU, C.c_size_t(0)))
@@ -101,7 +109,13 @@ class Dnnl:
 
     def empty(self, md: int) -> paddle.Tensor:
         """A Paddle-allocated buffer big enough for ``md`` (so Paddle's allocator owns all memory)."""
-        return paddle.empty([(self.lib.dnnl_memory_desc_get_size(md) + 3) // 4], "float32")
+        return empty([(self.lib.dnnl_memory_desc_get_size(md) + 3) // 4])
+
+
+def empty(shape: list[int], dtype=paddle.float32) -> paddle.Tensor:
+    """``paddle.empty`` without its Python argument handling: the plans allocate a few hundred
+    buffers a step, and the wrapper cost as much as the allocation (bench/README.md)."""
+    return paddle._C_ops.empty(shape, dtype, paddle.CPUPlace())
 
 
 def _dims(values) -> _Dims:
@@ -219,7 +233,7 @@ class ConvPlan:
         plain, shape = self.plain[kind], self.shapes[kind]
         if self.dnnl.lib.dnnl_memory_desc_equal(plain, md):
             return tensor.reshape(shape)
-        return self._reorder(tensor, md, plain, paddle.empty(shape, "float32"))
+        return self._reorder(tensor, md, plain, empty(shape))
 
     def run(self, which: dict, **tensors: paddle.Tensor) -> None:
         args = {"x": _ARG_SRC, "w": _ARG_WEIGHTS, "b": _ARG_BIAS, "y": _ARG_DST,
@@ -254,7 +268,7 @@ class ConvPlan:
             dw = self.dnnl.empty(md["dw"])
             extra = {}
             if self.has_bias:  # the primitive writes the bias gradient whenever it has a bias
-                db = extra["db"] = paddle.empty(self.shapes["b"], "float32")
+                db = extra["db"] = empty(self.shapes["b"])
             self.run(self.bwd_weights, x=x if self.keep_x else self.to_pass(x, "x", md["x"]), dw=dw,
                      dy=dy_data if same else self.to_pass(dy, "y", md["dy"]), **extra)
             dw = self.from_pass(dw, "w", md["dw"])
@@ -286,13 +300,13 @@ class MaxPoolPlan:
         self.implementation = impl_name(dnnl, fwd)
 
     def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-        y, workspace = paddle.empty(self.y_shape, "float32"), self.dnnl.empty(self.workspace_md)
+        y, workspace = empty(self.y_shape), self.dnnl.empty(self.workspace_md)
         self.dnnl.execute(self.fwd, [(_ARG_SRC, self.x, x), (_ARG_DST, self.y, y),
                                      (_ARG_WORKSPACE, self.workspace, workspace)])
         return y, workspace
 
     def backward(self, dy: paddle.Tensor, workspace: paddle.Tensor) -> paddle.Tensor:
-        dx = paddle.empty(self.x_shape, "float32")
+        dx = empty(self.x_shape)
         self.dnnl.execute(self.bwd, [(_ARG_DIFF_DST, self.y, dy), (_ARG_DIFF_SRC, self.x, dx),
                                      (_ARG_WORKSPACE, self.workspace, workspace)])
         return dx
@@ -337,24 +351,65 @@ class BatchNormPlan:
 
     def forward(self, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor) -> tuple:
         """(y, batch mean, batch biased variance, ReLU workspace or None)."""
-        y, mean, var = paddle.empty(self.shape, "float32"), paddle.empty([self.channels]), paddle.empty([self.channels])
+        y, mean, var = empty(self.shape), empty([self.channels]), empty([self.channels])
         extra = {"ws": self.dnnl.empty(self.workspace_md)} if self.workspace_md else {}
         self.dnnl.execute(self.fwd, self._args(x=x, y=y, mean=mean, var=var, scale=scale, shift=shift, **extra))
         return y, mean, var, extra.get("ws")
 
     def backward(self, x, dy, mean, var, scale, workspace) -> tuple:
         """(dx, dscale, dshift)."""
-        dx = paddle.empty(self.shape, "float32")
-        dscale, dshift = paddle.empty([self.channels]), paddle.empty([self.channels])
+        dx = empty(self.shape)
+        dscale, dshift = empty([self.channels]), empty([self.channels])
         extra = {"ws": workspace} if workspace is not None else {}
         self.dnnl.execute(self.bwd, self._args(x=x, dy=dy, mean=mean, var=var, scale=scale, dx=dx,
                                                dscale=dscale, dshift=dshift, **extra))
         return dx, dscale, dshift
 
     def infer(self, x, mean, var, scale, shift) -> paddle.Tensor:
-        y = paddle.empty(self.shape, "float32")
+        y = empty(self.shape)
         self.dnnl.execute(self.inf, self._args(x=x, y=y, mean=mean, var=var, scale=scale, shift=shift))
         return y
+
+
+class AddReluPlan:
+    """``relu(a + b)`` of two float32 tensors of ``numel`` elements in the same memory order
+    (any shape or layout: oneDNN sees them flat), and its backward ``dy * (y > 0)``.
+
+    Forward: oneDNN's binary add with the ReLU as a post-op (one pass: read a and b, write y;
+    Paddle's add then ReLU makes two). Backward: the ReLU's backward from its output.
+    """
+
+    def __init__(self, dnnl: Dnnl, numel: int) -> None:
+        self.dnnl, self.numel = dnnl, numel
+        lib, none = dnnl.lib, C.c_void_p(0)
+        flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A))
+        post_ops, attr = C.c_void_p(), C.c_void_p()
+        dnnl.check(lib.dnnl_post_ops_create(C.byref(post_ops)))
+        dnnl.check(lib.dnnl_post_ops_append_eltwise(post_ops, _ELTWISE_RELU, 0.0, 0.0))
+        dnnl.check(lib.dnnl_primitive_attr_create(C.byref(attr)))
+        dnnl.check(lib.dnnl_primitive_attr_set_post_ops(attr, post_ops))
+        add, relu, relu_bwd = C.c_void_p(), C.c_void_p(), C.c_void_p()
+        dnnl.check(lib.dnnl_binary_primitive_desc_create(C.byref(add), dnnl.engine, _BINARY_ADD,
+                                                         flat, flat, flat, attr))
+        dnnl.check(lib.dnnl_eltwise_forward_primitive_desc_create(  # the backward's hint only
+            C.byref(relu), dnnl.engine, _FORWARD_TRAINING, _ELTWISE_RELU_USE_DST, flat, flat, 0.0, 0.0, none))
+        dnnl.check(lib.dnnl_eltwise_backward_primitive_desc_create(
+            C.byref(relu_bwd), dnnl.engine, _ELTWISE_RELU_USE_DST, flat, flat, flat, 0.0, 0.0, relu, none))
+        self.fwd, self.bwd = dnnl.primitive(add), dnnl.primitive(relu_bwd)
+        self.mem = [dnnl.memory(flat.value) for _ in range(3)]
+        self.implementation = impl_name(dnnl, add)
+
+    def forward(self, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
+        y = empty(a.shape)
+        self.dnnl.execute(self.fwd, [(_ARG_SRC, self.mem[0], a), (_ARG_SRC_1, self.mem[1], b),
+                                     (_ARG_DST, self.mem[2], y)])
+        return y
+
+    def backward(self, y: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
+        dx = empty(y.shape)
+        self.dnnl.execute(self.bwd, [(_ARG_DST, self.mem[0], y), (_ARG_DIFF_DST, self.mem[1], dy),
+                                     (_ARG_DIFF_SRC, self.mem[2], dx)])
+        return dx
 
 
 def impl_name(dnnl: Dnnl, pd: C.c_void_p) -> str:

@@ -56,11 +56,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
 from paddle.autograd import PyLayer
 
+from ._dnnl import AddReluPlan as _AddReluPlan
 from ._dnnl import BatchNormPlan as _BatchNormPlan
 from ._dnnl import ConvPlan as _ConvPlan
 from ._dnnl import Dnnl as _Dnnl
@@ -71,7 +73,7 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that mul
 
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
-_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | None"] = {}  # None: oneDNN refused this geometry
+_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | _AddReluPlan | None"] = {}  # None: oneDNN refused this geometry
 _BF16_TRAINING = False
 
 
@@ -203,8 +205,10 @@ def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0, data_forma
         return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
     # Where gradients flow in dygraph, Paddle's argmax path: same values and gradient as the
     # plain pool, but its CPU backward scatters through saved indices instead of rescanning
-    # each window. Static graphs (export) and no-grad evaluation take the plain pool.
-    if x.stop_gradient or not paddle.is_grad_enabled() or not paddle.in_dynamic_mode():
+    # each window. Static graphs (export), no-grad evaluation and NHWC (Paddle's argmax pool
+    # is NCHW only) take the plain pool.
+    if (x.stop_gradient or not paddle.is_grad_enabled() or not paddle.in_dynamic_mode()
+            or data_format != "NCHW"):
         return F.max_pool2d(x, kernel_size, stride, padding, data_format=data_format)
     return F.max_pool2d(x, kernel_size, stride, padding, return_mask=True, data_format=data_format)[0]
 
@@ -259,6 +263,43 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False) -> padd
         for running, batch in zip((bn._mean, bn._variance), stats):
             paddle.assign(running * m + batch * (1.0 - m), running)
     return y
+
+
+class _OneDnnAddRelu(PyLayer):
+    @staticmethod
+    def forward(ctx, a, b, plan):
+        y = plan.forward(a, b)
+        ctx.plan = plan
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensor()
+        dx = ctx.plan.backward(y, dy.contiguous())
+        return dx, dx  # one buffer for both inputs: see add_relu
+
+
+@paddle.jit.not_to_static  # a static graph (export) takes Paddle's add and ReLU below
+def add_relu(a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
+    """``F.relu(a + b)`` for two float32 tensors of one shape: a residual block's end.
+
+    On oneDNN (dygraph, CPU, contiguous): the add with the ReLU fused, forward in one pass
+    over the data, backward in one; same values and gradients as Paddle's add and ReLU
+    (tests/test_onednn.py). The two inputs receive the same gradient tensor (no copy). That
+    is safe where neither input's producer gets another gradient before both have used this
+    one, as at a residual block's end: the block input's other gradient (through the first
+    conv) only arrives after the residual branch's backward has run. Elsewhere, and in static
+    graphs (export), Paddle's add and ReLU.
+    """
+    if (available() and a.dtype == paddle.float32 and b.dtype == paddle.float32 and a.shape == b.shape
+            and a.place.is_cpu_place() and b.place.is_cpu_place() and a.is_contiguous() and b.is_contiguous()
+            and paddle.in_dynamic_mode()):
+        numel = int(np.prod(a.shape))
+        plan = _plan(("add_relu", numel), _AddReluPlan, numel)
+        if plan is not None:
+            return _OneDnnAddRelu.apply(a, b, plan)
+    return F.relu(a + b)
 
 
 class Conv2D(nn.Conv2D):

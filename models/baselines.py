@@ -62,7 +62,8 @@ class AttentionBottleneck(BottleneckBlock):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         # relu(bn(conv(x))) as batch_norm(conv(x), bn, relu=True): one pass on oneDNN when
-        # channels-last, Paddle's BN and ReLU otherwise (backend/onednn.py).
+        # channels-last, Paddle's BN and ReLU otherwise; the block end's add + ReLU likewise
+        # (backend/onednn.py).
         identity, f = x, self.data_format
         out = self.conv2(onednn.batch_norm(self.conv1(x), self.bn1, relu=True))
         if self.position == "conv2":
@@ -72,7 +73,7 @@ class AttentionBottleneck(BottleneckBlock):
             out = attend(self.att, out, f)
         if self.downsample is not None:
             identity = self.downsample(x)
-        out = self.relu(out + identity)
+        out = onednn.add_relu(out, identity)  # self.relu(out + identity), fused on oneDNN
         return attend(self.att, out, f) if self.position == "out" else out
 
 

@@ -333,3 +333,61 @@ def test_every_channels_last_model_evaluates_like_its_nchw_twin():
         with paddle.no_grad():
             got, want = fast(x).numpy(), nchw_twin(fast)(x).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * (np.abs(want).max() + 1), err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [[4, 6, 5, 16], [2, 32, 3, 3]])
+def test_add_relu_equals_paddles_add_and_relu_exactly(shape):
+    rng = np.random.default_rng(4)
+    a0, b0, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(3))
+    results = []
+    for fused in (True, False):
+        a, b = paddle.to_tensor(a0, stop_gradient=False), paddle.to_tensor(b0, stop_gradient=False)
+        y = onednn.add_relu(a, b) if fused else F.relu(a + b)
+        (y * paddle.to_tensor(g)).sum().backward()
+        results.append((y.numpy(), a.grad.numpy(), b.grad.numpy()))
+    for fast, slow in zip(*results):
+        np.testing.assert_array_equal(fast, slow)
+    assert any(type(p).__name__ == "AddReluPlan" for p in onednn._PLANS.values())
+
+
+def test_add_relu_falls_back_where_onednn_does_not_apply(monkeypatch):
+    a, b = paddle.randn([2, 3, 4, 5]), paddle.randn([2, 3, 4, 5])
+    strided = a.transpose([0, 2, 3, 1])  # a view: not contiguous
+    np.testing.assert_array_equal(onednn.add_relu(strided, b.transpose([0, 2, 3, 1])).numpy(),
+                                  F.relu(strided + b.transpose([0, 2, 3, 1])).numpy())
+    np.testing.assert_array_equal(onednn.add_relu(a, b[:, :1]).numpy(), F.relu(a + b[:, :1]).numpy())
+    monkeypatch.setenv("TOWERNET_ONEDNN", "0")
+    np.testing.assert_array_equal(onednn.add_relu(a, b).numpy(), F.relu(a + b).numpy())
+
+
+def test_resnet_block_ends_on_onednn_give_paddles_gradients_exactly(monkeypatch):
+    """add_relu hands both inputs one gradient buffer; in a ResNet (identity and downsample
+    shortcuts, the block input feeding conv1 too) every gradient equals Paddle's add + ReLU."""
+    import models.baselines as baselines
+
+    x = paddle.to_tensor(np.random.default_rng(5).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    weights = paddle.to_tensor(np.random.default_rng(6).standard_normal((2, 5)).astype(np.float32))
+    grads = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(baselines.onednn, "add_relu", lambda a, b: F.relu(a + b))
+        paddle.seed(0)
+        net = create_model("resnet50", num_classes=5, data_format="NHWC")
+        (net(x) * weights).sum().backward()
+        grads.append({k: p.grad.numpy() for k, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 161
+    for k in grads[0]:
+        np.testing.assert_array_equal(grads[0][k], grads[1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", ["towernet_simam", "resnet50", "mobilenet_v2"])
+def test_channels_last_models_train_on_paddles_kernels_too(monkeypatch, name):
+    """train.channels_last=on without oneDNN (TOWERNET_ONEDNN=0, a GPU): Paddle's NHWC kernels."""
+    monkeypatch.setenv("TOWERNET_ONEDNN", "0")
+    net = create_model(name, num_classes=3, data_format="NHWC")
+    net.train()
+    x = paddle.to_tensor(np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    loss = F.cross_entropy(net(x), paddle.to_tensor([[0], [2]]))
+    loss.backward()
+    assert np.isfinite(float(loss))
+    assert all(p.grad is not None for k, p in net.named_parameters() if k.endswith("weight") and "conv" in k)
