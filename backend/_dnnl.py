@@ -205,6 +205,7 @@ class ConvPlan:
                                                     "db": self.plain["b"]})
         self.implementation = impl_name(dnnl, fwd)
         self._reorders: dict[tuple[int, int], _Reorder] = {}
+        self._plain_cache: dict[tuple[str, int], bool] = {}
         # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
         # the same layout (one converting reorder less, and half the memory of the float32 input
         # it replaces). Deriving every bfloat16 layout from the forward's copies instead of from
@@ -222,18 +223,28 @@ class ConvPlan:
             self._reorders[key] = _Reorder(self.dnnl, src_md, dst_md)
         return self._reorders[key](tensor, out)
 
+    def is_plain(self, kind: str, md: int) -> bool:
+        """Whether a primitive's ``md`` for ``kind`` is the Paddle tensor's own layout."""
+        key = (kind, md)
+        if key not in self._plain_cache:
+            self._plain_cache[key] = self.dnnl.lib.dnnl_memory_desc_equal(self.plain[kind], md) == 1
+        return self._plain_cache[key]
+
     def to_pass(self, tensor: paddle.Tensor, kind: str, md: int) -> paddle.Tensor:
         """A Paddle-layout tensor in the layout ``md`` a primitive wants (itself if already so)."""
-        plain = self.plain[kind]
-        if self.dnnl.lib.dnnl_memory_desc_equal(plain, md):
+        if self.is_plain(kind, md):
             return tensor
-        return self._reorder(tensor, plain, md, self.dnnl.empty(md))
+        return self._reorder(tensor, self.plain[kind], md, self.dnnl.empty(md))
+
+    def output(self, kind: str, md: int) -> paddle.Tensor:
+        """The buffer a primitive writes ``kind`` into: the Paddle tensor itself where the layouts agree."""
+        return empty(self.shapes[kind]) if self.is_plain(kind, md) else self.dnnl.empty(md)
 
     def from_pass(self, tensor: paddle.Tensor, kind: str, md: int) -> paddle.Tensor:
-        plain, shape = self.plain[kind], self.shapes[kind]
-        if self.dnnl.lib.dnnl_memory_desc_equal(plain, md):
-            return tensor.reshape(shape)
-        return self._reorder(tensor, md, plain, empty(shape))
+        """What :meth:`output` gave, as the Paddle tensor."""
+        if self.is_plain(kind, md):
+            return tensor
+        return self._reorder(tensor, md, self.plain[kind], empty(self.shapes[kind]))
 
     def run(self, which: dict, **tensors: paddle.Tensor) -> None:
         args = {"x": _ARG_SRC, "w": _ARG_WEIGHTS, "b": _ARG_BIAS, "y": _ARG_DST,
@@ -243,7 +254,7 @@ class ConvPlan:
     def forward(self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None) -> tuple:
         """(y, x_keep): the output and what :meth:`backward` takes as ``x`` (see ``keep_x``)."""
         md = self.fwd["md"]
-        y = self.dnnl.empty(md["y"])
+        y = self.output("y", md["y"])
         extra = {} if b is None else {"b": b}
         x_pass = self.to_pass(x, "x", md["x"])
         self.run(self.fwd, x=x_pass, w=self.to_pass(w, "w", md["w"]), y=y, **extra)
@@ -259,13 +270,13 @@ class ConvPlan:
         dy_data = self.to_pass(dy, "y", self.bwd_data["md"]["dy"])
         if need_dx:
             md = self.bwd_data["md"]
-            dx = self.dnnl.empty(md["dx"])
+            dx = self.output("x", md["dx"])
             self.run(self.bwd_data, dy=dy_data, w=self.to_pass(w, "w", md["w"]), dx=dx)
             dx = self.from_pass(dx, "x", md["dx"])
         if need_weights:
             md = self.bwd_weights["md"]
             same = self.dnnl.lib.dnnl_memory_desc_equal(md["dy"], self.bwd_data["md"]["dy"])
-            dw = self.dnnl.empty(md["dw"])
+            dw = self.output("w", md["dw"])
             extra = {}
             if self.has_bias:  # the primitive writes the bias gradient whenever it has a bias
                 db = extra["db"] = empty(self.shapes["b"])
