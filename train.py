@@ -46,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, metavar="K",
                    help="study: K-fold cross-validation over the split's pooled images, a new "
                         "stratified partition per seed (--seeds 0,1,2,3,4 --folds 2 = 5x2cv)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="study: train N runs at once, each in its own process with 1/N of the "
+                        "cores (small networks train faster so on few cores; logs in OUTPUT/logs)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key, e.g. -o data.num_workers=2 (repeatable)")
     return p.parse_args(argv)
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
 
     if args.models or args.seeds or args.folds is not None:
         return study(args, overrides)
+    if args.jobs != 1:
+        raise UserError("--jobs runs a study's runs side by side: give --models and/or --seeds")
     if args.resume:
         cfg = resume_config_overrides(trainer.resume_config(args.resume), overrides,
                                       given_config=args.config or args.model)
@@ -99,7 +104,13 @@ def study(args, overrides) -> int:
     if not models:
         raise UserError("--seeds needs --model or --models")
     overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
-    run_study(args.config, models, seeds, overrides, args.folds, args.recipe)
+    from app import trainer
+
+    try:
+        run_study(args.config, models, seeds, overrides, args.folds, args.recipe, args.jobs)
+    except trainer.RunStopped as e:  # Ctrl-C: the runs stopped at their last epoch
+        print(e, file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -82,8 +82,37 @@ def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
         "other/towernet_simam-s0", "other/towernet_simam-s1", "study/towernet-s0", "study/towernet-s1"]
 
 
+def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, tmp_path):
+    from app.callbacks import read_metrics
+    from app.engine import available_cores
+
+    out = tmp_path / "study"
+    args = ["train.py", "--models", "towernet,towernet_simam", "--seeds", "0", "--data", tiny_split,
+            "--epochs", "2", "--output", out, "--jobs", "2", *FAST_TRAIN]
+    proc = run_cli(*args, check=True)
+    threads = max(1, available_cores() // 2)
+    for name in ("towernet-s0", "towernet_simam-s0"):
+        assert f"{name}: finished, final eval top-1" in proc.stdout
+        assert "epoch 2/2" in (out / "logs" / f"{name}.log").read_text()
+        assert yaml.safe_load((out / name / "config.yaml").read_text())["train"]["threads"] == threads
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(m["model"] for m in report["models"]) == ["towernet", "towernet_simam"]
+
+    # The same run trained alone with the same thread count: the same numbers.
+    run_cli("train.py", "--model", "towernet_simam", "--seed", "0", "--data", tiny_split, "--epochs", "2",
+            "--output", tmp_path / "alone", "-o", f"train.threads={threads}", *FAST_TRAIN, check=True)
+    side, alone = (read_metrics(d / "towernet_simam" / "metrics.csv") if d.name == "alone" else
+                   read_metrics(d / "towernet_simam-s0" / "metrics.csv") for d in (out, tmp_path / "alone"))
+    for key in ("train_loss", "eval_loss", "eval_acc", "lr"):
+        assert [r[key] for r in side] == [r[key] for r in alone], key
+
+    proc = run_cli(*args, check=True)
+    assert proc.stdout.count("finished earlier, skipped") == 2 and "== " not in proc.stdout
+
+
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
-    for args in (["--models", "towernet,nope", "--seeds", "0"], ["--seeds", "a,b"]):
+    for args in (["--models", "towernet,nope", "--seeds", "0"], ["--seeds", "a,b"], ["--jobs", "2"],
+                 ["--seeds", "0", "--jobs", "0"]):
         proc = run_cli("train.py", *args, "--model", "towernet", "--data", tiny_split,
                        "--output", tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
