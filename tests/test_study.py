@@ -109,6 +109,12 @@ def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, 
     proc = run_cli(*args, check=True)
     assert proc.stdout.count("finished earlier, skipped") == 2 and "== " not in proc.stdout
 
+    # A user error inside a worker (here: no data) ends the study as one line, exit 2.
+    proc = run_cli("train.py", "--models", "towernet", "--seeds", "0,1", "--data", tmp_path / "none",
+                   "--output", tmp_path / "bad", "--jobs", "2", *FAST_TRAIN)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: towernet-s")
+
 
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
     for args in (["--models", "towernet,nope", "--seeds", "0"], ["--seeds", "a,b"], ["--jobs", "2"],
