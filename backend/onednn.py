@@ -17,7 +17,9 @@ reordered into the layout the JIT kernel wants. :func:`batch_norm` runs an NHWC 
 oneDNN's batch-normalisation primitive with the ReLU fused into it (forward and backward;
 Paddle's CPU BatchNorm and ReLU are 3.5-4.4x slower on these shapes, bench/README.md). A model
 built with ``data_format="NHWC"`` (TowerNet) therefore runs conv -> BN+ReLU -> pool chains
-without leaving channels-last; ``train.channels_last: auto`` picks it on a CPU.
+without leaving channels-last; ``train.channels_last: auto`` picks it on a CPU. A residual
+block's end ``relu(bn3(x) + identity)`` runs as one oneDNN binary add with the ReLU fused
+(:func:`add_relu`; half the passes over the data of Paddle's add and ReLU, bit-identical).
 
 Same maths as ``F.conv2d`` / ``F.max_pool2d``: conv sums run in another order, so results
 differ in the last bits (relative 1e-6); the pool's values and gradients are identical, ties
@@ -46,8 +48,9 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
 - float32, on purpose: the RGB stem (oneDNN's GEMM conv, a few percent of the step); depthwise
   and grouped convs (memory-bound; PyTorch's bf16 MobileNetV2 trains slower than its fp32 here,
   157 vs 180 img/s, bench/README.md);
-  BatchNorm, ReLU, pooling, SimAM and the other attention statistics, softmax and the loss
-  (reductions and exponentials that bfloat16's 8-bit mantissa would bias); the classifier's
+  BatchNorm, ReLU, the residual add, pooling, SimAM and the other attention statistics,
+  softmax and the loss (reductions and exponentials that bfloat16's 8-bit mantissa would
+  bias; and Paddle 3.3.1 registers no CPU bfloat16 add, ReLU, pool or mean); the classifier's
   matmul (under 0.5% of a step at these class counts); the optimizer and its master weights.
 - Passes that record no gradient (evaluation, prediction, export) stay float32, so a bf16
   run's eval accuracy and checkpoints are float32 results.
