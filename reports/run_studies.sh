@@ -44,13 +44,20 @@ $P train.py --models resnet50 --seeds 0,1 $C16 -o train.amp=bf16 --output $out/b
 # Issue 19: the channels-last path's accuracy, paired by seed with the NCHW path (same code).
 $P train.py --models towernet_simam --seeds 0,1 $C16 --output $out/layout/nhwc
 $P train.py --models towernet_simam --seeds 0,1 $C16 -o train.channels_last=off --output $out/layout/nchw
-# Issue 15: small_data's values, tuned on the held-out part of the train split.
+# Issue 15: small_data's values, tuned on the held-out part of the train split; the two seeds
+# as two single-thread streams side by side (what --jobs does inside one study).
 TUNE="--data $tune --image-size 128 --epochs 30"
 R=reports/recipe_tuning/recipes
-for seed in 0 1; do
-  $P train.py --models towernet_simam --seeds $seed $TUNE --output $out/recipe_tune
-  $P train.py --models towernet_simam --seeds $seed $TUNE --recipe small_data --output $out/recipe_tune
-  for v in sd_mix sd_ema sd_crop08 sd_crop50 sd_no_ra sd_no_cj sd_no_re sd_no_ls sd_lr02 sd_wd5; do
-    $P train.py --models towernet_simam --seeds $seed $TUNE --recipe $R/$v.yaml --output $out/recipe_tune
+tune() {
+  for r in reference small_data $R/sd_mix.yaml $R/sd_ema.yaml $R/sd_crop08.yaml $R/sd_crop50.yaml \
+           $R/sd_no_ra.yaml $R/sd_no_cj.yaml $R/sd_no_re.yaml $R/sd_no_ls.yaml $R/sd_lr02.yaml $R/sd_wd5.yaml; do
+    $P train.py --models towernet_simam --seeds $1 $TUNE --recipe $r -o train.threads=1 --output $out/recipe_tune
   done
+}
+tune 0 & tune 1 & wait
+# Issue 15's study, once configs/recipes/small_data.yaml holds the tuned values: the four
+# models under both recipes, 3 seeds, two runs at a time.
+for r in reference small_data; do
+  $P train.py --models towernet,towernet_simam,towernet_se,mobilenet_v2 --seeds 0,1,2 $C16 --recipe $r \
+    --jobs 2 --output $out/recipe_study
 done
