@@ -436,8 +436,9 @@ def _run_side_by_side(pending: list, output: Path, jobs: int) -> None:
     Small networks use two cores poorly from one process: the loader, the augmentation and
     Python's op dispatch run on one core while the other waits. Two single-thread runs side
     by side trained 1.25x (reference recipe) to 1.39x (small_data) faster per epoch than one
-    after the other on two cores (bench/README.md). A run's thread count is recorded in its config.yaml. Ctrl-C stops
-    every running run at its last finished epoch (re-running the command resumes them).
+    after the other on two cores (bench/README.md). A run's thread count is recorded in its
+    config.yaml. Ctrl-C stops every running run at its last finished epoch (re-running the
+    command resumes them).
     """
     import concurrent.futures as cf
     import multiprocessing

@@ -212,6 +212,9 @@ class ConvPlan:
         # the float32 originals was measured and did not help (bench/README.md).
         self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(
             self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
+        # Backward-weights reads the upstream gradient as backward-data does (one reorder) when so.
+        self.dy_shared = dnnl.lib.dnnl_memory_desc_equal(
+            self.bwd_weights["md"]["dy"], self.bwd_data["md"]["dy"]) == 1
 
     def _pass(self, pd: C.c_void_p, mds: dict[str, int]) -> dict:
         return {"primitive": self.dnnl.primitive(pd), "md": mds,
@@ -275,13 +278,12 @@ class ConvPlan:
             dx = self.from_pass(dx, "x", md["dx"])
         if need_weights:
             md = self.bwd_weights["md"]
-            same = self.dnnl.lib.dnnl_memory_desc_equal(md["dy"], self.bwd_data["md"]["dy"])
             dw = self.output("w", md["dw"])
             extra = {}
             if self.has_bias:  # the primitive writes the bias gradient whenever it has a bias
                 db = extra["db"] = empty(self.shapes["b"])
             self.run(self.bwd_weights, x=x if self.keep_x else self.to_pass(x, "x", md["x"]), dw=dw,
-                     dy=dy_data if same else self.to_pass(dy, "y", md["dy"]), **extra)
+                     dy=dy_data if self.dy_shared else self.to_pass(dy, "y", md["dy"]), **extra)
             dw = self.from_pass(dw, "w", md["dw"])
         return dx, dw, db
 
@@ -391,7 +393,7 @@ class AddReluPlan:
     """
 
     def __init__(self, dnnl: Dnnl, numel: int) -> None:
-        self.dnnl, self.numel = dnnl, numel
+        self.dnnl = dnnl
         lib, none = dnnl.lib, C.c_void_p(0)
         flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A))
         post_ops, attr = C.c_void_p(), C.c_void_p()

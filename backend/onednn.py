@@ -57,9 +57,9 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
 """
 from __future__ import annotations
 
+import math
 import os
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import nn
@@ -298,7 +298,7 @@ def add_relu(a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
     if (available() and a.dtype == paddle.float32 and b.dtype == paddle.float32 and a.shape == b.shape
             and a.place.is_cpu_place() and b.place.is_cpu_place() and a.is_contiguous() and b.is_contiguous()
             and paddle.in_dynamic_mode()):
-        numel = int(np.prod(a.shape))
+        numel = math.prod(a.shape)
         plan = _plan(("add_relu", numel), _AddReluPlan, numel)
         if plan is not None:
             return _OneDnnAddRelu.apply(a, b, plan)
