@@ -155,32 +155,41 @@ def summarize(runs: list, costs: dict) -> dict:
             entry["vs_baseline"] = paired_comparison(rs, base_runs, name, baseline, unit)
         table.append(entry)
     return {"baseline": baseline, "kfold": kfold, "models": table,
-            "one_change": one_change_pairs(by_model, unit)}
+            "one_change": one_change_pairs(by_model, unit, baseline)}
 
 
-def one_change_pairs(by_model: dict, unit: str) -> list:
+def one_change_pairs(by_model: dict, unit: str, baseline: str | None = None) -> list:
     """Each model against the same model with one tag of its label removed: fine-tuned
     (``@source``) against from scratch, bf16 against fp32, a recipe (``+name``) against the
-    reference one. Paired by (seed, fold) on final top-1, with the first epoch at which the
-    variant reaches the plain run's final accuracy (how many epochs a fine-tune needs to
-    pass training from scratch)."""
-    pairs = []
+    reference one; and each attention model against its host with the same tags
+    (``towernet_simam +small_data`` against ``towernet +small_data``; against ``baseline``
+    itself the report's main section already pairs it). Paired by (seed, fold) on final
+    top-1, with the first epoch at which the variant reaches the plain run's final accuracy
+    (how many epochs a fine-tune needs to pass training from scratch)."""
+    candidates = []
     for label in sorted(by_model):
         parts = label.split(" ")
-        for i, tag in enumerate(parts[1:], 1):
-            base = " ".join(parts[:i] + parts[i + 1:])
-            if base not in by_model:
-                continue
-            plain = {(r["seed"], r["fold"]): r for r in by_model[base]}
-            matched = [(r, plain[(r["seed"], r["fold"])]) for r in by_model[label]
-                       if (r["seed"], r["fold"]) in plain]
-            if not matched:
-                continue
-            reach = [next((row["epoch"] for row in r["rows"]
-                           if row["eval_acc"] >= b["rows"][-1]["eval_acc"]), None)
-                     for r, b in matched]
-            pairs.append({"model": label, "plain": base, "change": tag, "epochs_to_plain_final": reach,
-                          **paired_comparison([r for r, _ in matched], plain, label, base, unit)})
+        candidates += [(label, " ".join(parts[:i] + parts[i + 1:]), tag) for i, tag in enumerate(parts[1:], 1)]
+    for label in sorted(by_model):
+        model, *tags = label.split(" ")
+        for other in sorted(by_model):
+            host, *host_tags = other.split(" ")
+            if host_tags == tags and model.startswith(host + "_") and other != baseline:
+                candidates.append((label, other, model[len(host) + 1:]))
+    pairs = []
+    for label, base, change in candidates:
+        if base not in by_model:
+            continue
+        plain = {(r["seed"], r["fold"]): r for r in by_model[base]}
+        matched = [(r, plain[(r["seed"], r["fold"])]) for r in by_model[label]
+                   if (r["seed"], r["fold"]) in plain]
+        if not matched:
+            continue
+        reach = [next((row["epoch"] for row in r["rows"]
+                       if row["eval_acc"] >= b["rows"][-1]["eval_acc"]), None)
+                 for r, b in matched]
+        pairs.append({"model": label, "plain": base, "change": change, "epochs_to_plain_final": reach,
+                      **paired_comparison([r for r, _ in matched], plain, label, base, unit)})
     return pairs
 
 
@@ -277,7 +286,8 @@ def to_markdown(summary: dict, runs: list) -> str:
         lines += ["", f"## One change at a time (paired by {paired}, final top-1)", "",
                   "Each model against the same model without one of its tags: `@source` "
                   "(fine-tuned) vs from scratch, `bf16` vs float32, `+recipe` vs the reference "
-                  "recipe. *Epoch reached*: the first epoch at which the changed run's eval "
+                  "recipe; and each attention model against its host with the same tags "
+                  "(`towernet_simam +small_data` vs `towernet +small_data`). *Epoch reached*: the first epoch at which the changed run's eval "
                   "top-1 reached the plain run's final top-1 (— never).", "",
                   f"| model | against | {each} differences (points) | 95% t interval "
                   "| 95% bootstrap CI | epoch reached |", "|---|---|---|---|---|---|"]

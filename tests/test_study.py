@@ -236,8 +236,8 @@ def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
         "towernet_simam bf16": [run("towernet_simam bf16", 0, [0.4, 0.7])],
         "towernet_se": [run("towernet_se", 0, [0.9])],  # nothing to pair with
     }
-    pairs = {p["model"]: p for p in study.one_change_pairs(by_model, "seeds")}
-    assert set(pairs) == {"towernet @pre", "towernet_simam bf16"}
+    pairs = {p["model"]: p for p in study.one_change_pairs(by_model, "seeds", baseline="towernet")}
+    assert set(pairs) == {"towernet @pre", "towernet_simam bf16"}  # against the baseline: its own section
     pre = pairs["towernet @pre"]
     assert pre["plain"] == "towernet" and pre["change"] == "@pre"
     assert pre["diffs_pp"] == pytest.approx([10.0, 2.0])
@@ -250,3 +250,21 @@ def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
     assert "## One change at a time (paired by seed, final top-1)" in text
     assert "| towernet @pre | towernet | +10.0, +2.0 |" in text and "| 2, 1 |" in text
     assert "| towernet_simam bf16 | towernet_simam | -10.0 | — | — | — |" in text
+
+
+def test_one_change_pairs_an_attention_model_with_its_host_under_the_same_recipe():
+    def run(model, seed, final):
+        return {"model": model, "seed": seed, "fold": None, "predictions": None,
+                "rows": [{"epoch": 1, "eval_acc": final - 0.1}, {"epoch": 2, "eval_acc": final}]}
+
+    labels = {"towernet": (0.80, 0.82), "towernet_simam": (0.81, 0.84),
+              "towernet +small_data": (0.85, 0.86), "towernet_simam +small_data": (0.88, 0.87),
+              "mobilenet_v2 +small_data": (0.70, 0.72), "mobilenet_v2_ca": (0.60, 0.61)}
+    by_model = {label: [run(label, s, acc) for s, acc in enumerate(accs)] for label, accs in labels.items()}
+    pairs = {(p["model"], p["plain"]): p for p in study.one_change_pairs(by_model, "seeds", baseline="towernet")}
+    assert set(pairs) == {("towernet +small_data", "towernet"),              # the recipe
+                          ("towernet_simam +small_data", "towernet_simam"),
+                          ("towernet_simam +small_data", "towernet +small_data")}  # SimAM under it
+    simam = pairs[("towernet_simam +small_data", "towernet +small_data")]
+    assert simam["change"] == "simam" and simam["diffs_pp"] == pytest.approx([3.0, 1.0])
+    # mobilenet_v2_ca has no host run with its tags; towernet_simam vs towernet is the baseline section's
