@@ -38,7 +38,8 @@ $P train.py --models towernet,towernet_simam --seeds 0,1 $C16 \
   --pretrained $out/pretrain/towernet-other68/last.pdparams --output $out/towernet_ft
 $P train.py --models mobilenet_v2,mobilenet_v2_ca,mobilenet_v2_simam --seeds 0,1 $C16 \
   --pretrained $out/pretrain/mbv2-other68/last.pdparams --output $out/mbv2_ft
-# Issue 21: resnet50 fp32 vs bf16, 2 seeds each.
+# Issue 21: resnet50 fp32 vs bf16, 2 seeds each (reports/bf16_resnet50 ran them as two
+# single-thread streams, -o train.threads=1, fp32 beside bf16).
 $P train.py --models resnet50 --seeds 0,1 $C16 --output $out/bf16_resnet50
 $P train.py --models resnet50 --seeds 0,1 $C16 -o train.amp=bf16 --output $out/bf16_resnet50
 # Issue 19: the channels-last path's accuracy, paired by seed with the NCHW path (same code).
@@ -52,7 +53,10 @@ tune() {
   for r in reference small_data $R/sd_mix.yaml $R/sd_ema.yaml $R/sd_crop08.yaml $R/sd_crop50.yaml \
            $R/sd_no_ra.yaml $R/sd_no_cj.yaml $R/sd_no_re.yaml $R/sd_no_ls.yaml $R/sd_lr02.yaml $R/sd_wd5.yaml \
            $R/m_crop_ls.yaml $R/m_ls.yaml $R/m_crop.yaml $R/m_crop_ls_ra.yaml $R/m_crop_ls_re.yaml \
-           $R/m_crop_ls_cj.yaml $R/m_crop_ls_ema.yaml; do  # round 2 (m_*): milder, after round 1
+           $R/m_crop_ls_cj.yaml $R/m_crop_ls_ema.yaml \
+           $R/o_lr03.yaml $R/o_lr03_wd5.yaml $R/o_lr05.yaml $R/o_lr03_crop_ls.yaml $R/o_lr10_wd5.yaml \
+           $R/o_wd5.yaml $R/o_ema.yaml $R/o_wd10.yaml $R/o_crop_ls_wd5.yaml $R/o_bs16.yaml $R/o_mix02.yaml; do
+    # round 2 (m_*): milder, after round 1; rounds 3-5 (o_*): the optimisation side
     $P train.py --models towernet_simam --seeds $1 $TUNE --recipe $r -o train.threads=1 --output $out/recipe_tune
   done
 }
