@@ -67,3 +67,7 @@ for r in reference small_data; do
   $P train.py --models towernet,towernet_simam,towernet_se,mobilenet_v2 --seeds 0,1,2 $C16 --recipe $r \
     --jobs 2 --output $out/recipe_study
 done
+# Issue 15's ablation: small_data with each of its pieces removed once, 2 seeds.
+for r in reports/recipe_ablation/sd_no_lr.yaml reports/recipe_ablation/sd_no_warmup.yaml; do
+  $P train.py --models towernet_simam --seeds 0,1 $C16 --recipe $r --jobs 2 --output $out/recipe_study
+done
