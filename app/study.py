@@ -169,7 +169,8 @@ def one_change_pairs(by_model: dict, unit: str, baseline: str | None = None) -> 
     candidates = []
     for label in sorted(by_model):
         parts = label.split(" ")
-        candidates += [(label, " ".join(parts[:i] + parts[i + 1:]), tag) for i, tag in enumerate(parts[1:], 1)]
+        candidates += [(label, " ".join(parts[:i] + parts[i + 1:]), tag)
+                       for i, tag in enumerate(parts[1:], 1)]
     for label in sorted(by_model):
         model, *tags = label.split(" ")
         for other in sorted(by_model):
@@ -287,8 +288,9 @@ def to_markdown(summary: dict, runs: list) -> str:
                   "Each model against the same model without one of its tags: `@source` "
                   "(fine-tuned) vs from scratch, `bf16` vs float32, `+recipe` vs the reference "
                   "recipe; and each attention model against its host with the same tags "
-                  "(`towernet_simam +small_data` vs `towernet +small_data`). *Epoch reached*: the first epoch at which the changed run's eval "
-                  "top-1 reached the plain run's final top-1 (— never).", "",
+                  "(`towernet_simam +small_data` vs `towernet +small_data`). *Epoch reached*: "
+                  "the first epoch at which the changed run's eval top-1 reached the plain "
+                  "run's final top-1 (— never).", "",
                   f"| model | against | {each} differences (points) | 95% t interval "
                   "| 95% bootstrap CI | epoch reached |", "|---|---|---|---|---|---|"]
         for p in summary["one_change"]:
