@@ -50,7 +50,7 @@ $P train.py --models towernet_simam --seeds 0,1 $C16 -o train.channels_last=off 
 TUNE="--data $tune --image-size 128 --epochs 30"
 R=reports/recipe_tuning/recipes
 tune() {
-  for r in reference small_data $R/sd_mix.yaml $R/sd_ema.yaml $R/sd_crop08.yaml $R/sd_crop50.yaml \
+  for r in reference $R/sd_draft.yaml $R/sd_mix.yaml $R/sd_ema.yaml $R/sd_crop08.yaml $R/sd_crop50.yaml \
            $R/sd_no_ra.yaml $R/sd_no_cj.yaml $R/sd_no_re.yaml $R/sd_no_ls.yaml $R/sd_lr02.yaml $R/sd_wd5.yaml \
            $R/m_crop_ls.yaml $R/m_ls.yaml $R/m_crop.yaml $R/m_crop_ls_ra.yaml $R/m_crop_ls_re.yaml \
            $R/m_crop_ls_cj.yaml $R/m_crop_ls_ema.yaml \
