@@ -36,8 +36,12 @@ def test_bench_torch_reference_is_optional(kind):
         assert proc.returncode == 2 and "torch is not importable" in proc.stderr
     else:
         assert proc.returncode == 0, proc.stderr
-        frameworks = [json.loads(line)["framework"] for line in proc.stdout.splitlines()]
-        assert frameworks == ["paddle", kind]
+        rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [r["framework"] for r in rows] == ["paddle", kind]
+        ours, theirs = rows[0]["train_rounds_img_s"], rows[1]["train_rounds_img_s"]
+        assert len(rows[0]["train_vs_torch_rounds"]) == len(ours) == len(theirs)
+        for ratio, a, b in zip(rows[0]["train_vs_torch_rounds"], ours, theirs):
+            assert ratio == pytest.approx(a / b, rel=0.02)  # img/s ratio = inverse step ratio
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
