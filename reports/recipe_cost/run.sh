@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 P=${PYTHON:-.venv/bin/python}
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647
 for i in $(seq ${2:-1}); do
-  for r in reference reports/recipe_tuning/recipes/sd_draft.yaml reports/recipe_cost/p_rrc.yaml reports/recipe_cost/p_cj.yaml \
+  for r in reference small_data reports/recipe_tuning/recipes/sd_draft.yaml reports/recipe_cost/p_rrc.yaml reports/recipe_cost/p_cj.yaml \
            reports/recipe_cost/p_ra.yaml reports/recipe_cost/p_re.yaml reports/recipe_cost/p_mix.yaml; do
     $P bench/throughput.py --model towernet_simam --image-size 128 --data "$1" --recipe "$r" \
       --rounds 2 --steps 10 --json 2>/dev/null | head -1 | R="$r" $P -c "
