@@ -115,11 +115,9 @@ def test_warmup_then_cosine_lr_equals_the_closed_form():
 
 
 def test_recipe_layers_between_the_model_yaml_and_flags():
-    import yaml
+    from app.config import RECIPE_DIR, read_yaml
 
-    from app.config import RECIPE_DIR
-
-    recipe = yaml.safe_load((RECIPE_DIR / "small_data.yaml").read_text())
+    recipe = read_yaml(RECIPE_DIR / "small_data.yaml")  # the config reader: follows _base_
     plain = load_config(model="towernet_simam")
     cfg = load_config(model="towernet_simam", recipe="small_data")
     assert cfg["train"]["recipe"] == "small_data" and plain["train"]["recipe"] == "reference"
