@@ -20,6 +20,8 @@ built with ``data_format="NHWC"`` (TowerNet) therefore runs conv -> BN+ReLU -> p
 without leaving channels-last; ``train.channels_last: auto`` picks it on a CPU. A residual
 block's end ``relu(bn3(x) + identity)`` runs as one oneDNN binary add with the ReLU fused
 (:func:`add_relu`; half the passes over the data of Paddle's add and ReLU, bit-identical).
+oneDNN's BN fuses no ReLU6: MobileNetV2's BN -> ReLU6 pairs train on a small C kernel of
+:mod:`backend.fused` instead (one pass each way; built at first use, optional).
 
 Same maths as ``F.conv2d`` / ``F.max_pool2d``: conv sums run in another order, so results
 differ in the last bits (relative 1e-6); the pool's values and gradients are identical, ties
@@ -70,6 +72,7 @@ from ._dnnl import BatchNormPlan as _BatchNormPlan
 from ._dnnl import ConvPlan as _ConvPlan
 from ._dnnl import Dnnl as _Dnnl
 from ._dnnl import MaxPoolPlan as _MaxPoolPlan
+from . import fused as _fused
 
 PLAIN_BELOW = 8
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that multiply bfloat16
@@ -233,14 +236,36 @@ class _OneDnnBatchNorm(PyLayer):
         return tuple(g if need else None for g, need in zip(grads, ctx.needs))
 
 
+class _FusedBatchNormReLU6(PyLayer):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lib, epsilon, stats):
+        y, mean, var = _fused.forward(lib, x, weight, bias, epsilon, 0.0, 6.0)
+        stats.extend((mean, var))
+        ctx.lib, ctx.epsilon = lib, epsilon
+        ctx.needs = [not t.stop_gradient for t in (x, weight, bias)]
+        ctx.save_for_backward(x, weight, bias, mean, var)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, mean, var = ctx.saved_tensor()
+        grads = _fused.backward(ctx.lib, x, dy.contiguous(), weight, bias, mean, var, ctx.epsilon, 0.0, 6.0)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs))
+
+
 @paddle.jit.not_to_static  # a static graph (export) takes Paddle's BN below as it is
-def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False) -> paddle.Tensor:
-    """``bn(x)`` (then ReLU when ``relu``): on oneDNN, ReLU fused, for NHWC float32 in dygraph.
+def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False, relu6: bool = False) -> paddle.Tensor:
+    """``bn(x)``, then ReLU when ``relu`` or ReLU6 when ``relu6``: on oneDNN for NHWC float32
+    in dygraph, the ReLU fused; in training, BN + ReLU6 as one kernel (:mod:`backend.fused`,
+    channels a multiple of 16; else oneDNN's BN, then Paddle's ReLU6).
 
     Same maths as Paddle's BatchNorm: batch mean and biased variance in training, running
     statistics updated as ``momentum * running + (1 - momentum) * batch``; running statistics
     in evaluation (or with ``use_global_stats``). Anything else takes ``bn`` and ``F.relu``.
     """
+    def act(y):
+        return F.relu(y) if relu else F.relu6(y) if relu6 else y
+
     plan = None
     if (available() and bn._data_format == "NHWC" and x.ndim == 4 and x.dtype == paddle.float32
             and x.place.is_cpu_place() and paddle.in_dynamic_mode() and bn.weight is not None
@@ -254,13 +279,16 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False) -> padd
         # Paddle's BN (also for frozen statistics with gradients: Grad-CAM, a frozen
         # backbone), by its forward: ``bn`` may be this module's BatchNorm2D, whose forward
         # is this function (no forward hooks either way, as on the oneDNN path)
-        y = nn.BatchNorm2D.forward(bn, x)
-        return F.relu(y) if relu else y
+        return act(nn.BatchNorm2D.forward(bn, x))
     x = x.contiguous()
     if frozen:
-        return plan.infer(x, bn._mean, bn._variance, bn.weight, bn.bias)
+        return act(plan.infer(x, bn._mean, bn._variance, bn.weight, bn.bias))
     stats = []
-    y = _OneDnnBatchNorm.apply(x, bn.weight, bn.bias, plan, stats)
+    lib = _fused.load() if relu6 and x.shape[-1] % _fused.VECTOR == 0 else None
+    if lib is not None:
+        y = _FusedBatchNormReLU6.apply(x, bn.weight, bn.bias, lib, float(bn._epsilon), stats)
+    else:
+        y = act(_OneDnnBatchNorm.apply(x, bn.weight, bn.bias, plan, stats))
     with paddle.no_grad():
         m = bn._momentum
         for running, batch in zip((bn._mean, bn._variance), stats):
@@ -332,6 +360,21 @@ class BatchNorm2D(nn.BatchNorm2D):
         return batch_norm(x, self)
 
 
+class BatchNormReLU6(nn.BatchNorm2D):
+    """A channels-last ``nn.BatchNorm2D`` and the ``nn.ReLU6`` after it, in one
+    (:func:`batch_norm` with ``relu6``); that ReLU6 becomes :class:`ClippedBefore`. Same state."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return batch_norm(x, self, relu6=True)
+
+
+class ClippedBefore(nn.ReLU6):
+    """An ``nn.ReLU6`` whose clip the :class:`BatchNormReLU6` before it applies: passes its input on."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x
+
+
 def convertible(layer: nn.Layer) -> bool:
     """Whether :func:`convert` switches ``layer`` (other forms stay with Paddle's kernels)."""
     if type(layer) is nn.Conv2D:
@@ -348,13 +391,22 @@ def convertible(layer: nn.Layer) -> bool:
 
 def convert(model: nn.Layer) -> nn.Layer:
     """Switch ``model``'s plain ``nn.Conv2D`` / ``nn.MaxPool2D`` (and channels-last
-    ``nn.BatchNorm2D``) layers to this module's, in place.
+    ``nn.BatchNorm2D``) layers to this module's, in place; a channels-last BN followed by an
+    ``nn.ReLU6`` in a Sequential becomes :class:`BatchNormReLU6` + :class:`ClippedBefore`.
 
     The layers keep their identity, parameters and buffers (``__class__`` is swapped: the
-    subclasses add no state), so optimizers, checkpoints and hooks see no difference.
+    subclasses add no state), so optimizers, checkpoints and hooks see no difference (but for
+    a forward hook on a fused BN, which sees the clipped output).
     """
     kinds = ((nn.Conv2D, Conv2D), (nn.MaxPool2D, MaxPool2D), (nn.BatchNorm2D, BatchNorm2D))
     for layer in model.sublayers(include_self=True):
         if convertible(layer):
             layer.__class__ = next(ours for paddles, ours in kinds if isinstance(layer, paddles))
+    # A channels-last BN followed by a ReLU6 in a Sequential (MobileNetV2): one layer does both.
+    for seq in model.sublayers(include_self=True):
+        if isinstance(seq, nn.Sequential):
+            layers = list(seq.children())
+            for bn, relu6 in zip(layers, layers[1:]):
+                if type(bn) is BatchNorm2D and type(relu6) is nn.ReLU6:
+                    bn.__class__, relu6.__class__ = BatchNormReLU6, ClippedBefore
     return model

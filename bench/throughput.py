@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from app.config import load_config, parse_override  # noqa: E402
+from backend import fused, onednn  # noqa: E402
 from app.engine import (available_cores, build_loader, build_optimizer, prepare_model,  # noqa: E402
                         seed_everything, select_device, training_network)
 from app.errors import UserError, exit_on_user_error  # noqa: E402
@@ -263,6 +264,8 @@ def run(args) -> list[dict]:
                      ("NHWC" if name == "torch-cl" else "NCHW"), "train_img_s": train["img_s"],
                      "train_step_ms": train["step_ms"], "train_rounds_img_s": train["rounds_img_s"],
                      "infer_img_s": infer["img_s"], "infer_rounds_img_s": infer["rounds_img_s"]})
+    if any(isinstance(m, onednn.BatchNormReLU6) for m in network.sublayers()):
+        rows[0]["fused_bn_relu6"] = "on" if fused.load() is not None else f"off: {fused.reason()}"
     if attention:
         attention_ms = 1000 * min(statistics.median(r) for r in attention_times)
         rows[0].update(attention_calls=attention_calls, attention_ms=attention_ms,
@@ -299,6 +302,8 @@ def format_table(rows: list[dict]) -> str:
                      f"infer {r0['infer_vs_torch']:.2f}x (best round each)")
         lines.append(f"  paired by round: train median {r0['train_vs_torch_median']:.2f}x "
                      f"{r0['train_vs_torch_rounds']}, infer median {r0['infer_vs_torch_median']:.2f}x")
+    if "fused_bn_relu6" in r0:
+        lines.append(f"BN + ReLU6 kernel (backend/fused.py): {r0['fused_bn_relu6']}")
     if "attention_ms" in r0:
         lines.append(f"attention alone (fwd+bwd, {len(r0['attention_calls'])} calls): "
                      f"{r0['attention_ms']:.1f} ms a step = {100 * r0['attention_share']:.1f}% of the train step")
