@@ -263,9 +263,6 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False, relu6: 
     statistics updated as ``momentum * running + (1 - momentum) * batch``; running statistics
     in evaluation (or with ``use_global_stats``). Anything else takes ``bn`` and ``F.relu``.
     """
-    def act(y):
-        return F.relu(y) if relu else F.relu6(y) if relu6 else y
-
     plan = None
     if (available() and bn._data_format == "NHWC" and x.ndim == 4 and x.dtype == paddle.float32
             and x.place.is_cpu_place() and paddle.in_dynamic_mode() and bn.weight is not None
@@ -279,16 +276,19 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False, relu6: 
         # Paddle's BN (also for frozen statistics with gradients: Grad-CAM, a frozen
         # backbone), by its forward: ``bn`` may be this module's BatchNorm2D, whose forward
         # is this function (no forward hooks either way, as on the oneDNN path)
-        return act(nn.BatchNorm2D.forward(bn, x))
+        y = nn.BatchNorm2D.forward(bn, x)
+        return F.relu(y) if relu else F.relu6(y) if relu6 else y
     x = x.contiguous()
     if frozen:
-        return act(plan.infer(x, bn._mean, bn._variance, bn.weight, bn.bias))
+        y = plan.infer(x, bn._mean, bn._variance, bn.weight, bn.bias)  # the plan fused any ReLU
+        return F.relu6(y) if relu6 else y
     stats = []
     lib = _fused.load() if relu6 and x.shape[-1] % _fused.VECTOR == 0 else None
     if lib is not None:
         y = _FusedBatchNormReLU6.apply(x, bn.weight, bn.bias, lib, float(bn._epsilon), stats)
     else:
-        y = act(_OneDnnBatchNorm.apply(x, bn.weight, bn.bias, plan, stats))
+        y = _OneDnnBatchNorm.apply(x, bn.weight, bn.bias, plan, stats)  # the plan fused any ReLU
+        y = F.relu6(y) if relu6 else y
     with paddle.no_grad():
         m = bn._momentum
         for running, batch in zip((bn._mean, bn._variance), stats):

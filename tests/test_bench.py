@@ -79,6 +79,18 @@ def test_kernels_bench_runs():
     assert rows and "distinct geometries, summed" in proc.stdout
 
 
+def test_ab_switch_bench_toggles_and_reports(capsys):
+    from bench import ab_switch
+
+    r = ab_switch.run(ab_switch.argparse.Namespace(model="mobilenet_v2", switch="TOWERNET_FUSED", image_size=32,
+                                                   batch_size=2, rounds=2, steps=1, override=[]))
+    assert len(r["off_ms"]) == len(r["on_ms"]) == 2 and min(r["off_ms"] + r["on_ms"]) > 0
+    assert 0 <= r["rounds_on_faster"] <= 2 and r["off_over_on_median"] > 0
+    assert "TOWERNET_FUSED" not in __import__("os").environ  # restored
+    proc = run_cli("bench/ab_switch.py", "--rounds", "0")
+    assert proc.returncode == 2 and "at least 1" in proc.stderr
+
+
 def test_inference_bench_runs_every_engine_on_a_tiny_case():
     proc = run_cli("bench/inference.py", "--cases", "towernet_simam:32", "--batch-sizes", "2",
                    "--steps", "1", "--rounds", "1", "--json", check=True)

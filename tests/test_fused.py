@@ -126,3 +126,21 @@ def test_convert_fuses_mobilenet_v2s_channels_last_bn_relu6_pairs_only():
     assert list(fast.state_dict()) == list(plain.state_dict())
     resnet = create_model("resnet50", num_classes=5, data_format="NHWC")
     assert not any(isinstance(m, onednn.BatchNormReLU6) for m in resnet.sublayers())
+
+
+def test_fused_paths_run_no_separate_activation(monkeypatch):
+    """The ReLU fused by oneDNN's BN and the ReLU6 fused by the kernel are not applied again."""
+    kernel()
+    calls = []
+    monkeypatch.setattr(onednn.F, "relu", lambda *a, **k: calls.append("relu"))
+    monkeypatch.setattr(onednn.F, "relu6", lambda *a, **k: calls.append("relu6"))
+    rng = np.random.default_rng(1)
+    x = paddle.to_tensor(rng.standard_normal((2, 4, 4, 32)).astype(np.float32), stop_gradient=False)
+    bn = bn_layer(32, rng)
+    for training in (True, False):
+        bn.train(training)
+        with paddle.set_grad_enabled(training):
+            onednn.batch_norm(x, bn, relu=True)
+    bn.train()
+    onednn.batch_norm(x, bn, relu6=True)
+    assert calls == []
