@@ -6,5 +6,8 @@ binding of oneDNN's C API. ``models.create_model`` switches every model's layers
 place with :func:`backend.onednn.convert`; the layers keep their parameters and state-dict
 keys, so a reader of ``models/`` sees the architectures only, and checkpoints do not depend
 on the backend. ``TOWERNET_ONEDNN=0`` (or no usable libdnnl, a GPU, a static graph) falls
-back to Paddle's own kernels. Tests: tests/test_onednn.py, tests/test_speed_equivalence.py.
+back to Paddle's own kernels. ``backend.fused`` adds the one fusion oneDNN lacks here,
+BatchNorm + ReLU6 (a small C kernel built at first use; ``TOWERNET_FUSED=0`` or no compiler:
+oneDNN's BN, then Paddle's ReLU6). Tests: tests/test_onednn.py, tests/test_fused.py,
+tests/test_speed_equivalence.py.
 """

@@ -33,7 +33,8 @@ the faster one.
 libdnnl (a Paddle build without it, a GPU, a non-x86 machine), a dtype other than float32,
 padding given as a string or per side, ceil mode, static graph (``paddle.jit`` export), a
 geometry oneDNN refuses, or ``TOWERNET_ONEDNN=0`` in the environment. No compiler is needed:
-``backend/_dnnl.py`` binds the C API with ``ctypes``. Primitives are built once per input shape
+``backend/_dnnl.py`` binds the C API with ``ctypes`` (only the optional BN + ReLU6 kernel of
+:mod:`backend.fused` is compiled, at first use). Primitives are built once per input shape
 and kept for the process (a few per layer: train and eval batch sizes, the last partial
 batch). All buffers, blocked copies included, come from Paddle's allocator.
 
