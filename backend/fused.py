@@ -10,14 +10,13 @@ A plain ReLU gains nothing from it (oneDNN fuses that one: ResNet-50's shapes we
 here), so only ReLU6 uses it.
 
 Built with the system C compiler (``$CC``, default ``cc``) into a temporary folder that is
-removed at exit (~0.3 s once per process), linked against the wheel's own ``libiomp5`` so it
+removed as soon as the library is loaded (~0.3 s once per process), linked against the wheel's own ``libiomp5`` so it
 shares oneDNN's OpenMP threads. No compiler, no ``libiomp5`` in the wheel, a failed build or
 ``TOWERNET_FUSED=0``: :func:`load` returns None and the pair runs as before (oneDNN's BN,
 then Paddle's ReLU6); :func:`reason` says why.
 """
 from __future__ import annotations
 
-import atexit
 import ctypes as C
 import os
 import shutil
@@ -38,17 +37,19 @@ def _build() -> C.CDLL:
     if not os.path.exists(os.path.join(libs, "libiomp5.so")):
         raise OSError(f"no libiomp5.so in {libs} (this Paddle build's OpenMP runtime is unknown)")
     folder = tempfile.mkdtemp(prefix="towernet-fused-")
-    atexit.register(shutil.rmtree, folder, True)
-    target = os.path.join(folder, "libbn_clip.so")
-    command = [os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", SOURCE,
-               "-o", target, f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-lm"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise OSError(f"{command[0]}: {e}") from e
-    if done.returncode != 0:
-        raise OSError(f"{command[0]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-    lib = C.CDLL(target)
+    try:  # the folder goes as soon as the library is loaded (a mapped file outlives its name)
+        target = os.path.join(folder, "libbn_clip.so")
+        command = [os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", SOURCE,
+                   "-o", target, f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-lm"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise OSError(f"{command[0]}: {e}") from e
+        if done.returncode != 0:
+            raise OSError(f"{command[0]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        lib = C.CDLL(target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     ptr, n, f = C.c_void_p, C.c_long, C.c_float
     lib.bn_clip_forward.argtypes = [ptr] * 6 + [n, n, f, f, f]
     lib.bn_clip_backward.argtypes = [ptr] * 9 + [n, n, f, f, f]
