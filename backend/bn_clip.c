@@ -31,11 +31,12 @@ static inline vi inside(vf x, vf a, vf b, vf lo, vf hi) { vf v = x * a + b; retu
 
 /* out[0..C) = sum of u, out[C..2C) = sum of u * w over the rows, where
  * kind 0: u = w = x - x[0] (the shifted moments); kind 1: u = dy * mask, w = x - mean. */
-static void channel_sums(int kind, const float *x, const float *dy, const float *a, const float *b,
+static int channel_sums(int kind, const float *x, const float *dy, const float *a, const float *b,
                          const float *mean, long rows, long C, float lo, float hi, double *out)
 {
     int nt = omp_get_max_threads();
     double *part = calloc((size_t)nt * 2 * C, sizeof(double));
+    if (!part) return -1;
     #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();
@@ -64,6 +65,7 @@ static void channel_sums(int kind, const float *x, const float *dy, const float 
     for (int t = 0; t < nt; t++)
         for (long c = 0; c < 2 * C; c++) out[c] += part[(size_t)t * 2 * C + c];
     free(part);
+    return 0;
 }
 
 /* Returns 0, or -1 when out of memory (nothing written). */
@@ -72,8 +74,7 @@ int bn_clip_forward(const float *x, float *y, const float *scale, const float *s
 {
     double *sums = malloc(2 * C * sizeof(double));
     float *a = malloc(2 * C * sizeof(float)), *b = a ? a + C : 0;
-    if (!sums || !a) { free(sums); free(a); return -1; }
-    channel_sums(0, x, 0, 0, 0, 0, rows, C, lo, hi, sums);
+    if (!sums || !a || channel_sums(0, x, 0, 0, 0, 0, rows, C, lo, hi, sums)) { free(sums); free(a); return -1; }
     for (long c = 0; c < C; c++) {
         double m = sums[c] / rows, v = sums[C + c] / rows - m * m;
         mean[c] = (float)(m + x[c]);
@@ -106,7 +107,7 @@ int bn_clip_backward(const float *x, const float *dy, float *dx, const float *sc
         a[c] = scale[c] / sqrtf(var[c] + eps);
         b[c] = shift[c] - mean[c] * a[c];
     }
-    channel_sums(1, x, dy, a, b, mean, rows, C, lo, hi, sums);
+    if (channel_sums(1, x, dy, a, b, mean, rows, C, lo, hi, sums)) { free(sums); free(a); return -1; }
     for (long c = 0; c < C; c++) {
         double rstd = 1.0 / sqrt((double)var[c] + eps);
         dshift[c] = (float)sums[c];
