@@ -117,7 +117,8 @@ def build_network(name: str, num_classes: int, kwargs=None, channels_last: bool 
 
 
 def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
-    """Momentum + L2Decay with a cosine-annealing lr stepped once per batch over the run.
+    """Momentum (Nesterov with ``optimizer.nesterov``) + L2Decay (not on 1-D parameters with
+    ``optimizer.no_decay_norm_bias``) with a cosine-annealing lr stepped once per batch.
 
     Parameters whose ``optimize_attr["learning_rate"]`` was scaled (``backbone_lr_mult``)
     step at that fraction of the schedule: Paddle's per-parameter learning rate.
@@ -130,10 +131,16 @@ def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
     if warmup > 0:  # linear from 0 to lr over the first epochs; the cosine still ends at the last step
         schedule = paddle.optimizer.lr.LinearWarmup(schedule, warmup_steps=warmup,
                                                     start_lr=0.0, end_lr=opt["lr"])
+    params = network.parameters()
+    if opt["no_decay_norm_bias"]:  # timm's filter_bias_and_bn, PaddleClas' no_weight_decay_name
+        # 1-D parameters (norm scales and shifts, biases) decay at 0; Paddle lets a parameter's
+        # own regularizer override the optimizer's weight_decay
+        for p in params:
+            if len(p.shape) <= 1:
+                p.regularizer = paddle.regularizer.L2Decay(0.0)
     optimizer = paddle.optimizer.Momentum(
-        learning_rate=schedule, momentum=opt["momentum"],
-        parameters=network.parameters(),
-        weight_decay=paddle.regularizer.L2Decay(opt["weight_decay"]))
+        learning_rate=schedule, momentum=opt["momentum"], use_nesterov=bool(opt["nesterov"]),
+        parameters=params, weight_decay=paddle.regularizer.L2Decay(opt["weight_decay"]))
     # Every velocity now (zeros), not at its parameter's first gradient: a parameter frozen
     # by train.freeze_epochs (or skipped by its host) has none yet when last.pdopt is written,
     # and Paddle refuses to add an accumulator after loading a state that lacks it.

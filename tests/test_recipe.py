@@ -291,3 +291,42 @@ def test_with_every_piece_off_the_reference_path_is_taken():
         net.train()
         loss = ClassificationLoss(net, label_smoothing=t["label_smoothing"])(logits, label)
         assert float(loss) == float(paddle.nn.functional.cross_entropy(logits, label))  # bit for bit
+
+
+@pytest.mark.parametrize("exempt", [False, True])
+def test_no_decay_norm_bias_leaves_1d_parameters_undecayed(exempt):
+    cfg = load_config(model="towernet", overrides=[("optimizer.weight_decay", 0.1), ("optimizer.lr", 0.5),
+                                                   ("optimizer.no_decay_norm_bias", exempt)])
+    net = create_model("towernet", num_classes=3)
+    opt = build_optimizer(cfg, net, 10)
+    before = {p.name: p.numpy().copy() for p in net.parameters()}
+    for p in net.parameters():  # a zero gradient: only the decay moves a parameter
+        p.grad = paddle.zeros_like(p)
+    opt.step()
+    moved = {p.name: not np.array_equal(p.numpy(), before[p.name]) for p in net.parameters()
+             if np.abs(before[p.name]).max() > 0 and not p.stop_gradient}  # not BN's running statistics
+    one_d = {p.name for p in net.parameters() if len(p.shape) <= 1}
+    assert one_d and any(n not in one_d for n in moved)
+    assert all(moved[n] for n in moved if n not in one_d)  # weights always decay
+    assert all(moved[n] != exempt for n in moved if n in one_d)  # BN scales and biases: unless exempt
+
+
+def test_nesterov_momentum_equals_its_formula():
+    lr, mu = 0.1, 0.9
+    for nesterov in (False, True):
+        cfg = load_config(model="towernet", overrides=[("optimizer.weight_decay", 0.0), ("optimizer.lr", lr),
+                                                       ("optimizer.momentum", mu), ("optimizer.nesterov", nesterov),
+                                                       ("train.epochs", 1000)])
+        net = create_model("towernet", num_classes=3)
+        opt = build_optimizer(cfg, net, 1)
+        p = net.parameters()[0]
+        w0 = p.numpy().copy()
+        g = np.full(p.shape, 0.5, np.float32)
+        v = np.zeros_like(w0)
+        w = w0.copy()
+        for _ in range(2):
+            p.grad = paddle.to_tensor(g)
+            opt.step()
+            v = mu * v + g
+            w = w - lr * (g + mu * v if nesterov else v)  # the lr hardly moves over 2 of 1000 steps
+        np.testing.assert_allclose(p.numpy(), w, rtol=1e-5, atol=1e-6)
