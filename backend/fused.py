@@ -9,9 +9,9 @@ shapes this makes BN + ReLU6 forward + backward ~16% faster (bench/README.md, is
 A plain ReLU gains nothing from it (oneDNN fuses that one: ResNet-50's shapes were 8% slower
 here), so only ReLU6 uses it.
 
-Built with the system C compiler (``$CC``, default ``cc``) into a temporary folder that is
-removed as soon as the library is loaded (~0.3 s once per process), linked against the wheel's own ``libiomp5`` so it
-shares oneDNN's OpenMP threads. No compiler, no ``libiomp5`` in the wheel, a failed build or
+Built with the system C compiler (``$CC``, default ``cc``; ~0.3 s once per process) in a
+temporary folder that is removed as soon as the library is loaded, and linked against the
+wheel's own ``libiomp5``, so it shares oneDNN's OpenMP threads. No compiler, no ``libiomp5`` in the wheel, a failed build or
 ``TOWERNET_FUSED=0``: :func:`load` returns None and the pair runs as before (oneDNN's BN,
 then Paddle's ReLU6); :func:`reason` says why.
 """
