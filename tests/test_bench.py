@@ -79,6 +79,15 @@ def test_kernels_bench_runs():
     assert rows and "distinct geometries, summed" in proc.stdout
 
 
+def test_kernels_bench_times_the_fused_bn_relu6_layers():
+    proc = run_cli("bench/kernels.py", "--bn-relu6", "--image-size", "32", "--batch-size", "2", "--repeats", "1")
+    if proc.returncode == 2:  # no oneDNN, or the kernel did not build: said in one line
+        assert "not available" in proc.stdout
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert "every layer, summed" in proc.stdout and "[2, 16, 16, 32]" in proc.stdout
+
+
 def test_ab_switch_bench_toggles_and_reports(capsys):
     from bench import ab_switch
 
