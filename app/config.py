@@ -28,6 +28,10 @@ CHOICES = {
 }
 # Keys that must be positive numbers (zero allowed where noted by >= 0 below).
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
+# Sections every run's config.yaml has had since the first version, "output" last: a file cut
+# short lacks at least that one (train.py --resume and study reports check it).
+RUN_SECTIONS = frozenset({"model", "data", "train", "optimizer", "output"})
+
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
                 "data.color_jitter", "data.random_erasing", "train.label_smoothing",
                 "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",

@@ -15,7 +15,7 @@ from app import callbacks as cb
 from app import checkpoint
 from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
-from app.config import load_config, save_config
+from app.config import RUN_SECTIONS, load_config, save_config
 from app.augment import Augment, MixBatch
 from app.ema import ModelEMA, split_checkpoint
 from app.data import ImageFolderDataset, split_fingerprint
@@ -51,10 +51,6 @@ def load_state(run_dir) -> dict:
         return {}
     return checkpoint.read_json(path, "it is written atomically, so it was changed by hand: "
                                       "restore it, or move the run folder away and start again")
-
-
-# Sections every run's config.yaml has had since the first version.
-RUN_SECTIONS = {"model", "data", "train", "optimizer", "output"}
 
 
 def resume_config(run_dir) -> dict:

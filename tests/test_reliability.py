@@ -245,3 +245,21 @@ def test_a_layout_the_model_lacks_is_one_line_before_the_data_is_read(tiny_split
                    "-o", "data.cache=true")  # the cache would print its progress first
     one_line_exit_2(proc, "no channels-last layout")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_config_cut_at_any_line_is_named_by_study_reports(finished_run, tmp_path):
+    """Wherever config.yaml was cut before its last section, reading the runs says so (a cut
+    file may still parse as YAML and hold every key a report reads)."""
+    from app.errors import UserError
+    from app.study import read_runs
+
+    run = copy_unfinished(finished_run, tmp_path)
+    lines = (run / "config.yaml").read_text().splitlines(keepends=True)
+    last = max(i for i, line in enumerate(lines) if not line.startswith((" ", "#")))  # "output:"
+    assert lines[last].startswith("output:")
+    for k in range(last + 1):
+        (run / "config.yaml").write_text("".join(lines[:k]))
+        with pytest.raises(UserError, match="config.yaml is damaged"):
+            read_runs(tmp_path)
+    (run / "config.yaml").write_text("".join(lines))
+    assert len(read_runs(tmp_path)) == 1
