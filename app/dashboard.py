@@ -38,6 +38,8 @@ def hparams(cfg: dict, params: int, gmacs: float) -> dict:
         "seed": int(t["seed"]), "lr": float(o["lr"]), "epochs": int(t["epochs"]),
         "batch_size": int(t["batch_size"]), "image_size": int(d["image_size"]),
         "weight_decay": float(o["weight_decay"]),
+        "nesterov": str(bool(o["nesterov"])).lower(),
+        "no_decay_norm_bias": str(bool(o["no_decay_norm_bias"])).lower(),
         "pretrained": str(cfg["model"]["pretrained"] or "none"),
         "metric:params": int(params), "metric:gmacs": float(gmacs),
     }
