@@ -25,6 +25,8 @@ import tempfile
 
 import paddle
 
+from ._dnnl import empty as _empty
+
 SOURCE = os.path.join(os.path.dirname(__file__), "bn_clip.c")
 VECTOR = 16  # the kernel's channel granularity: C must be a multiple of it
 
@@ -76,10 +78,6 @@ def reason() -> str | None:
     return _REASON
 
 
-def _empty(shape: list[int]) -> paddle.Tensor:
-    return paddle._C_ops.empty(shape, paddle.float32, paddle.CPUPlace())
-
-
 def forward(lib: C.CDLL, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor, epsilon: float,
             lo: float, hi: float) -> tuple:
     """(y, batch mean, batch biased variance) of a contiguous channels-last float32 ``x``."""
@@ -100,3 +98,20 @@ def backward(lib: C.CDLL, x, dy, scale, shift, mean, var, epsilon: float, lo: fl
                             x.size // c, c, epsilon, lo, hi):
         raise MemoryError("bn_clip_backward: out of memory")
     return dx, dscale, dshift
+
+
+class BatchNormReLU6Plan:
+    """The kernel for ``onednn``'s BatchNorm PyLayer, with ``_dnnl.BatchNormPlan``'s interface.
+
+    Its "workspace" is the shift: the backward recomputes the clip's mask from x, the scale
+    and the shift instead of reading a stored mask.
+    """
+
+    def __init__(self, lib: C.CDLL, epsilon: float) -> None:
+        self.lib, self.epsilon = lib, epsilon
+
+    def forward(self, x, scale, shift) -> tuple:
+        return (*forward(self.lib, x, scale, shift, self.epsilon, 0.0, 6.0), shift)
+
+    def backward(self, x, dy, mean, var, scale, shift) -> tuple:
+        return backward(self.lib, x, dy, scale, shift, mean, var, self.epsilon, 0.0, 6.0)

@@ -221,6 +221,8 @@ def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0, data_forma
 
 
 class _OneDnnBatchNorm(PyLayer):
+    """``plan``: a ``_dnnl.BatchNormPlan`` or a ``fused.BatchNormReLU6Plan``."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, plan, stats):
         y, mean, var, workspace = plan.forward(x, weight, bias)
@@ -234,23 +236,6 @@ class _OneDnnBatchNorm(PyLayer):
     def backward(ctx, dy):
         x, mean, var, weight = ctx.saved_tensor()
         grads = ctx.plan.backward(x, dy.contiguous(), mean, var, weight, ctx.workspace)
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs))
-
-
-class _FusedBatchNormReLU6(PyLayer):
-    @staticmethod
-    def forward(ctx, x, weight, bias, lib, epsilon, stats):
-        y, mean, var = _fused.forward(lib, x, weight, bias, epsilon, 0.0, 6.0)
-        stats.extend((mean, var))
-        ctx.lib, ctx.epsilon = lib, epsilon
-        ctx.needs = [not t.stop_gradient for t in (x, weight, bias)]
-        ctx.save_for_backward(x, weight, bias, mean, var)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, mean, var = ctx.saved_tensor()
-        grads = _fused.backward(ctx.lib, x, dy.contiguous(), weight, bias, mean, var, ctx.epsilon, 0.0, 6.0)
         return tuple(g if need else None for g, need in zip(grads, ctx.needs))
 
 
@@ -285,8 +270,9 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False, relu6: 
         return F.relu6(y) if relu6 else y
     stats = []
     lib = _fused.load() if relu6 and x.shape[-1] % _fused.VECTOR == 0 else None
-    if lib is not None:
-        y = _FusedBatchNormReLU6.apply(x, bn.weight, bn.bias, lib, float(bn._epsilon), stats)
+    if lib is not None:  # BN and ReLU6 in one kernel
+        fused_plan = _fused.BatchNormReLU6Plan(lib, float(bn._epsilon))
+        y = _OneDnnBatchNorm.apply(x, bn.weight, bn.bias, fused_plan, stats)
     else:
         y = _OneDnnBatchNorm.apply(x, bn.weight, bn.bias, plan, stats)  # the plan fused any ReLU
         y = F.relu6(y) if relu6 else y
