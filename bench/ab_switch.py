@@ -2,7 +2,7 @@
 
     python bench/ab_switch.py [--model mobilenet_v2] [--switch TOWERNET_FUSED] [--rounds 12] [--steps 3]
 
-One network, built and stepped as ``train.py`` does (``throughput.paddle_runner``), runs
+One network, built and stepped as ``train.py`` does (``throughput.setup``), runs
 ``--steps`` steps with the environment variable ``--switch`` at 0 and then at 1 (the order
 alternating by round), ``--rounds`` times. Both sides share the process, the weights' memory
 and each busy spell of a shared machine, so the per-round ratio off/on is far steadier than
@@ -21,27 +21,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app  # noqa: E402,F401  (environment defaults; must come before paddle)
-import numpy as np  # noqa: E402
 
-from app.config import load_config, parse_override  # noqa: E402
-from app.engine import select_device  # noqa: E402
 from app.errors import UserError, exit_on_user_error  # noqa: E402
-from bench.throughput import paddle_runner  # noqa: E402
+from bench.throughput import setup  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 SWITCHES = ("TOWERNET_FUSED", "TOWERNET_ONEDNN")
 
 
 def run(args) -> dict:
-    overrides = [("data.image_size", args.image_size), ("train.batch_size", args.batch_size)]
-    overrides += [parse_override(o) for o in args.override]
-    cfg = load_config(model=args.model, overrides=overrides)
-    device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
-    rng = np.random.default_rng(0)
-    s, bs = args.image_size, args.batch_size
-    batch = (rng.standard_normal((bs, 3, s, s), dtype=np.float32),
-             rng.integers(0, 16, (bs, 1)).astype(np.int64))
-    _, train_step, _, _ = paddle_runner(cfg, 16, batch, device)
+    _, _, (_, train_step, _, _) = setup(args.model, args.image_size, args.batch_size, override=args.override)
     before = os.environ.get(args.switch)
     ms = {"0": [], "1": []}
     try:

@@ -59,6 +59,18 @@ def time_layer(layer, shape: tuple, repeats: int) -> float:
     return sum(timed(once, repeats)) / repeats * 1000
 
 
+def both_ways(switch: str, layer, shape: tuple, repeats: int) -> dict:
+    """ms per forward + backward of ``layer`` with the environment ``switch`` at "0" and "1",
+    alternating, best of two each."""
+    best = {}
+    for setting in ("0", "1", "0", "1"):
+        os.environ[switch] = setting
+        t = time_layer(layer, shape, repeats)
+        best[setting] = min(best.get(setting, t), t)
+    os.environ.pop(switch)
+    return best
+
+
 def bn_relu6(args) -> int:
     """Fused BN + ReLU6 layers of the channels-last model: TOWERNET_FUSED 0 against 1."""
     from backend import fused
@@ -82,12 +94,7 @@ def bn_relu6(args) -> int:
     print(f"{'input (NHWC)':<22} {'layers':>6} {'BN, ReLU6':>10} {'fused':>8} {'speed-up':>8}")
     total = {"0": 0.0, "1": 0.0}
     for shape, layers in shapes.items():
-        best = {}
-        for setting in ("0", "1", "0", "1"):
-            os.environ["TOWERNET_FUSED"] = setting
-            t = time_layer(layers[0], shape, args.repeats)
-            best[setting] = min(best.get(setting, t), t)
-        os.environ.pop("TOWERNET_FUSED")
+        best = both_ways("TOWERNET_FUSED", layers[0], shape, args.repeats)
         for k in total:
             total[k] += len(layers) * best[k]
         print(f"{str(list(shape)):<22} {len(layers):>6} {best['0']:>10.2f} {best['1']:>8.2f} "
@@ -115,12 +122,7 @@ def main() -> int:
     print(f"{'layer':<58} {'input':<20} {'paddle':>8} {'onednn':>8} {'speed-up':>8}")
     total = {"0": 0.0, "1": 0.0}
     for kind, layer, shape in record_layers(args.model, args.image_size, args.batch_size):
-        best = {}
-        for setting in ("0", "1", "0", "1"):
-            os.environ["TOWERNET_ONEDNN"] = setting
-            t = time_layer(layer, shape, args.repeats)
-            best[setting] = min(best.get(setting, t), t)
-        os.environ.pop("TOWERNET_ONEDNN")
+        best = both_ways("TOWERNET_ONEDNN", layer, shape, args.repeats)
         total["0"] += best["0"]
         total["1"] += best["1"]
         print(f"{repr(layer)[:58]:<58} {str(list(shape)):<20} {best['0']:>8.1f} {best['1']:>8.1f} "

@@ -44,10 +44,10 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from app.config import load_config, parse_override  # noqa: E402
-from backend import fused, onednn  # noqa: E402
 from app.engine import (available_cores, build_loader, build_optimizer, prepare_model,  # noqa: E402
                         seed_everything, select_device, training_network)
 from app.errors import UserError, exit_on_user_error  # noqa: E402
+from backend import fused, onednn  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
 WARMUP = 2
@@ -216,19 +216,26 @@ def summarize(rounds: list[list[float]], batch_size: int) -> dict:
             "rounds_img_s": [round(batch_size / m, 2) for m in medians]}
 
 
-def run(args) -> list[dict]:
-    overrides = [("data.image_size", args.image_size), ("train.batch_size", args.batch_size)]
-    overrides += [parse_override(o) for o in args.override]
-    cfg = load_config(model=args.model, overrides=overrides, recipe=args.recipe)
+def setup(model: str, image_size: int, batch_size: int, num_classes: int = 16, override=(),
+          recipe: str | None = None) -> tuple:
+    """(cfg, batch, paddle_runner's four) for ``model`` as train.py would run it, on one
+    fixed random batch; ``override``: ``-o KEY=VALUE`` strings."""
+    overrides = [("data.image_size", image_size), ("train.batch_size", batch_size)]
+    overrides += [parse_override(o) for o in override]
+    cfg = load_config(model=model, overrides=overrides, recipe=recipe)
     device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
-    threads = cfg["train"]["threads"] or available_cores()
     seed_everything(cfg["train"]["seed"])
     rng = np.random.default_rng(0)
-    s, bs = args.image_size, args.batch_size
-    batch = (rng.standard_normal((bs, 3, s, s), dtype=np.float32),
-             rng.integers(0, args.num_classes, (bs, 1)).astype(np.int64))
+    batch = (rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32),
+             rng.integers(0, num_classes, (batch_size, 1)).astype(np.int64))
+    return cfg, batch, paddle_runner(cfg, num_classes, batch, device)
 
-    network, train_step, infer, train_on = paddle_runner(cfg, args.num_classes, batch, device)
+
+def run(args) -> list[dict]:
+    cfg, batch, (network, train_step, infer, train_on) = setup(
+        args.model, args.image_size, args.batch_size, args.num_classes, args.override, args.recipe)
+    threads = cfg["train"]["threads"] or available_cores()
+    s, bs = args.image_size, args.batch_size
     attention_calls, attention = (attention_runner(network, batch[0]) if args.attention_share
                                   else ([], None))
     if args.attention_share and not attention_calls:
