@@ -28,16 +28,22 @@ CHOICES = {
 }
 # Keys that must be positive numbers (zero allowed where noted by >= 0 below).
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
-# Sections every run's config.yaml has had since the first version, "output" last: a file cut
-# short lacks at least that one (train.py --resume and study reports check it).
-RUN_SECTIONS = frozenset({"model", "data", "train", "optimizer", "output"})
-
 NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
                 "data.color_jitter", "data.random_erasing", "train.label_smoothing",
                 "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",
                 "train.mix_prob", "train.mix_switch_prob", "train.ema_decay",
                 "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
                 "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
+
+# Sections every run's config.yaml has had since the first version, "output" last: a file cut
+# short lacks at least that one.
+RUN_SECTIONS = frozenset({"model", "data", "train", "optimizer", "output"})
+
+
+def complete_run_config(written) -> bool:
+    """Whether a run's loaded config.yaml has every section (a cut file may still be YAML);
+    train.py --resume and study reports refuse one that has not."""
+    return isinstance(written, dict) and RUN_SECTIONS <= set(written)
 
 
 def read_yaml(path) -> dict:

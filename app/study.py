@@ -17,7 +17,7 @@ import yaml
 from app.atomic import atomic_write_json, atomic_write_text
 from app.callbacks import read_metrics
 from app.checkpoint import read_json
-from app.config import RUN_SECTIONS
+from app.config import complete_run_config
 from app.errors import UserError
 
 # Two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal).
@@ -82,10 +82,9 @@ def read_runs(root) -> list:
             cfg = yaml.safe_load(cfg_path.read_text())
         except (OSError, yaml.YAMLError):
             cfg = None
-        try:  # a truncated file can still be YAML: every section must be there (as --resume
-            # checks), and the keys read here
-            if not RUN_SECTIONS <= set(cfg):
-                raise KeyError("section")
+        try:  # a truncated file can still be YAML: every section must be there, and the keys read here
+            if not complete_run_config(cfg):
+                raise KeyError("a section")
             label, fields = run_label(cfg), {"arch": cfg["model"]["name"], "seed": cfg["train"]["seed"],
                                              "fold": cfg["data"].get("fold"), "epochs": cfg["train"]["epochs"],
                                              "image_size": cfg["data"]["image_size"]}

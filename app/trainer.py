@@ -15,7 +15,7 @@ from app import callbacks as cb
 from app import checkpoint
 from app import pretrained
 from app.atomic import atomic_write_json, atomic_write_text
-from app.config import RUN_SECTIONS, load_config, save_config
+from app.config import complete_run_config, load_config, save_config
 from app.augment import Augment, MixBatch
 from app.ema import ModelEMA, split_checkpoint
 from app.data import ImageFolderDataset, split_fingerprint
@@ -64,7 +64,7 @@ def resume_config(run_dir) -> dict:
     except yaml.YAMLError:
         raise UserError(f"{path} is damaged (not valid YAML); {hint}") from None
     # A run's config.yaml is complete; a cut one would silently resume on default values.
-    if not isinstance(written, dict) or not RUN_SECTIONS <= set(written):
+    if not complete_run_config(written):
         raise UserError(f"{path} is damaged (empty or cut short); {hint}")
     return load_config(path)
 
