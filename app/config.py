@@ -32,7 +32,7 @@ NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
                 "data.color_jitter", "data.random_erasing", "train.label_smoothing",
                 "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",
                 "train.mix_prob", "train.mix_switch_prob", "train.ema_decay",
-                "optimizer.nam_penalty", "optimizer.momentum", "data.rotation",
+                "optimizer.nam_penalty", "optimizer.momentum", "optimizer.sam_rho", "data.rotation",
                 "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
 
 # Sections every run's config.yaml has had since the first version, "output" last: a file cut
@@ -127,6 +127,8 @@ def validate(cfg: dict) -> dict:
                             f"got {v!r}")
     if out["train"]["ema_decay"] >= 1:
         raise UserError(f"config key 'train.ema_decay' must be below 1; got {out['train']['ema_decay']!r}")
+    if out["optimizer"]["sam_rho"] and out["train"]["amp"] != "off":
+        raise UserError("optimizer.sam_rho needs train.amp=off (its second pass runs in float32)")
     for key in POSITIVE + NON_NEGATIVE:
         s, n = key.split(".")
         if out[s][n] < 0 or (key in POSITIVE and out[s][n] == 0):

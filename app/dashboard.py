@@ -40,6 +40,7 @@ def hparams(cfg: dict, params: int, gmacs: float) -> dict:
         "weight_decay": float(o["weight_decay"]),
         "nesterov": str(bool(o["nesterov"])).lower(),
         "no_decay_norm_bias": str(bool(o["no_decay_norm_bias"])).lower(),
+        "sam_rho": float(o["sam_rho"]),
         "pretrained": str(cfg["model"]["pretrained"] or "none"),
         "metric:params": int(params), "metric:gmacs": float(gmacs),
     }

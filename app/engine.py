@@ -13,6 +13,7 @@ import paddle.nn.functional as F
 from paddle.static import InputSpec
 
 from app.errors import UserError
+from app.sam import SAMModel, SAMMomentum
 from backend import onednn
 from models import channels_last_capable, create_model, list_models
 from models.attention import has_nam, nam_sparsity_penalty
@@ -117,7 +118,8 @@ def build_network(name: str, num_classes: int, kwargs=None, channels_last: bool 
 
 
 def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
-    """Momentum (Nesterov with ``optimizer.nesterov``) + L2Decay (not on 1-D parameters with
+    """Momentum (Nesterov with ``optimizer.nesterov``; sharpness-aware with
+    ``optimizer.sam_rho``, app/sam.py) + L2Decay (not on 1-D parameters with
     ``optimizer.no_decay_norm_bias``) with a cosine-annealing lr stepped once per batch.
 
     Parameters whose ``optimize_attr["learning_rate"]`` was scaled (``backbone_lr_mult``)
@@ -138,9 +140,15 @@ def build_optimizer(cfg: dict, network: paddle.nn.Layer, steps_per_epoch: int):
         for p in params:
             if len(p.shape) <= 1:
                 p.regularizer = paddle.regularizer.L2Decay(0.0)
-    optimizer = paddle.optimizer.Momentum(
-        learning_rate=schedule, momentum=opt["momentum"], use_nesterov=bool(opt["nesterov"]),
-        parameters=params, weight_decay=paddle.regularizer.L2Decay(opt["weight_decay"]))
+    kwargs = dict(learning_rate=schedule, momentum=opt["momentum"], use_nesterov=bool(opt["nesterov"]),
+                  parameters=params, weight_decay=paddle.regularizer.L2Decay(opt["weight_decay"]))
+    if opt["sam_rho"]:
+        if world_size() > 1:
+            raise UserError("optimizer.sam_rho is not supported with data-parallel training "
+                            "(its second pass would skip the gradient all-reduce); use one process")
+        optimizer = SAMMomentum(opt["sam_rho"], **kwargs)
+    else:
+        optimizer = paddle.optimizer.Momentum(**kwargs)
     # Every velocity now (zeros), not at its parameter's first gradient: a parameter frozen
     # by train.freeze_epochs (or skipped by its host) has none yet when last.pdopt is written,
     # and Paddle refuses to add an accumulator after loading a state that lacks it.
@@ -292,9 +300,9 @@ def _check_cpu_bf16() -> bool:
 def prepare_model(network, cfg: dict, num_classes: int, optimizer=None) -> paddle.Model:
     """Wrap ``network`` in a hapi ``paddle.Model`` prepared with loss, metrics and AMP."""
     size = cfg["data"]["image_size"]
-    model = paddle.Model(network,
-                         inputs=[InputSpec([None, 3, size, size], "float32", "image")],
-                         labels=[InputSpec([None, 1], "int64", "label")])
+    model_class = SAMModel if isinstance(optimizer, SAMMomentum) else paddle.Model
+    model = model_class(network, inputs=[InputSpec([None, 3, size, size], "float32", "image")],
+                        labels=[InputSpec([None, 1], "int64", "label")])
     amp = cfg["train"]["amp"]
     loss = ClassificationLoss(network, cfg["optimizer"]["nam_penalty"],
                               cfg["train"]["label_smoothing"])

@@ -1,0 +1,111 @@
+"""Sharpness-aware minimisation (optimizer.sam_rho, app/sam.py)."""
+import numpy as np
+import paddle
+import pytest
+
+from app.config import load_config
+from app.engine import build_optimizer, prepare_model
+from app.errors import UserError
+from app.sam import SAMModel, SAMMomentum
+
+
+def _cfg(**extra):
+    overrides = {"optimizer.lr": 0.5, "optimizer.momentum": 0.9, "optimizer.weight_decay": 0.01,
+                 "optimizer.sam_rho": 0.2, "train.epochs": 1000, "data.image_size": 2, **extra}
+    return load_config(model="towernet", overrides=list(overrides.items()))
+
+
+def _softmax_grads(x, y, w, b):
+    """Mean cross-entropy of softmax(x @ w + b) and its gradients (float64)."""
+    z = x @ w + b
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(w.shape[1])[y]
+    dz = (p - onehot) / len(x)
+    return -np.log(p[np.arange(len(x)), y]).mean(), x.T @ dz, dz.sum(0)
+
+
+def test_sam_step_equals_its_formula():
+    paddle.seed(0)
+    net = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(12, 3))
+    cfg = _cfg()
+    model = prepare_model(net, cfg, 3, build_optimizer(cfg, net, 1))
+    assert type(model) is SAMModel and type(model._optimizer) is SAMMomentum
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 2, 2)).astype("float32")
+    y = np.array([0, 2, 1, 1, 0])
+    w, b = net[1].weight.numpy().astype("float64"), net[1].bias.numpy().astype("float64")
+    flat = x.reshape(5, -1).astype("float64")
+
+    (loss,), _ = model.train_batch([x], [y.reshape(-1, 1).astype("int64")])
+
+    loss0, gw, gb = _softmax_grads(flat, y, w, b)
+    scale = 0.2 / np.sqrt((gw ** 2).sum() + (gb ** 2).sum())
+    _, gw2, gb2 = _softmax_grads(flat, y, w + scale * gw, b + scale * gb)
+    # Momentum's first step: v = g + wd * w (L2Decay, at the unperturbed w), w -= lr * v
+    np.testing.assert_allclose(net[1].weight.numpy(), w - 0.5 * (gw2 + 0.01 * w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net[1].bias.numpy(), b - 0.5 * (gb2 + 0.01 * b), rtol=1e-5, atol=1e-6)
+    assert float(np.asarray(loss).ravel()[0]) == pytest.approx(loss0, rel=1e-5)  # the logged loss is at w
+    assert all(p.grad is None or not np.any(p.grad.numpy()) for p in net.parameters())
+
+
+def test_sam_keeps_the_running_statistics_of_the_pass_at_w():
+    """BatchNorm's running statistics after a SAM step are those of a plain step on the same
+    batch (the second pass's are put back), while the weights differ."""
+    def net():
+        paddle.seed(1)
+        return paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 1), paddle.nn.BatchNorm2D(4),
+                                    paddle.nn.Flatten(), paddle.nn.Linear(16, 3))
+
+    x = np.random.default_rng(1).standard_normal((6, 3, 2, 2)).astype("float32")
+    y = np.array([[0], [1], [2], [0], [1], [2]], dtype="int64")
+    after = {}
+    for rho in (0.0, 0.3):
+        n = net()
+        cfg = _cfg(**{"optimizer.sam_rho": rho})
+        prepare_model(n, cfg, 3, build_optimizer(cfg, n, 1)).train_batch([x], [y])
+        after[rho] = n
+    plain, sam = after[0.0][1], after[0.3][1]
+    np.testing.assert_array_equal(sam._mean.numpy(), plain._mean.numpy())
+    np.testing.assert_array_equal(sam._variance.numpy(), plain._variance.numpy())
+    assert np.any(sam._mean.numpy() != 0)
+    assert not np.allclose(after[0.3][0].weight.numpy(), after[0.0][0].weight.numpy())
+
+
+def test_sam_off_is_the_plain_optimizer_and_model():
+    cfg = _cfg(**{"optimizer.sam_rho": 0.0})
+    net = paddle.nn.Linear(12, 3)
+    opt = build_optimizer(cfg, net, 1)
+    assert type(opt) is paddle.optimizer.Momentum
+    assert type(prepare_model(net, cfg, 3, opt)) is paddle.Model
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer.sam_rho": -0.1}, "'optimizer.sam_rho' must be non-negative"),
+    ({"train.amp": "bf16"}, "optimizer.sam_rho needs train.amp=off"),
+])
+def test_bad_sam_settings_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        _cfg(**overrides)
+
+
+def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
+    from app import trainer
+    from app.callbacks import read_metrics
+    from conftest import train_cut_in_epoch_2
+
+    def cfg(out):
+        return load_config(model="towernet", overrides=[
+            ("data.root", str(tiny_split)), ("output.dir", str(out)), ("train.epochs", 3),
+            ("data.image_size", 32), ("train.batch_size", 12), ("data.cache", False),
+            ("data.rotation", 0), ("data.hflip", False), ("optimizer.sam_rho", 0.05)])
+
+    full = trainer.train(cfg(tmp_path / "full"))
+    train_cut_in_epoch_2(cfg(tmp_path / "cut"), tmp_path / "cut" / "towernet")
+    run = tmp_path / "cut" / "towernet"
+    trainer.train(trainer.resume_config(run), run)
+    a, b = read_metrics(full / "metrics.csv"), read_metrics(run / "metrics.csv")
+    assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
+    pa, pb = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
+    for k in pa:
+        np.testing.assert_allclose(pb[k].numpy(), pa[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
