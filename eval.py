@@ -48,6 +48,9 @@ def parse_args(argv=None):
     p.add_argument("--format", choices=["paddle", "onnx"], default="paddle",
                    help="--export format (onnx: pip install -r requirements-deploy.txt)")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset for --format onnx (7-21)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none",
+                   help="test-time augmentation for the evaluation and --image: flip averages "
+                        "the probabilities of each image and its mirror image")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", help="where to write results (default: the run folder)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
@@ -63,7 +66,8 @@ def make_out_dir(path: Path) -> None:
 
 def show_evaluation(result: dict, out_dir: Path) -> None:
     print(f"{result['model']} (epoch {result['epoch']}) on {result['num_images']} eval images "
-          f"of {result['data']}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
+          f"of {result['data']}{' (flip TTA)' if result.get('tta') == 'flip' else ''}: "
+          f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
     width = max(len(c) for c in result["classes"])
     print(f"{'class'.ljust(width)}  precision  recall  images")
     for name, m in result["per_class"].items():
@@ -157,14 +161,16 @@ def main(argv=None) -> int:
     select_device(args.device)
     weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
     if args.image:
-        for path, preds in evaluation.predict_files(weights, meta, args.image, args.topk):
+        for path, preds in evaluation.predict_files(weights, meta, args.image, args.topk,
+                                                    args.tta == "flip"):
             print(path + ": " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
         return 0
     out_dir = Path(args.out or weights.parent)
     make_out_dir(out_dir)
     if args.attention_maps is not None:
         return attention_maps(weights, meta, args, out_dir)
-    result = evaluation.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size)
+    result = evaluation.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size,
+                                            args.tta == "flip")
     show_evaluation(result, out_dir)
     return 0
 

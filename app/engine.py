@@ -335,12 +335,13 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
 
 
 @paddle.no_grad()
-def predict_logits(network, loader) -> tuple:
-    """Run ``network`` in eval mode over ``loader``; return (logits [N, C], labels [N])."""
+def predict_logits(network, loader, flip: bool = False) -> tuple:
+    """Run ``network`` in eval mode over ``loader`` (its NCHW images mirrored left-right with
+    ``flip``); return (logits [N, C], labels [N])."""
     network.eval()
     logits, labels = [], []
     for images, label in loader:
-        logits.append(network(images).astype("float32").numpy())
+        logits.append(network(images.flip([3]) if flip else images).astype("float32").numpy())
         labels.append(np.asarray(label).reshape(-1))
     return np.concatenate(logits), np.concatenate(labels).astype("int64")
 

@@ -64,15 +64,21 @@ def eval_dataset(meta: dict, data=None) -> ImageFolderDataset:
     return ds
 
 
-def evaluate_checkpoint(weights, meta: dict, out_dir, data=None, batch_size: int = 32) -> dict:
-    """Evaluate on the eval split; write eval.json, confusion_matrix.png, misclassified.png."""
+def evaluate_checkpoint(weights, meta: dict, out_dir, data=None, batch_size: int = 32,
+                        flip: bool = False) -> dict:
+    """Evaluate on the eval split; write eval.json, confusion_matrix.png, misclassified.png.
+    ``flip``: average each image's probabilities with its mirror image's (test-time
+    augmentation; the training logs and study reports never use it)."""
     out_dir = Path(out_dir)
     ds = eval_dataset(meta, data)
     network = load_network(weights, meta)
-    logits, labels = predict_logits(network, build_loader(ds, batch_size, shuffle=False))
+    loader = build_loader(ds, batch_size, shuffle=False)
+    logits, labels = predict_logits(network, loader)
     probs = softmax(logits)
+    if flip:
+        probs = (probs + softmax(predict_logits(network, loader, flip=True)[0])) / 2
     result = {"checkpoint": str(weights), "model": meta["model"], "epoch": meta.get("epoch"),
-              "data": str(data or meta["data_root"]),
+              "data": str(data or meta["data_root"]), "tta": "flip" if flip else "none",
               **classification_report(probs, labels, meta["classes"])}
     atomic_write_json(out_dir / "eval.json", result)
     report.plot_confusion_matrix(np.array(result["confusion_matrix"]), meta["classes"],
@@ -104,12 +110,15 @@ def top_predictions(paths, probs: np.ndarray, classes, topk: int) -> list:
             for p, row in zip(paths, probs)]
 
 
-def predict_files(weights, meta: dict, paths, topk: int = 5) -> list:
-    """[(path, [(class, probability), ...]), ...] for each image file, best first."""
-    batch = load_image_batch(paths, meta)
+def predict_files(weights, meta: dict, paths, topk: int = 5, flip: bool = False) -> list:
+    """[(path, [(class, probability), ...]), ...] for each image file, best first (``flip``:
+    averaged with the mirror image's)."""
+    batch = paddle.to_tensor(load_image_batch(paths, meta))
     network = load_network(weights, meta)
     with paddle.no_grad():
-        probs = softmax(network(paddle.to_tensor(batch)).numpy())
+        probs = softmax(network(batch).numpy())
+        if flip:
+            probs = (probs + softmax(network(batch.flip([3])).numpy())) / 2
     return top_predictions(paths, probs, meta["classes"], topk)
 
 

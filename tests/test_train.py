@@ -25,8 +25,9 @@ def small_cfg(data, out, model="towernet", epochs=2, **over):
     return load_config(model=model, overrides=pairs + list(over.items()))
 
 
-def direct_top1(run_dir, data) -> float:
-    """Accuracy of best.pdparams on the eval split, computed without app.evaluation."""
+def direct_predictions(run_dir, data, flip=False) -> tuple:
+    """(predicted classes, labels) of best.pdparams on the eval split, computed without
+    app.evaluation; ``flip``: the mean of the image's and its mirror image's softmax."""
     from app.data import ImageFolderDataset
     from models import create_model
 
@@ -35,13 +36,23 @@ def direct_top1(run_dir, data) -> float:
     net.set_state_dict(paddle.load(str(run_dir / "best.pdparams")))
     net.eval()
     ds = ImageFolderDataset(data, "eval", image_size=meta["image_size"], train=False)
-    correct = 0
+    pred, labels = [], []
     with paddle.no_grad():
         for i in range(len(ds)):
             image, label = ds[i]
-            logits = net(paddle.to_tensor(image[None])).numpy()
-            correct += int(logits.argmax() == int(label[0]))
-    return correct / len(ds)
+            probs = paddle.nn.functional.softmax(net(paddle.to_tensor(image[None]))).numpy()
+            if flip:
+                mirror = np.ascontiguousarray(image[None, :, :, ::-1])
+                probs = probs + paddle.nn.functional.softmax(net(paddle.to_tensor(mirror))).numpy()
+            pred.append(int(probs.argmax()))
+            labels.append(int(label[0]))
+    return np.array(pred), np.array(labels)
+
+
+def direct_top1(run_dir, data) -> float:
+    """Accuracy of best.pdparams on the eval split, computed without app.evaluation."""
+    pred, labels = direct_predictions(run_dir, data)
+    return float((pred == labels).mean())
 
 
 def test_train_then_eval_end_to_end(tiny_split, tiny_run):
@@ -75,6 +86,37 @@ def test_train_then_eval_end_to_end(tiny_split, tiny_run):
 
     proc = run_cli("eval.py", "--compare", runs, "--out", run, check=True)
     assert "towernet_simam" in proc.stdout and (run / "compare.png").is_file()
+
+
+def test_flip_tta_averages_each_image_with_its_mirror(tiny_split, tiny_run, tmp_path):
+    run = tiny_run[0] / "towernet_simam"
+    proc = run_cli("eval.py", "--run", run, "--tta", "flip", "--out", tmp_path, check=True)
+    assert "(flip TTA)" in proc.stdout
+    result = json.loads((tmp_path / "eval.json").read_text())
+    pred, labels = direct_predictions(run, tiny_split, flip=True)
+    expected = np.zeros((4, 4), int)
+    np.add.at(expected, (labels, pred), 1)
+    assert result["tta"] == "flip" and result["confusion_matrix"] == expected.tolist()
+    assert result["top1"] == pytest.approx(float((pred == labels).mean()))
+
+    # one image: the printed probabilities are the mean of the two views', not the plain ones
+    image = sorted(p for p in (tiny_split / "eval").rglob("*") if p.is_file())[0]
+    meta = json.loads((run / "best.json").read_text())
+    from app.evaluation import load_image_batch, load_network
+    batch = load_image_batch([image], meta)
+    net = load_network(run / "best.pdparams", meta)
+    views = [paddle.nn.functional.softmax(net(paddle.to_tensor(b))).numpy()[0]
+             for b in (batch, np.ascontiguousarray(batch[..., ::-1]))]
+    printed = {}
+    for tta in ("none", "flip"):
+        out = run_cli("eval.py", "--run", run, "--image", image, "--topk", "4", "--tta", tta,
+                      check=True).stdout
+        pairs = out.split(": ", 1)[1].replace(",", " ").split()
+        shown = dict(zip(pairs[::2], map(float, pairs[1::2])))
+        printed[tta] = np.array([shown[c] for c in meta["classes"]])
+    np.testing.assert_allclose(printed["flip"], (views[0] + views[1]) / 2, atol=6e-4)
+    np.testing.assert_allclose(printed["none"], views[0], atol=6e-4)
+    assert np.abs(views[0] - views[1]).max() > 2e-3  # the two views differ, so the check can fail
 
 
 def test_new_run_name_when_folder_exists(tmp_path):
