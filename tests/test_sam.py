@@ -109,3 +109,11 @@ def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
     pa, pb = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in pa:
         np.testing.assert_allclose(pb[k].numpy(), pa[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_sam_refuses_data_parallel(monkeypatch):
+    from app import engine
+
+    monkeypatch.setattr(engine, "world_size", lambda: 2)
+    with pytest.raises(UserError, match="not supported with data-parallel"):
+        build_optimizer(_cfg(), paddle.nn.Linear(12, 3), 1)

@@ -95,7 +95,7 @@ def test_hparams_tab_lists_every_run_once_with_values_and_metrics(dashboard_runs
         indicators = get_json(f"{base}/hparams/indicators")
         names = {h["name"] for h in indicators["hparams"]}
         assert {"model", "host", "attention", "recipe", "seed", "lr", "epochs", "batch_size",
-                "image_size", "weight_decay", "nesterov", "no_decay_norm_bias", "pretrained"} <= names
+                "image_size", "weight_decay", "nesterov", "no_decay_norm_bias", "sam_rho", "pretrained"} <= names
         assert {m["name"] for m in indicators["metrics"]} >= {"hparam/best_top1", "eval/top1",
                                                               "eval/loss", "hparam/params"}
         listed = {Path(r["name"]).name: r for r in get_json(f"{base}/hparams/list")}
