@@ -1,4 +1,5 @@
 """Rebuild a trained model from its run folder; evaluate it, predict images, compare runs."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,17 @@ def find_checkpoint(run=None, checkpoint=None) -> tuple:
     meta = read_json(meta_path, "it is written atomically, so it was changed by hand: restore "
                                 "it, or evaluate another checkpoint")
     check_best(weights, meta)
+    if meta_path.stem != weights.stem:  # best.json stands in: its epoch is best's, not this file's
+        meta = {**meta, "epoch": _state_epoch(weights.parent) if weights.name == "last.pdparams" else None}
     return weights, meta
+
+
+def _state_epoch(run_dir: Path):
+    """The last finished epoch that ``state.json`` records (what last.pdparams holds), or None."""
+    try:
+        return int(json.loads((run_dir / "state.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_network(weights, meta: dict) -> paddle.nn.Layer:

@@ -88,6 +88,23 @@ def test_train_then_eval_end_to_end(tiny_split, tiny_run):
     assert "towernet_simam" in proc.stdout and (run / "compare.png").is_file()
 
 
+def test_last_checkpoint_reports_its_own_epoch(tiny_run, tmp_path):
+    """--checkpoint last.pdparams borrows best.json's model description, not its epoch."""
+    import shutil
+
+    from app.evaluation import find_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0] / "towernet_simam", run)
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 7}))
+    best = json.loads((run / "best.json").read_text())["epoch"]
+    assert find_checkpoint(checkpoint=run / "last.pdparams")[1]["epoch"] == 7
+    assert find_checkpoint(run=run)[1]["epoch"] == best
+    (run / "state.json").unlink()
+    assert find_checkpoint(checkpoint=run / "last.pdparams")[1]["epoch"] is None
+
+
 def test_flip_tta_averages_each_image_with_its_mirror(tiny_split, tiny_run, tmp_path):
     run = tiny_run[0] / "towernet_simam"
     proc = run_cli("eval.py", "--run", run, "--tta", "flip", "--out", tmp_path, check=True)
