@@ -41,8 +41,9 @@ def find_checkpoint(run=None, checkpoint=None) -> tuple:
     meta = read_json(meta_path, "it is written atomically, so it was changed by hand: restore "
                                 "it, or evaluate another checkpoint")
     check_best(weights, meta)
-    if meta_path.stem != weights.stem:  # best.json stands in: its epoch is best's, not this file's
-        meta = {**meta, "epoch": _state_epoch(weights.parent) if weights.name == "last.pdparams" else None}
+    if meta_path.stem != weights.stem:  # best.json stands in: its epoch and accuracy are best's
+        meta = {**meta, "eval_acc": None,
+                "epoch": _state_epoch(weights.parent) if weights.name == "last.pdparams" else None}
     return weights, meta
 
 

@@ -100,6 +100,7 @@ def test_last_checkpoint_reports_its_own_epoch(tiny_run, tmp_path):
     (run / "state.json").write_text(json.dumps({**state, "epoch": 7}))
     best = json.loads((run / "best.json").read_text())["epoch"]
     assert find_checkpoint(checkpoint=run / "last.pdparams")[1]["epoch"] == 7
+    assert find_checkpoint(checkpoint=run / "last.pdparams")[1]["eval_acc"] is None
     assert find_checkpoint(run=run)[1]["epoch"] == best
     (run / "state.json").unlink()
     assert find_checkpoint(checkpoint=run / "last.pdparams")[1]["epoch"] is None
