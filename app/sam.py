@@ -36,7 +36,7 @@ class SAMMomentum(paddle.optimizer.Momentum):
         params = [p for p in self._parameter_list if not p.stop_gradient and p.grad is not None]
         with paddle.no_grad():
             g = paddle.concat([p.grad.astype("float32").flatten() for p in params])
-            scale = self.rho / (paddle.sqrt((g * g).sum()) + 1e-12)  # one reduction: 6x faster than one a tensor
+            scale = self.rho / (paddle.sqrt((g * g).sum()) + 1e-12)  # one reduction: 6x faster than one per tensor
             saved = [p.clone() for p in params]  # put back exactly (w + e - e is not w in float32)
             for p in params:
                 p.set_value(p + p.grad * scale.astype(p.dtype))
