@@ -117,3 +117,35 @@ def test_sam_refuses_data_parallel(monkeypatch):
     monkeypatch.setattr(engine, "world_size", lambda: 2)
     with pytest.raises(UserError, match="not supported with data-parallel"):
         build_optimizer(_cfg(), paddle.nn.Linear(12, 3), 1)
+
+
+@pytest.mark.skipif(not __import__("backend").onednn.available(), reason="no oneDNN path here")
+def test_sam_step_through_the_onednn_channels_last_path_equals_paddles():
+    """The second pass sees the perturbed weights through the oneDNN convolutions too: one
+    SAM step of channels-last towernet_simam equals the same step of Paddle's own NCHW
+    network, and differs from a plain step by far more than the two paths differ. (rho stays
+    small: at rho 0.5 this random batch's gradient at w + e is chaotic, moved 10% by a 2e-6
+    weight noise in Paddle's own path, so no two paths could agree there.)"""
+    from app.engine import training_network
+
+    x = np.random.default_rng(2).standard_normal((8, 3, 32, 32)).astype("float32")
+    y = np.arange(8, dtype="int64").reshape(-1, 1) % 4
+    after = {}
+    for layout, rho in (("on", 0.05), ("off", 0.05), ("off", 0.0)):
+        cfg = load_config(model="towernet_simam", overrides=[
+            ("optimizer.lr", 0.1), ("optimizer.sam_rho", rho), ("data.image_size", 32),
+            ("train.channels_last", layout), ("train.epochs", 1000)])
+        paddle.seed(0)
+        net = training_network(cfg, 4, "cpu")
+        if after:  # the same starting weights for all three (state dicts share one layout)
+            net.set_state_dict(start)
+        else:
+            start = {k: v.clone() for k, v in net.state_dict().items()}
+        prepare_model(net, cfg, 4, build_optimizer(cfg, net, 1)).train_batch([x], [y])
+        after[layout, rho] = {k: v.numpy() for k, v in net.state_dict().items()}
+    moved = {k: np.abs(after["off", 0.05][k] - after["off", 0.0][k]).max() for k in start}
+    paths = {k: np.abs(after["on", 0.05][k] - after["off", 0.05][k]).max() for k in start}
+    key = max(moved, key=moved.get)
+    assert moved[key] > 1e-2 and paths[key] < moved[key] / 100, (key, moved[key], paths[key])
+    for k in start:
+        np.testing.assert_allclose(after["on", 0.05][k], after["off", 0.05][k], rtol=1e-3, atol=1e-4, err_msg=k)
