@@ -34,6 +34,7 @@ class Augment:
     random_resized_crop: bool = False
     crop_scale: tuple = (0.08, 1.0)
     crop_ratio: tuple = (0.75, 4 / 3)
+    crop_padding: int = 0
     color_jitter: float = 0.0
     randaugment_n: int = 0
     randaugment_m: int = 9
@@ -44,7 +45,7 @@ class Augment:
     def from_config(cls, data: dict) -> "Augment":
         return cls(random_resized_crop=data["random_resized_crop"],
                    crop_scale=tuple(data["crop_scale"]), crop_ratio=tuple(data["crop_ratio"]),
-                   color_jitter=data["color_jitter"], randaugment_n=data["randaugment"][0],
+                   crop_padding=data["crop_padding"], color_jitter=data["color_jitter"], randaugment_n=data["randaugment"][0],
                    randaugment_m=data["randaugment"][1], random_erasing=data["random_erasing"],
                    erasing_area=tuple(data["erasing_area"]))
 

@@ -28,7 +28,7 @@ CHOICES = {
 }
 # Keys that must be positive numbers (zero allowed where noted by >= 0 below).
 POSITIVE = ("data.image_size", "train.epochs", "train.batch_size", "optimizer.lr")
-NON_NEGATIVE = ("data.num_workers", "train.threads", "optimizer.weight_decay",
+NON_NEGATIVE = ("data.num_workers", "data.crop_padding", "train.threads", "optimizer.weight_decay",
                 "data.color_jitter", "data.random_erasing", "train.label_smoothing",
                 "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",
                 "train.mix_prob", "train.mix_switch_prob", "train.ema_decay",

@@ -99,7 +99,7 @@ def build_transform(image_size: int, mean, std, train: bool, rotation: float = 1
 
     Train: Resize -> RandomRotation(rotation) -> RandomHorizontalFlip (reference order),
     then the pieces of ``augment`` that are on (app/augment.py): RandomResizedCrop in place
-    of the Resize, ColorJitter and RandAugment after the flip, RandomErasing after
+    of the Resize, or a padded RandomCrop (CIFAR-style translation) after it; ColorJitter and RandAugment after the flip, RandomErasing after
     normalisation. Eval: Resize. Both scale to [0, 1] and normalise with ``mean``/``std``.
     Resize is :func:`build_resize` (square, so batches collate). ``resize=False`` leaves it
     out, for images that are already S x S (the cache). Rotation fills the corners with
@@ -112,6 +112,8 @@ def build_transform(image_size: int, mean, std, train: bool, rotation: float = 1
         steps = [build_resize(image_size)] if resize else []
     normalise = ToCHW(mean, std)
     if train:
+        if augment.crop_padding and not crop:  # a random S x S window of the zero-padded image
+            steps.append(T.RandomCrop(image_size, padding=augment.crop_padding))
         if rotation:
             steps.append(T.RandomRotation(rotation))
         if hflip:

@@ -92,7 +92,7 @@ class TowerNet(nn.Layer):
     """
 
     def __init__(self, num_classes: int = 16, attention: str = "simam", in_channels: int = 3,
-                 data_format: str = "NCHW") -> None:
+                 data_format: str = "NCHW", drop_rate: float = 0.0) -> None:
         super().__init__()
         self.data_format = data_format
         f = {"data_format": data_format}
@@ -110,6 +110,8 @@ class TowerNet(nn.Layer):
         self.att5b = create_attention(attention, 256)
         self.inc3 = Inception(256, 64, (64, 128), (16, 32), 32, **f)
         self.avgpool = nn.AdaptiveAvgPool2D(1, **f)
+        # dropout before the classifier (timm's drop_rate), training only; no parameters
+        self.drop = nn.Dropout(drop_rate) if drop_rate else None
         self.fc = nn.Linear(256, num_classes)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -122,4 +124,4 @@ class TowerNet(nn.Layer):
         x = attend(self.att5a, self.pool1(self.inc1(x)), f)
         x = attend(self.att5b, self.pool2(self.inc2(x)), f)
         x = self.avgpool(self.inc3(x)).flatten(1)
-        return self.fc(x)
+        return self.fc(self.drop(x) if self.drop is not None else x)

@@ -20,6 +20,7 @@ PIECES = {
     "color_jitter": Augment(color_jitter=0.4),
     "randaugment": Augment(randaugment_n=2, randaugment_m=9),
     "random_erasing": Augment(random_erasing=1.0),
+    "crop_padding": Augment(crop_padding=6),
 }
 
 
@@ -50,6 +51,44 @@ def test_random_erasing_fills_the_mean_colour_after_normalisation():
     out = transform(Image.new("RGB", (32, 32), (255, 255, 255)))
     zeros = (out == 0).all(axis=0).mean()
     assert 0.1 < zeros < 0.3 and np.isclose(out.max(), 2.0)  # (1 - 0.5) / 0.25 elsewhere
+
+
+def test_crop_padding_is_a_window_of_the_zero_padded_image():
+    pad, size = 4, 24
+    transform = build_transform(size, (0.0,) * 3, (1.0,) * 3, train=True, rotation=0, hflip=False,
+                                augment=Augment(crop_padding=pad))
+    image = picture(size=(size, size))
+    padded = np.pad(np.asarray(image, np.float32).transpose(2, 0, 1) / 255, ((0, 0), (pad, pad), (pad, pad)))
+    offsets = set()
+    random.seed(0), np.random.seed(0)
+    for _ in range(30):
+        out = transform(image)
+        found = [(i, j) for i in range(2 * pad + 1) for j in range(2 * pad + 1)
+                 if np.allclose(out, padded[:, i:i + size, j:j + size], atol=1e-6)]
+        assert found, "not a window of the padded image"
+        offsets.update(found)
+    assert len(offsets) > 5  # it moves
+
+
+def test_towernet_drop_rate_is_dropout_before_the_classifier():
+    paddle.seed(0)
+    plain = create_model("towernet_simam", num_classes=3)
+    dropped = create_model("towernet_simam", num_classes=3, drop_rate=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    dropped.set_state_dict(plain.state_dict())
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype("float32"))
+    plain.eval(), dropped.eval()
+    np.testing.assert_array_equal(dropped(x).numpy(), plain(x).numpy())  # eval: no dropout
+    seen = {}
+    dropped.drop.register_forward_pre_hook(lambda layer, inputs: seen.update(before=inputs[0].numpy()))
+    dropped.fc.register_forward_pre_hook(lambda layer, inputs: seen.update(after=inputs[0].numpy()))
+    dropped.train()
+    dropped(x)
+    before, after = seen["before"], seen["after"]
+    kept = after != 0
+    np.testing.assert_allclose(after[kept], 2 * before[kept], rtol=1e-6)  # upscaled in training
+    live = before != 0
+    assert live.sum() > 100 and 0.35 < (~kept[live]).mean() < 0.65  # about half dropped
 
 
 @pytest.mark.parametrize("op", list(RAND_OPS))
