@@ -45,8 +45,8 @@ class Augment:
     def from_config(cls, data: dict) -> "Augment":
         return cls(random_resized_crop=data["random_resized_crop"],
                    crop_scale=tuple(data["crop_scale"]), crop_ratio=tuple(data["crop_ratio"]),
-                   crop_padding=data["crop_padding"], color_jitter=data["color_jitter"], randaugment_n=data["randaugment"][0],
-                   randaugment_m=data["randaugment"][1], random_erasing=data["random_erasing"],
+                   crop_padding=data["crop_padding"], color_jitter=data["color_jitter"],
+                   randaugment_n=data["randaugment"][0], randaugment_m=data["randaugment"][1], random_erasing=data["random_erasing"],
                    erasing_area=tuple(data["erasing_area"]))
 
     def cache_size(self, image_size: int) -> int:

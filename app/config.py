@@ -127,6 +127,9 @@ def validate(cfg: dict) -> dict:
                             f"got {v!r}")
     if out["train"]["ema_decay"] >= 1:
         raise UserError(f"config key 'train.ema_decay' must be below 1; got {out['train']['ema_decay']!r}")
+    if out["data"]["crop_padding"] and out["data"]["random_resized_crop"]:
+        raise UserError("data.crop_padding crops from the resized image; with "
+                        "data.random_resized_crop on there is none: turn one of them off")
     if out["optimizer"]["sam_rho"] and out["train"]["amp"] != "off":
         raise UserError("optimizer.sam_rho needs train.amp=off (its second pass runs in float32)")
     for key in POSITIVE + NON_NEGATIVE:

@@ -70,6 +70,11 @@ def test_crop_padding_is_a_window_of_the_zero_padded_image():
     assert len(offsets) > 5  # it moves
 
 
+def test_crop_padding_with_random_resized_crop_is_refused():
+    with pytest.raises(UserError, match="data.crop_padding crops from the resized image"):
+        load_config(model="towernet", overrides=[("data.crop_padding", 8), ("data.random_resized_crop", True)])
+
+
 def test_towernet_drop_rate_is_dropout_before_the_classifier():
     paddle.seed(0)
     plain = create_model("towernet_simam", num_classes=3)
