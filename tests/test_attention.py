@@ -217,7 +217,9 @@ def test_nonlocal_matches_numpy(sub_sample):
     bn = _randomise_bn(layer.bn, rng)  # a trained block: BN scale no longer zero
     x = rng.standard_normal((2, c, 5, 7)).astype(np.float32)
     expected, weights = _nonlocal_numpy(layer, x.astype(np.float64), bn, sub_sample)
-    np.testing.assert_allclose(run(layer, x), expected, atol=1e-5)
+    # float32 against float64: outputs reach ~4, so a relative term too (an absolute 1e-5
+    # alone failed on 2 of 1120 values for some draws of the layer's initial weights)
+    np.testing.assert_allclose(run(layer, x), expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.attention(paddle.to_tensor(x)).numpy(), weights, atol=1e-5)
     assert weights.shape[-1] == (12 if sub_sample else 35)
 
