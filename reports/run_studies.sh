@@ -61,11 +61,12 @@ tune() {
   done
 }
 tune 0 & tune 1 & wait
-# Rounds 6-12 (sessions 28-30): single changes on top of the chosen small_data (session 28 ran
+# Rounds 6-13 (sessions 28-30): single changes on top of the chosen small_data (session 28 ran
 # round 6 from copies named sd_wd5 / sd_bs16; see reports/recipe_tuning/README.md).
 for r in $R/r6_wd5.yaml $R/r6_bs16.yaml $R/r7_ls.yaml $R/r7_crop60.yaml $R/r7_mix02.yaml \
          $R/r8_ema.yaml $R/r8_rot0.yaml $R/r9_nodecay_nb.yaml $R/r9_nesterov.yaml \
-         $R/r10_ema_wd5.yaml $R/r11_sam.yaml $R/r12_pad16.yaml $R/r12_drop.yaml; do
+         $R/r10_ema_wd5.yaml $R/r11_sam.yaml $R/r12_pad16.yaml $R/r12_drop.yaml \
+         $R/r13_wd10.yaml; do
   $P train.py --models towernet_simam --seeds 0,1 $TUNE --recipe $r --jobs 2 --output $out/recipe_tune
 done
 # Issue 15's study, once configs/recipes/small_data.yaml holds the tuned values: the four
