@@ -83,3 +83,7 @@ done
 # its own folder, so the study above is not taken as done).
 $P train.py --models towernet_simam,towernet --seeds 0,1,2 $C16 --recipe small_data --jobs 2 \
   --output $out/recipe_study_s30
+# Session 30: round 13's candidate (L2 1e-3) on the eval split (reports/recipe_study/r13); the
+# rule also wants towernet, 3 seeds, before small_data takes it.
+$P train.py --models towernet_simam,towernet --seeds 0,1,2 $C16 --recipe $R/r13_wd10.yaml --jobs 2 \
+  --output $out/recipe_study_r13
