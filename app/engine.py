@@ -335,15 +335,33 @@ def build_loader(dataset, batch_size: int, shuffle: bool, num_workers: int = 0,
 
 
 @paddle.no_grad()
-def predict_logits(network, loader, flip: bool = False) -> tuple:
-    """Run ``network`` in eval mode over ``loader`` (its NCHW images mirrored left-right with
-    ``flip``); return (logits [N, C], labels [N])."""
+def _predict(network, loader, per_batch) -> tuple:
     network.eval()
-    logits, labels = [], []
+    out, labels = [], []
     for images, label in loader:
-        logits.append(network(images.flip([3]) if flip else images).astype("float32").numpy())
+        out.append(per_batch(images))
         labels.append(np.asarray(label).reshape(-1))
-    return np.concatenate(logits), np.concatenate(labels).astype("int64")
+    return np.concatenate(out), np.concatenate(labels).astype("int64")
+
+
+def predict_logits(network, loader) -> tuple:
+    """Run ``network`` in eval mode over ``loader``; return (logits [N, C], labels [N])."""
+    return _predict(network, loader, lambda images: network(images).astype("float32").numpy())
+
+
+def predict_probs(network, loader, flip: bool = False) -> tuple:
+    """(softmax probabilities [N, C], labels [N]) of ``network`` in eval mode over ``loader``;
+    ``flip``: see :func:`view_probs` (each batch is read once for both views)."""
+    return _predict(network, loader, lambda images: view_probs(network, images, flip))
+
+
+def view_probs(network, images: paddle.Tensor, flip: bool = False) -> np.ndarray:
+    """Softmax of ``network(images)`` (NCHW); ``flip``: averaged with that of the left-right
+    mirror images (test-time augmentation)."""
+    probs = softmax(network(images).astype("float32").numpy())
+    if flip:
+        probs = (probs + softmax(network(images.flip([3])).astype("float32").numpy())) / 2
+    return probs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

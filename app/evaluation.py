@@ -1,5 +1,4 @@
 """Rebuild a trained model from its run folder; evaluate it, predict images, compare runs."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ from PIL import Image
 from app import report
 from app.atomic import atomic_write_json
 from app.data import ImageFolderDataset, build_transform, read_rgb
-from app.engine import build_loader, build_network, predict_logits, softmax
+from app.engine import build_loader, build_network, predict_probs, view_probs
 from app.errors import UserError
 from app.checkpoint import check_best, load_state_dict, read_json
 from app.ema import split_checkpoint
@@ -49,9 +48,10 @@ def find_checkpoint(run=None, checkpoint=None) -> tuple:
 
 def _state_epoch(run_dir: Path):
     """The last finished epoch that ``state.json`` records (what last.pdparams holds), or None."""
+    path = run_dir / "state.json"
     try:
-        return int(json.loads((run_dir / "state.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json(path, "")["epoch"]) if path.is_file() else None
+    except (UserError, KeyError, TypeError, ValueError):  # damaged: the epoch is unknown
         return None
 
 
@@ -84,11 +84,7 @@ def evaluate_checkpoint(weights, meta: dict, out_dir, data=None, batch_size: int
     out_dir = Path(out_dir)
     ds = eval_dataset(meta, data)
     network = load_network(weights, meta)
-    loader = build_loader(ds, batch_size, shuffle=False)
-    logits, labels = predict_logits(network, loader)
-    probs = softmax(logits)
-    if flip:
-        probs = (probs + softmax(predict_logits(network, loader, flip=True)[0])) / 2
+    probs, labels = predict_probs(network, build_loader(ds, batch_size, shuffle=False), flip)
     result = {"checkpoint": str(weights), "model": meta["model"], "epoch": meta.get("epoch"),
               "data": str(data or meta["data_root"]), "tta": "flip" if flip else "none",
               **classification_report(probs, labels, meta["classes"])}
@@ -128,9 +124,7 @@ def predict_files(weights, meta: dict, paths, topk: int = 5, flip: bool = False)
     batch = paddle.to_tensor(load_image_batch(paths, meta))
     network = load_network(weights, meta)
     with paddle.no_grad():
-        probs = softmax(network(batch).numpy())
-        if flip:
-            probs = (probs + softmax(network(batch.flip([3])).numpy())) / 2
+        probs = view_probs(network, batch, flip)
     return top_predictions(paths, probs, meta["classes"], topk)
 
 

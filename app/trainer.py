@@ -270,11 +270,10 @@ def write_predictions(network, eval_ds, path) -> None:
     import csv
     import io
 
-    from app.engine import predict_logits, softmax
+    from app.engine import predict_probs
 
     loader = paddle.io.DataLoader(eval_ds, batch_size=64, shuffle=False, return_list=True)
-    probs, labels = predict_logits(network, loader)
-    probs = softmax(probs)
+    probs, labels = predict_probs(network, loader)
     preds = probs.argmax(1)
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
