@@ -19,6 +19,7 @@ from app.callbacks import read_metrics
 from app.checkpoint import read_json
 from app.config import complete_run_config
 from app.errors import UserError
+from app.runlock import RunBusy
 
 # Two-sided 95% Student t quantiles by degrees of freedom (df > 30: normal).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -436,6 +437,8 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
                 if e.exit_code == 130:
                     raise
                 print(f"{name}: {e}; the study goes on without it")
+            except RunBusy as e:
+                print(f"{name}: skipped: {e}", flush=True)
     if pending:
         _run_side_by_side(pending, output, jobs)
     summary = write_report(output)
@@ -489,6 +492,8 @@ def _run_side_by_side(pending: list, output: Path, jobs: int) -> None:
                               f"~{left * took / jobs / 60:.0f} min", flush=True)
                 elif code == 130:
                     raise KeyboardInterrupt
+                elif code == BUSY:
+                    print(f"{name}: {message}", flush=True)
                 elif code == 2:  # a UserError: as one after the other, the study stops with it
                     errors.append(f"{name}: {message}")
                     stop.set()
@@ -507,6 +512,7 @@ def _run_side_by_side(pending: list, output: Path, jobs: int) -> None:
 
 
 _STOP = None  # the study's stop event, in a worker process
+BUSY = 75  # _run_one's code for a run that another process is training (EX_TEMPFAIL)
 
 
 def _worker_init(stop) -> None:
@@ -540,5 +546,7 @@ def _run_one(cfg: dict, run_dir: str | None, log: str, threads: int) -> tuple[in
             return e.exit_code, str(e)
         except KeyboardInterrupt:
             return 130, "interrupted"
+        except RunBusy as e:  # another process trains it: skipped, the study goes on
+            return BUSY, f"skipped: {e}"
         except UserError as e:
             return 2, str(e)

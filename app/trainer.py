@@ -3,6 +3,7 @@
 A run directory holds config.yaml, metrics.csv, VisualDL records, last.pdparams/.pdopt,
 state.json ({epoch, status, best_acc, best_epoch}), best.pdparams and best.json.
 """
+import contextlib
 import errno
 import json
 import os
@@ -23,6 +24,7 @@ from app.engine import (amp_configs_for, broadcast_from_main, build_loader, buil
                         check_model_name, is_main_process, prepare_model, seed_everything,
                         select_device, training_network, use_channels_last, world_size)
 from app.errors import UserError
+from app.runlock import RunLock
 from models.summary import count_params
 
 
@@ -119,20 +121,23 @@ def train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
     from backend import onednn
 
     try:
-        with paddle.utils.unique_name.guard():
-            return _train(cfg, run_dir, force_data)
+        with paddle.utils.unique_name.guard(), contextlib.ExitStack() as locks:
+            return _train(cfg, run_dir, force_data, locks)
     finally:
         onednn.set_bf16_training(False)  # train.amp=bf16 on a CPU holds for this run only
 
 
-def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
+def _train(cfg: dict, run_dir, force_data: bool, locks: contextlib.ExitStack) -> Path:
     """Train ``cfg`` into a new run folder, or continue ``run_dir`` from its last epoch.
 
     Returns the run folder. Raises :class:`RunStopped` on Ctrl-C or a non-finite loss,
-    after making sure the last finished epoch's checkpoint is on disk.
+    after making sure the last finished epoch's checkpoint is on disk. Rank 0 holds the
+    run folder's lock (app/runlock.py) in ``locks`` from before its first write.
     """
     resume = run_dir is not None
     main = is_main_process()
+    if resume and main:
+        locks.enter_context(RunLock(run_dir))
     check_model_name(cfg["model"]["name"])
     device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
     amp_configs_for(cfg["train"]["amp"])  # refuses AMP on a CPU before the data is loaded
@@ -195,6 +200,8 @@ def _train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
                 atomic_write_json(tmp / "pretrained.json", start_from)
             cb.save_last(tmp, model, state, 0)
             os.rename(tmp, run_dir)
+            locks.enter_context(RunLock(run_dir))  # after the rename: Windows refuses to
+            # rename a folder with an open file in it
     run_dir = Path(run_dir)
     meta = {"model": cfg["model"]["name"], "model_kwargs": cfg["model"]["kwargs"],
             "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),

@@ -263,3 +263,46 @@ def test_a_config_cut_at_any_line_is_named_by_study_reports(finished_run, tmp_pa
             read_runs(tmp_path)
     (run / "config.yaml").write_text("".join(lines))
     assert len(read_runs(tmp_path)) == 1
+
+
+def test_one_process_at_a_time_holds_a_run(tmp_path):
+    from app.runlock import RunBusy, RunLock
+
+    with RunLock(tmp_path):
+        with pytest.raises(RunBusy, match=r"being trained by another process \(PID \d+ on "):
+            RunLock(tmp_path)
+    RunLock(tmp_path).release()  # free again once released
+
+
+def test_a_run_that_another_process_trains_is_refused_until_that_process_dies(
+        finished_run, tiny_split, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    run = copy_unfinished(finished_run, tmp_path / "study")
+    run = run.rename(run.with_name("towernet-s0"))  # the study's name for seed 0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from app.runlock import RunLock; "
+         "lock = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(300)", str(run)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+        proc = run_cli("train.py", "--resume", run)
+        one_line_exit_2(proc, f"being trained by another process (PID {holder.pid} on ")
+        # A study skips it with a line and trains the rest (side by side: the worker's path).
+        proc = run_cli("train.py", "--models", "towernet", "--seeds", "0,1", "--data", tiny_split,
+                       "--epochs", "4", "--jobs", "2", "--output", tmp_path / "study", *TINY)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"towernet-s0: skipped: {run} is being trained by another process" in proc.stdout
+        assert len(read_metrics(tmp_path / "study" / "towernet-s1" / "metrics.csv")) == 4
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    run_cli("train.py", "--resume", run, check=True)  # kill -9 dropped the lock
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3, 4]
