@@ -171,6 +171,8 @@ def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, 
 def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path):
     # last.pdopt is keyed by structured names: Paddle's generated names (conv2d_57.w_0...)
     # differ in a process that built other networks before, and no name scope is needed.
+    import contextlib
+
     import numpy as np
     import paddle
 
@@ -192,7 +194,8 @@ def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path)
     for name in ("resnet50", "mobilenet_v2_se", "towernet_cbam"):  # shift the generated names
         create_model(name)
     run = tmp_path / "cut" / "towernet_se"
-    trainer._train(trainer.resume_config(run), run)  # no fresh name scope
+    with contextlib.ExitStack() as locks:  # no fresh name scope
+        trainer._train(trainer.resume_config(run), run, False, locks)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
