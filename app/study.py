@@ -113,6 +113,15 @@ def paired_verdict(diffs: list, name: str, baseline: str, unit: str = "seeds") -
         out["verdict"] = (f"{len(d)} paired {unit}: too few to tell {name} from {baseline} "
                           f"beyond seed noise; run at least 3 seeds.")
         return out
+    if np.ptp(d) < 1e-9:
+        # Every unit moved by the same amount (on a few hundred eval images, one image more or
+        # less per seed is common): the spread is measured as 0 and the t interval would be a
+        # point, calling any such gap "larger than the run-to-run spread". No interval.
+        out["verdict"] = (f"{name} - {baseline} = {d.mean():+.1f} points in each of the {len(d)} "
+                          f"{unit}: with no spread between them the t interval cannot be "
+                          f"computed, so the seeds alone cannot tell this gap from noise "
+                          f"(see the per-image statistics, or run more {unit}).")
+        return out
     half = t95(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
     lo, hi = d.mean() - half, d.mean() + half
     out.update(ci95_pp=[float(lo), float(hi)])

@@ -27,6 +27,11 @@ def test_paired_verdict_interval_matches_t_formula():
     worse = study.paired_verdict([-0.05, -0.06, -0.04], "b", "a")
     assert "worse" in worse["verdict"]
     assert "too few" in study.paired_verdict([0.1], "b", "a")["verdict"]
+    # One image fewer right in each of 3 seeds (364 eval images): no spread, so no interval
+    # and no "larger than the run-to-run spread" (the t interval would be a single point).
+    same = study.paired_verdict([-1 / 364] * 3, "b", "a")
+    assert "ci95_pp" not in same and "cannot be computed" in same["verdict"]
+    assert "worse" not in same["verdict"] and same["mean_pp"] == pytest.approx(-100 / 364)
 
 
 def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
