@@ -34,8 +34,7 @@ class RunLock:
     """The lock on one run folder, held from construction to :meth:`release`."""
 
     def __init__(self, run_dir):
-        self.path = os.path.join(os.fspath(run_dir), LOCK_NAME)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(os.fspath(run_dir), LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd)
         except OSError:

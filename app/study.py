@@ -332,13 +332,17 @@ def write_report(roots, out=None) -> dict:
     """Write report.md, report.json and study_curves.png for every run below ``roots`` (one
     folder or several, e.g. a from-scratch study and a fine-tuning study) into ``out``
     (default: the first folder)."""
-    from app import report
-
     roots = as_roots(roots)
-    root = Path(out) if out is not None else roots[0]
     everything = [r for folder in roots for r in read_runs(folder)]
     if not everything:
         raise UserError(f"no runs with metrics.csv below {', '.join(map(str, roots))}")
+    return write_runs_report(everything, roots, Path(out) if out is not None else roots[0])
+
+
+def write_runs_report(everything: list, roots: list, root: Path) -> dict:
+    """:func:`write_report` for runs already read (:func:`read_runs`) from ``roots``."""
+    from app import report
+
     # Only runs that trained all their epochs enter the statistics: a run still going (or
     # stopped) would pull its model's mean towards an early epoch.
     runs = [r for r in everything if len(r["rows"]) >= r["epochs"]]

@@ -15,26 +15,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from app import report  # noqa: E402
-from app.atomic import atomic_write_json, atomic_write_text  # noqa: E402
-from app.study import model_costs, read_runs, summarize, to_markdown  # noqa: E402
-
-OUT = Path(__file__).resolve().parent
+from app.study import read_runs, write_runs_report  # noqa: E402
 
 
 def main(r13_root, study_root) -> None:
-    runs = []
-    for run in read_runs(r13_root):
-        runs.append({**run, "model": run["model"].replace("+r13_wd10", "+small_data")})
+    runs = [{**run, "model": run["model"].replace("+r13_wd10", "+small_data")}
+            for run in read_runs(r13_root)]
     runs += [r for r in read_runs(study_root) if r["dir"].name != "towernet_simam+small_data-s0"]
-    assert all(len(r["rows"]) >= r["epochs"] for r in runs), "a run has not finished"
-    summary = summarize(runs, model_costs(runs))
-    summary["runs"] = [{"dir": r["dir"].name, "model": r["model"], "seed": r["seed"],
-                        "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in runs]
-    report.plot_study_curves(runs, OUT / "study_curves.png")
-    atomic_write_json(OUT / "report.json", summary)
-    atomic_write_text(OUT / "report.md", to_markdown(summary, runs))
-    print(to_markdown(summary, runs))
+    write_runs_report(runs, [Path(r13_root), Path(study_root)], Path(__file__).resolve().parent)
 
 
 if __name__ == "__main__":
