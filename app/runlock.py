@@ -8,7 +8,10 @@ the process that trains a run holds an exclusive advisory lock on ``RUN/.lock`` 
 drops the lock when the process ends, however it ends (kill -9 included), so a lock is
 never left stale; the file itself stays (removing it would race with a process about to
 lock it) and holds the owner's host and PID for the message. A run whose lock is held
-raises :class:`RunBusy`, a :class:`UserError`; a study skips that run with a line.
+raises :class:`RunBusy`, a :class:`UserError`; a study skips that run with a line. A run
+that does not exist yet has no lock to take: a study creates its runs under their exact
+names (``trainer.train(..., exact_name=True)``) and leaves a name another process took
+first to that process, also with :class:`RunBusy`.
 
 On a network file system the lock is as good as the file system's locking.
 """

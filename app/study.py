@@ -438,7 +438,7 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
                 if state:
                     trainer.train(trainer.resume_config(run_dir), run_dir)
                 else:
-                    trainer.train(cfg)
+                    trainer.train(cfg, exact_name=True)
                 trained += 1
                 if trained == 1:  # the runs after this one, at this run's time each
                     left = total - (units.index((seed, fold)) * len(models) + models.index(model) + 1)
@@ -550,7 +550,7 @@ def _run_one(cfg: dict, run_dir: str | None, log: str, threads: int) -> tuple[in
                 cfg = trainer.resume_config(run_dir)
             if not cfg["train"]["threads"]:
                 cfg["train"]["threads"] = threads
-            path = trainer.train(cfg, run_dir)
+            path = trainer.train(cfg, run_dir, exact_name=True)
             rows = read_metrics(Path(path) / "metrics.csv")
             n = cfg["train"]["threads"]
             return 0, (f"finished, final eval top-1 {float(rows[-1]['eval_acc']):.4f} "

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import paddle
@@ -24,7 +25,7 @@ from app.engine import (amp_configs_for, broadcast_from_main, build_loader, buil
                         check_model_name, is_main_process, prepare_model, seed_everything,
                         select_device, training_network, use_channels_last, world_size)
 from app.errors import UserError
-from app.runlock import RunLock
+from app.runlock import RunBusy, RunLock
 from models.summary import count_params
 
 
@@ -44,6 +45,11 @@ def new_run_dir(output_dir, name: str) -> Path:
         i += 1
         candidate = output_dir / f"{name}-{i}"
     return candidate
+
+
+def _taken(run_dir: Path) -> RunBusy:
+    return RunBusy(f"{run_dir} was started by another process meanwhile (another study on the "
+                   f"same output?); it trains there, this process leaves it alone")
 
 
 def load_state(run_dir) -> dict:
@@ -108,7 +114,7 @@ def load_datasets(cfg: dict):
     return train, evaluation
 
 
-def train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
+def train(cfg: dict, run_dir=None, force_data: bool = False, exact_name: bool = False) -> Path:
     """Train ``cfg`` (see :func:`_train`) in a fresh scope of Paddle's generated names.
 
     last.pdopt is keyed by structured parameter names (app/checkpoint.py), so resuming does
@@ -122,13 +128,19 @@ def train(cfg: dict, run_dir=None, force_data: bool = False) -> Path:
 
     try:
         with paddle.utils.unique_name.guard(), contextlib.ExitStack() as locks:
-            return _train(cfg, run_dir, force_data, locks)
+            return _train(cfg, run_dir, force_data, locks, exact_name)
     finally:
         onednn.set_bf16_training(False)  # train.amp=bf16 on a CPU holds for this run only
 
 
-def _train(cfg: dict, run_dir, force_data: bool, locks: contextlib.ExitStack) -> Path:
+def _train(cfg: dict, run_dir, force_data: bool, locks: contextlib.ExitStack,
+           exact_name: bool = False) -> Path:
     """Train ``cfg`` into a new run folder, or continue ``run_dir`` from its last epoch.
+
+    A new run goes to OUTPUT/<name>, or <name>-2, -3, ... when that is taken; with
+    ``exact_name`` (a study's runs, whose names are their seeds) only to OUTPUT/<name>, and
+    a name taken meanwhile (another study on the same folder got there first) raises
+    :class:`RunBusy`, so two studies started at once never train one seed twice.
 
     Returns the run folder. Raises :class:`RunStopped` on Ctrl-C or a non-finite loss,
     after making sure the last finished epoch's checkpoint is on disk. Rank 0 holds the
@@ -189,7 +201,12 @@ def _train(cfg: dict, run_dir, force_data: bool, locks: contextlib.ExitStack) ->
         name = cfg["output"]["name"] or cfg["model"]["name"]
         # Rank 0 picks the folder and tells the others: looking for themselves, they could
         # find rank 0's new folder already there and pick name-2.
-        run_dir = broadcast_from_main(new_run_dir(cfg["output"]["dir"], name) if main else None)
+        if exact_name:
+            run_dir = Path(cfg["output"]["dir"]) / name
+            if run_dir.exists():
+                raise _taken(run_dir)
+        else:
+            run_dir = broadcast_from_main(new_run_dir(cfg["output"]["dir"], name) if main else None)
         if main:
             # Made under a hidden name and renamed whole: a kill here never leaves a run
             # folder without its state.json (which --resume and studies would refuse).
@@ -199,7 +216,13 @@ def _train(cfg: dict, run_dir, force_data: bool, locks: contextlib.ExitStack) ->
             if start_from:
                 atomic_write_json(tmp / "pretrained.json", start_from)
             cb.save_last(tmp, model, state, 0)
-            os.rename(tmp, run_dir)
+            try:
+                os.rename(tmp, run_dir)
+            except OSError:  # another process renamed its (never empty) folder there meanwhile
+                if not run_dir.exists():
+                    raise
+                shutil.rmtree(tmp)
+                raise _taken(run_dir) from None
             locks.enter_context(RunLock(run_dir))  # after the rename: Windows refuses to
             # rename a folder with an open file in it
     run_dir = Path(run_dir)

@@ -309,3 +309,30 @@ def test_a_run_that_another_process_trains_is_refused_until_that_process_dies(
         holder.wait()
     run_cli("train.py", "--resume", run, check=True)  # kill -9 dropped the lock
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("when", ["before", "while creating"])
+def test_a_study_run_another_study_started_meanwhile_is_left_to_it(finished_run, tiny_split,
+                                                                   tmp_path, monkeypatch, when):
+    # Two studies started at once on one output both find towernet-s0 missing. The one that
+    # creates it second used to pick towernet-s0-2 and train the seed again, a run the report
+    # then counted twice; now it leaves the run to the first.
+    from app import callbacks as cb
+    from app import trainer
+    from app.config import load_config
+    from app.runlock import RunBusy
+
+    cfg = load_config(model="towernet", overrides=[
+        ("data.root", str(tiny_split)), ("output.dir", str(tmp_path)), ("output.name", "towernet-s0"),
+        ("train.epochs", 3), ("data.image_size", 32), ("train.batch_size", 12),
+        ("data.cache", False)])
+    run = tmp_path / "towernet-s0"
+    if when == "before":
+        shutil.copytree(finished_run, run)
+    else:  # the other study renames its folder into place while this one writes its own
+        save_last = cb.save_last
+        monkeypatch.setattr(cb, "save_last", lambda *a: (save_last(*a), shutil.copytree(finished_run, run)))
+    with pytest.raises(RunBusy, match="towernet-s0 was started by another process meanwhile"):
+        trainer.train(cfg, exact_name=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["towernet-s0"]  # no -2, no temporary
+    assert (run / "metrics.csv").read_bytes() == (finished_run / "metrics.csv").read_bytes()
