@@ -1,0 +1,27 @@
+"""report.md / report.json / study_curves.png of session 32's fine-tuned small_data runs.
+
+    python reports/finetune_small_data/make_report.py <dir>/ft_small_data <dir>/recipe_study_r13
+
+Reads the fine-tuned runs (``<model>+small_data@<model>-other68-sd-s<seed>``) and, for the
+rows from scratch, session 31's small_data runs of the same two models. Those were trained
+under the recipe name ``r13_wd10`` (small_data's values since session 31, byte-identical
+weights when trained again under the name small_data: reports/recipe_study/session31/) and
+are read here with the row label changed to ``+small_data``; nothing on disk is changed.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from app.study import read_runs, write_runs_report  # noqa: E402
+
+
+def main(finetuned_root, scratch_root) -> None:
+    runs = read_runs(finetuned_root)
+    runs += [{**run, "model": run["model"].replace("+r13_wd10", "+small_data")}
+             for run in read_runs(scratch_root)]
+    write_runs_report(runs, [Path(finetuned_root), Path(scratch_root)],
+                      Path(__file__).resolve().parent)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
