@@ -103,3 +103,20 @@ $P train.py --models towernet_simam --seeds 0 $C16 --recipe small_data -o train.
 for r in reports/recipe_ablation/sd2_no_lr.yaml reports/recipe_ablation/sd2_no_warmup.yaml; do
   $P train.py --models towernet_simam --seeds 0,1 $C16 --recipe $r --jobs 2 --output $out/recipe_ablation2
 done
+# Issue 15, session 32: pretrain on the 68 other classes under small_data, fine-tune under
+# small_data and (for comparison) the reference recipe; reports/finetune_small_data/.
+for m in towernet_simam towernet; do
+  if [ -f $out/pretrain/$m-other68-sd/state.json ]; then
+    $P train.py --resume $out/pretrain/$m-other68-sd
+  else
+    $P train.py --model $m --data $other --image-size 128 --epochs 30 --recipe small_data \
+      -o train.threads=1 --output $out/pretrain --name $m-other68-sd
+  fi
+done
+for r in small_data reference; do
+  for m in towernet_simam towernet; do
+    $P train.py --models $m --seeds 0,1,2 $C16 --recipe $r --jobs 3 \
+      --pretrained $out/pretrain/$m-other68-sd/last.pdparams --output $out/ft_small_data
+  done
+done
+$P reports/finetune_small_data/make_report.py $out/ft_small_data $out/recipe_study_r13

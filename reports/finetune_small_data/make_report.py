@@ -2,12 +2,14 @@
 
     python reports/finetune_small_data/make_report.py <dir>/ft_small_data <dir>/recipe_study_r13
 
-Reads the fine-tuned runs (``<model>+small_data@<model>-other68-sd-s<seed>``) and, for the
+Reads the fine-tuned runs (``<model>[+small_data]@<model>-other68-sd-s<seed>``, rows
+``<model> [+small_data] @other68``) and, for the
 rows from scratch, session 31's small_data runs of the same two models. Those were trained
 under the recipe name ``r13_wd10`` (small_data's values since session 31, byte-identical
 weights when trained again under the name small_data: reports/recipe_study/session31/) and
 are read here with the row label changed to ``+small_data``; nothing on disk is changed.
 """
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +18,11 @@ from app.study import read_runs, write_runs_report  # noqa: E402
 
 
 def main(finetuned_root, scratch_root) -> None:
-    runs = read_runs(finetuned_root)
+    # Each model was pretrained from its own run (towernet-other68-sd, towernet_simam-other68-sd)
+    # on the same data with the same recipe: one tag, so that the report pairs SimAM with its
+    # host among the fine-tuned runs too.
+    runs = [{**run, "model": re.sub(r"@towernet(_simam)?-other68-sd", "@other68", run["model"])}
+            for run in read_runs(finetuned_root)]
     runs += [{**run, "model": run["model"].replace("+r13_wd10", "+small_data")}
              for run in read_runs(scratch_root)]
     write_runs_report(runs, [Path(finetuned_root), Path(scratch_root)],
