@@ -241,6 +241,20 @@ RESUMABLE_KEYS = {"train.device", "train.threads", "data.num_workers", "data.cac
                   "data.root", "train.channels_last"}
 
 
+def changed_keys(run_cfg: dict, cfg: dict) -> list:
+    """The ``section.name`` keys on which a run's config and ``cfg`` disagree about what the
+    run computes: not where it is written or logged (output, log, train.log_freq) nor where
+    and how fast it runs (RESUMABLE_KEYS)."""
+    keys = {f"{s}.{n}" for c in (run_cfg, cfg) for s, section in c.items()
+            if isinstance(section, dict) and s not in ("output", "log") for n in section}
+    keys -= RESUMABLE_KEYS | {"train.log_freq"}
+
+    def get(c, key):
+        section, _, name = key.partition(".")
+        return c.get(section, {}).get(name)
+    return sorted(k for k in keys if get(run_cfg, k) != get(cfg, k))
+
+
 def resume_config_overrides(cfg: dict, overrides, given_config=None) -> dict:
     """Apply ``overrides`` to a resumed run's config, refusing any that change the run."""
     if given_config:

@@ -343,6 +343,7 @@ def write_runs_report(everything: list, roots: list, root: Path) -> dict:
     """:func:`write_report` for runs already read (:func:`read_runs`) from ``roots``."""
     from app import report
 
+    everything = mark_budgets(everything)
     # Only runs that trained all their epochs enter the statistics: a run still going (or
     # stopped) would pull its model's mean towards an early epoch.
     runs = [r for r in everything if len(r["rows"]) >= r["epochs"]]
@@ -364,6 +365,23 @@ def write_runs_report(everything: list, roots: list, root: Path) -> dict:
             for r in pending) + "\n")
     atomic_write_text(root / "report.md", text)
     return summary
+
+
+def mark_budgets(runs: list) -> list:
+    """``runs`` with the label of each run trained for another number of epochs or at another
+    image size than most of them tagged with it (``towernet +small_data 60ep``, ``... 160px``),
+    so that one model at two budgets is two rows, never pooled, and :func:`one_change_pairs`
+    pairs them like any other tag. Of two values equally common, the smaller is the plain one."""
+    from collections import Counter
+
+    runs = [dict(r) for r in runs]
+    for key, unit in (("epochs", "ep"), ("image_size", "px")):
+        counts = Counter(r[key] for r in runs)
+        plain = max(sorted(counts), key=counts.get)
+        for r in runs:
+            if r[key] != plain:
+                r["model"] = f"{r['model']} {r[key]}{unit}"
+    return runs
 
 
 def as_roots(roots) -> list[Path]:
@@ -409,7 +427,7 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     units = [(seed, fold) for seed in seeds for fold in (range(folds) if folds else [None])]
     total, trained = len(units) * len(models), 0
-    pending = []  # (name, cfg, run_dir or None) for --jobs
+    plan = []  # (name, cfg, run_dir, state): every run of the study, checked before any trains
     # Seed-major order: a study cut short still has complete pairs to compare.
     for seed, fold in units:
         for model in models:
@@ -424,40 +442,63 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
             output = Path(cfg["output"]["dir"])
             run_dir = output / name
             state = trainer.load_state(run_dir)
-            if state.get("status") == "finished":
-                print(f"{name}: finished earlier, skipped")
-                continue
             if run_dir.exists() and not state:
                 raise UserError(f"{run_dir} exists but is not a run folder; move it away")
-            if jobs > 1:
-                pending.append((name, cfg, run_dir if state else None))
-                continue
-            print(f"== {name}", flush=True)
-            started = time.perf_counter()
-            try:
-                if state:
-                    trainer.train(trainer.resume_config(run_dir), run_dir)
-                else:
-                    trainer.train(cfg, exact_name=True)
-                trained += 1
-                if trained == 1:  # the runs after this one, at this run's time each
-                    left = total - (units.index((seed, fold)) * len(models) + models.index(model) + 1)
-                    took = time.perf_counter() - started
-                    print(f"study ETA: {left} more runs x {took:.0f} s (this run's "
-                          f"{cfg['train']['epochs']} epochs) ~ {left * took / 60:.0f} min",
-                          flush=True)
-            except trainer.RunStopped as e:
-                if e.exit_code == 130:
-                    raise
-                print(f"{name}: {e}; the study goes on without it")
-            except RunBusy as e:
-                print(f"{name}: skipped: {e}", flush=True)
+            if state:
+                _check_same_settings(run_dir, cfg)
+            plan.append((name, cfg, run_dir, state))
+    pending = []  # (name, cfg, run_dir or None) for --jobs
+    for i, (name, cfg, run_dir, state) in enumerate(plan):
+        if state.get("status") == "finished":
+            print(f"{name}: finished earlier, skipped")
+            continue
+        if jobs > 1:
+            pending.append((name, cfg, run_dir if state else None))
+            continue
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            if state:
+                trainer.train(trainer.resume_config(run_dir), run_dir)
+            else:
+                trainer.train(cfg, exact_name=True)
+            trained += 1
+            if trained == 1:  # the runs after this one, at this run's time each
+                left = total - (i + 1)
+                took = time.perf_counter() - started
+                print(f"study ETA: {left} more runs x {took:.0f} s (this run's "
+                      f"{cfg['train']['epochs']} epochs) ~ {left * took / 60:.0f} min",
+                      flush=True)
+        except trainer.RunStopped as e:
+            if e.exit_code == 130:
+                raise
+            print(f"{name}: {e}; the study goes on without it")
+        except RunBusy as e:
+            print(f"{name}: skipped: {e}", flush=True)
     if pending:
         _run_side_by_side(pending, output, jobs)
     summary = write_report(output)
     print(to_markdown(summary, read_runs(output)))
     print(f"wrote {output / 'report.md'}, report.json, study_curves.png")
     return output
+
+
+def _check_same_settings(run_dir: Path, cfg: dict) -> None:
+    """Refuse a study command whose settings differ from those an existing run of the same
+    name was trained with: skipping or resuming that run would report it as this command's
+    (a 30-epoch run in a study asked for 60 epochs)."""
+    from app.config import changed_keys
+    from app.trainer import resume_config
+
+    run_cfg = resume_config(run_dir)
+    changed = changed_keys(run_cfg, cfg)
+    if changed:
+        key = changed[0]
+        section, _, field = key.partition(".")
+        more = f" and {len(changed) - 1} more setting(s)" if len(changed) > 1 else ""
+        raise UserError(f"{run_dir} was trained with {key}={run_cfg[section].get(field)!r}, this "
+                        f"command asks for {cfg[section].get(field)!r}{more}; give this study "
+                        f"another --output, or the run's own settings to continue it")
 
 
 def _run_side_by_side(pending: list, output: Path, jobs: int) -> None:

@@ -65,6 +65,20 @@ def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
     assert json.loads(state_path.read_text())["status"] == "finished"
     assert (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns == before
 
+    # The same study asked for another budget: refused before anything trains or is skipped,
+    # whether the run of that name finished or was interrupted.
+    state.update(status="interrupted", epoch=0)
+    state_path.write_text(json.dumps(state))
+    longer = [a if a != "1" or args[i - 1] != "--epochs" else "2" for i, a in enumerate(args)]
+    for changed, key in ((longer, "train.epochs=1"), (args + ["--image-size", "40"], "data.image_size=")):
+        proc = run_cli(*changed)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert key in proc.stderr and "another --output" in proc.stderr
+        assert "==" not in proc.stdout and "skipped" not in proc.stdout
+    assert json.loads(state_path.read_text())["status"] == "interrupted"
+    assert (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns == before
+    run_cli(*args, check=True)  # the run's own settings continue it
+
     (out / "report.md").unlink()
     run_cli("eval.py", "--compare", out, check=True)
     assert (out / "report.md").is_file()
@@ -203,29 +217,55 @@ def test_pretrained_runs_get_their_own_rows_and_folders():
     assert run_label(cfg) == "mobilenet_v2_ca @MobileNetV2_pretrained"
 
 
-def test_report_counts_only_runs_that_trained_all_their_epochs(tmp_path):
+def fake_run(root, model, seed, accs, epochs=3, image_size=32, name=None):
+    """A run folder with a config.yaml and a metrics.csv of these eval accuracies."""
     from app.callbacks import write_metrics
     from app.config import dump, load_config
+
+    run = root / (name or f"{model}-s{seed}")
+    run.mkdir(parents=True)
+    cfg = load_config(model=model, overrides=[("train.epochs", epochs), ("train.seed", seed),
+                                              ("data.image_size", image_size)])
+    (run / "config.yaml").write_text(dump(cfg))
+    write_metrics(run / "metrics.csv", [
+        {"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "eval_loss": 1.0, "eval_acc": a,
+         "eval_top5": 1.0, "lr": 0.01, "epoch_seconds": 1.0, "train_images_per_s": 10.0}
+        for i, a in enumerate(accs)])
+
+
+def test_report_counts_only_runs_that_trained_all_their_epochs(tmp_path):
     from app.study import write_report
 
-    def fake_run(model, seed, accs, epochs=3):
-        run = tmp_path / f"{model}-s{seed}"
-        run.mkdir()
-        cfg = load_config(model=model, overrides=[("train.epochs", epochs), ("train.seed", seed),
-                                                  ("data.image_size", 32)])
-        (run / "config.yaml").write_text(dump(cfg))
-        write_metrics(run / "metrics.csv", [
-            {"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "eval_loss": 1.0, "eval_acc": a,
-             "eval_top5": 1.0, "lr": 0.01, "epoch_seconds": 1.0, "train_images_per_s": 10.0}
-            for i, a in enumerate(accs)])
-
-    fake_run("towernet", 0, [0.5, 0.6, 0.7])
-    fake_run("towernet_se", 0, [0.5, 0.6, 0.8])
-    fake_run("towernet_se", 1, [0.1])  # still training: must not pull the mean down
+    fake_run(tmp_path, "towernet", 0, [0.5, 0.6, 0.7])
+    fake_run(tmp_path, "towernet_se", 0, [0.5, 0.6, 0.8])
+    fake_run(tmp_path, "towernet_se", 1, [0.1])  # still training: must not pull the mean down
     summary = write_report(tmp_path)
     se = next(m for m in summary["models"] if m["model"] == "towernet_se")
     assert se["seeds"] == [0] and se["final_mean"] == pytest.approx(0.8)
     assert "`towernet_se-s1` (1/3)" in (tmp_path / "report.md").read_text()
+
+
+def test_report_keeps_one_model_at_two_budgets_apart(tmp_path):
+    from app.study import write_report
+
+    for seed in (0, 1):  # the most common budget (3 epochs, 32 px) keeps the plain labels
+        fake_run(tmp_path / "a", "towernet", seed, [0.5, 0.6, 0.7])
+        fake_run(tmp_path / "a", "towernet_simam", seed, [0.5, 0.6, 0.72])
+        fake_run(tmp_path / "b", "towernet", seed, [0.5, 0.6, 0.7, 0.8 + seed / 100], epochs=4)
+        fake_run(tmp_path / "c", "towernet", seed, [0.5, 0.6, 0.75], image_size=48)
+    summary = write_report([tmp_path / "a", tmp_path / "b", tmp_path / "c"], tmp_path)
+    rows = {m["model"]: m for m in summary["models"]}
+    assert set(rows) == {"towernet", "towernet_simam", "towernet 4ep", "towernet 48px"}
+    assert summary["baseline"] == "towernet" and rows["towernet"]["final_mean"] == pytest.approx(0.7)
+    assert rows["towernet 4ep"]["final_mean"] == pytest.approx(0.805)
+    assert rows["towernet 48px"]["gmacs"] > rows["towernet"]["gmacs"]
+    pairs = {p["model"]: p for p in summary["one_change"]}
+    assert pairs["towernet 4ep"]["plain"] == "towernet" and pairs["towernet 4ep"]["change"] == "4ep"
+    assert pairs["towernet 4ep"]["diffs_pp"] == pytest.approx([10.0, 11.0])
+    assert pairs["towernet 48px"]["diffs_pp"] == pytest.approx([5.0, 5.0])
+    # Two budgets equally common: the smaller is the plain one.
+    assert [r["model"] for r in study.mark_budgets(
+        [{"model": "m", "epochs": e, "image_size": 8} for e in (6, 3)])] == ["m 6ep", "m"]
 
 
 def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
