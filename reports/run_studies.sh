@@ -120,3 +120,12 @@ for r in small_data reference; do
   done
 done
 $P reports/finetune_small_data/make_report.py $out/ft_small_data $out/recipe_study_r13
+# Issue 15, sessions 33-34: small_data from scratch at two larger budgets (60 epochs at 128 px;
+# 30 epochs at 160 px); reports/budget_small_data/.
+for m in towernet_simam towernet; do
+  $P train.py --models $m --seeds 0,1,2 --data $c16 --image-size 128 --epochs 60 --recipe small_data \
+    --jobs 3 --output $out/budget_e60
+  $P train.py --models $m --seeds 0,1,2 --data $c16 --image-size 160 --epochs 30 --recipe small_data \
+    --jobs 3 --output $out/budget_px160
+done
+$P reports/budget_small_data/make_report.py $out/budget_e60 $out/budget_px160

@@ -1,0 +1,63 @@
+"""report.md / report.json / study_curves.png of the budget runs, and budgets.md: each budget
+against small_data at 128 px / 30 epochs, paired by seed.
+
+    python reports/budget_small_data/make_report.py <dir>/budget_e60 <dir>/budget_px160
+
+The study report tells the two budgets apart by their tags (``60ep``, ``160px``) and compares
+towernet_simam with towernet within each. The 128 px / 30 epoch runs (session 31,
+``reports/recipe_study/session31/``) are no longer on disk; their final eval top-1 per seed
+is read from that report's committed report.json, so the comparison with them is by seed
+(t interval), without the per-image statistics that need their predictions.
+"""
+import json
+import sys
+
+import numpy as np
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from app.study import paired_verdict, read_runs, write_runs_report  # noqa: E402
+
+SESSION31 = HERE.parent / "recipe_study" / "session31" / "report.json"
+
+
+def base_finals() -> dict:
+    """{(model, seed): final eval top-1} of session 31's small_data runs at 128 px / 30 epochs."""
+    return {(r["model"].split(" ")[0], r["seed"]): r["eval_acc"][-1]
+            for r in json.loads(SESSION31.read_text())["runs"] if r["counted"]}
+
+
+def main(*roots) -> None:
+    roots = [Path(r) for r in roots]
+    runs = [r for root in roots for r in read_runs(root)]
+    write_runs_report(runs, roots, HERE)
+    base = base_finals()
+    lines = ["| model | budget | final top-1 (per seed) | mean ± std | 128 px / 30 ep, same seeds | "
+             "gain per seed (points) | verdict |", "|---|---|---|---|---|---|---|"]
+    table = []
+    groups = {}
+    for r in runs:
+        if len(r["rows"]) >= r["epochs"]:
+            key = (r["model"].split(" ")[0], r["epochs"], r["image_size"])
+            groups.setdefault(key, {})[r["seed"]] = r["rows"][-1]["eval_acc"]
+    for (name, epochs, size), mine in sorted(groups.items()):
+        budget = f"{epochs} ep, {size} px"
+        seeds = sorted(s for s in mine if (name, s) in base)
+        v = paired_verdict([mine[s] - base[name, s] for s in seeds],
+                           f"{name} at {budget}", f"{name} at 30 ep, 128 px")
+        vals = [mine[s] for s in seeds]
+        mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        table.append({"model": name, "epochs": epochs, "image_size": size, "seeds": seeds,
+                      "final": vals, "base": [base[name, s] for s in seeds], **v})
+        lines.append(f"| {name} | {budget} | {', '.join(f'{x:.4f}' for x in vals)} | "
+                     f"{mean:.4f} ± {std:.4f} | "
+                     f"{', '.join(f'{base[name, s]:.4f}' for s in seeds)} | "
+                     f"{', '.join(f'{d:+.1f}' for d in v['diffs_pp'])} | {v['verdict']} |")
+    (HERE / "budgets.json").write_text(json.dumps(table, indent=1) + "\n")
+    (HERE / "budgets.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
