@@ -128,4 +128,6 @@ for m in towernet_simam towernet; do
   $P train.py --models $m --seeds 0,1,2 --data $c16 --image-size 160 --epochs 30 --recipe small_data \
     --jobs 3 --output $out/budget_px160
 done
+$P train.py --models towernet_se --seeds 0,1,2 --data $c16 --image-size 128 --epochs 60 --recipe small_data \
+  --jobs 3 --output $out/budget_e60  # session 34's addendum
 $P reports/budget_small_data/make_report.py $out/budget_e60 $out/budget_px160
