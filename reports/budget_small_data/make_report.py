@@ -3,21 +3,22 @@ against small_data at 128 px / 30 epochs, paired by seed.
 
     python reports/budget_small_data/make_report.py <dir>/budget_e60 <dir>/budget_px160
 
-The study report tells the two budgets apart by their tags (``60ep``, ``160px``) and compares
-towernet_simam with towernet within each. The 128 px / 30 epoch runs (session 31,
+The study report tags the budget fewer of its runs share (``30ep 160px`` once the 60-epoch
+folder holds more runs), so each model at each budget is its own row. The 128 px / 30 epoch runs (session 31,
 ``reports/recipe_study/session31/``) are no longer on disk; their final eval top-1 per seed
 is read from that report's committed report.json, so the comparison with them is by seed
 (t interval), without the per-image statistics that need their predictions.
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-from app.study import paired_verdict, read_runs, write_runs_report  # noqa: E402
+from app.atomic import atomic_write_text  # noqa: E402
+from app.study import _std, paired_verdict, read_runs, write_runs_report  # noqa: E402
 
 SESSION31 = HERE.parent / "recipe_study" / "session31" / "report.json"
 
@@ -35,8 +36,7 @@ def main(*roots) -> None:
     base = base_finals()
     lines = ["| model | budget | final top-1 (per seed) | mean ± std | 128 px / 30 ep, same seeds | "
              "gain per seed (points) | verdict |", "|---|---|---|---|---|---|---|"]
-    table = []
-    groups = {}
+    table, groups = [], {}
     for r in runs:
         if len(r["rows"]) >= r["epochs"]:
             key = (r["model"].split(" ")[0], r["epochs"], r["image_size"])
@@ -47,15 +47,14 @@ def main(*roots) -> None:
         v = paired_verdict([mine[s] - base[name, s] for s in seeds],
                            f"{name} at {budget}", f"{name} at 30 ep, 128 px")
         vals = [mine[s] for s in seeds]
-        mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
         table.append({"model": name, "epochs": epochs, "image_size": size, "seeds": seeds,
                       "final": vals, "base": [base[name, s] for s in seeds], **v})
         lines.append(f"| {name} | {budget} | {', '.join(f'{x:.4f}' for x in vals)} | "
-                     f"{mean:.4f} ± {std:.4f} | "
+                     f"{np.mean(vals):.4f} ± {_std(vals):.4f} | "
                      f"{', '.join(f'{base[name, s]:.4f}' for s in seeds)} | "
                      f"{', '.join(f'{d:+.1f}' for d in v['diffs_pp'])} | {v['verdict']} |")
-    (HERE / "budgets.json").write_text(json.dumps(table, indent=1) + "\n")
-    (HERE / "budgets.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(HERE / "budgets.json", json.dumps(table, indent=1) + "\n")
+    atomic_write_text(HERE / "budgets.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
