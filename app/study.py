@@ -445,7 +445,7 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
             if run_dir.exists() and not state:
                 raise UserError(f"{run_dir} exists but is not a run folder; move it away")
             if state:
-                _check_same_settings(run_dir, cfg)
+                _check_same_settings(run_dir, cfg, state)
             plan.append((name, cfg, run_dir, state))
     pending = []  # (name, cfg, run_dir or None) for --jobs
     for i, (name, cfg, run_dir, state) in enumerate(plan):
@@ -459,7 +459,7 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
         started = time.perf_counter()
         try:
             if state:
-                trainer.train(trainer.resume_config(run_dir), run_dir)
+                trainer.train(resumed_config(run_dir, cfg), run_dir)
             else:
                 trainer.train(cfg, exact_name=True)
             trained += 1
@@ -483,13 +483,34 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
     return output
 
 
-def _check_same_settings(run_dir: Path, cfg: dict) -> None:
-    """Refuse a study command whose settings differ from those an existing run of the same
-    name was trained with: skipping or resuming that run would report it as this command's
-    (a 30-epoch run in a study asked for 60 epochs)."""
-    from app.config import changed_keys
+def resumed_config(run_dir, cfg: dict) -> dict:
+    """The config an interrupted study run resumes on: the run's own, read from the split
+    the study command names (the data may have moved since; _check_same_settings has made
+    sure it is the same split)."""
     from app.trainer import resume_config
 
+    run_cfg = resume_config(run_dir)
+    run_cfg["data"]["root"] = cfg["data"]["root"]
+    return run_cfg
+
+
+def _check_same_settings(run_dir: Path, cfg: dict, state: dict) -> None:
+    """Refuse a study command whose settings or split differ from those an existing run of
+    the same name was trained with: skipping or resuming that run would report it as this
+    command's (a 30-epoch run in a study asked for 60 epochs, or a run trained on another
+    split of the data)."""
+    from app.config import changed_keys
+    from app.data import split_fingerprint
+    from app.trainer import resume_config
+
+    root = cfg["data"]["root"]
+    recorded, current = state.get("data_fingerprint"), split_fingerprint(root)
+    if recorded and current != recorded:
+        why = ("holds another split (its classes, counts or files differ)" if current else
+               "has no manifest.json to tell" if Path(root).is_dir() else "does not exist")
+        raise UserError(f"{run_dir} was trained on a split made by data_tools/split.py; {root} "
+                        f"{why}; --data the split its runs were trained on, or give this study "
+                        f"another --output")
     run_cfg = resume_config(run_dir)
     changed = changed_keys(run_cfg, cfg)
     if changed:
@@ -588,7 +609,7 @@ def _run_one(cfg: dict, run_dir: str | None, log: str, threads: int) -> tuple[in
         os.dup2(f.fileno(), 2)
         try:
             if run_dir is not None:
-                cfg = trainer.resume_config(run_dir)
+                cfg = resumed_config(run_dir, cfg)
             if not cfg["train"]["threads"]:
                 cfg["train"]["threads"] = threads
             path = trainer.train(cfg, run_dir, exact_name=True)

@@ -134,6 +134,42 @@ def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: towernet-s")
 
+def test_study_follows_moved_data_and_refuses_another_split(tiny_split, tmp_path):
+    from data_tools.split import split_dataset
+
+    data, out = tmp_path / "data", tmp_path / "study"
+    shutil.copytree(tiny_split, data)
+    args = ["train.py", "--models", "towernet", "--seeds", "0", "--epochs", "1",
+            "--output", out, *FAST_TRAIN]
+    run_cli(*args, "--data", data, check=True)
+    state_path = out / "towernet-s0" / "state.json"
+    state = json.loads(state_path.read_text())
+    state.update(status="interrupted", epoch=0)
+    state_path.write_text(json.dumps(state))
+
+    # The split moved: the interrupted run resumes on it where the study's --data now points.
+    moved = tmp_path / "moved"
+    data.rename(moved)
+    proc = run_cli(*args, "--data", moved, check=True)
+    assert "== towernet-s0" in proc.stdout
+    assert json.loads(state_path.read_text())["status"] == "finished"
+
+    # Another split under the study's --data (here: drawn with another seed): refused before
+    # anything trains or is skipped, finished or interrupted, as another budget is.
+    other = tmp_path / "other"
+    split_dataset(tiny_split.parent / "src", other, eval_ratio=0.25, seed=1, progress=False)
+    before = (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns
+    for status in ("finished", "interrupted"):
+        state = json.loads(state_path.read_text())
+        state["status"] = status
+        state_path.write_text(json.dumps(state))
+        proc = run_cli(*args, "--data", other)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert "holds another split" in proc.stderr and str(other) in proc.stderr
+        assert "==" not in proc.stdout and "skipped" not in proc.stdout
+    assert (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns == before
+
+
 
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
     for args in (["--models", "towernet,nope", "--seeds", "0"], ["--seeds", "a,b"], ["--jobs", "2"],
