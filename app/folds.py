@@ -9,8 +9,8 @@ K-fold, and ``--seeds 0,1,2,3,4 --folds 2`` is Dietterich's 5x2cv.
 ``write_fold_split(split, dst, k, fold, seed)`` lays fold ``fold`` out as an ordinary split
 folder: ``dst/train/<class>/`` (the other folds) and ``dst/eval/<class>/`` (this fold) as
 symbolic links to the original images (copies where links are not possible), and a
-manifest.json with the mean/std of this fold's train part. It lives inside the study's
-output folder; the original split is only read.
+manifest.json with the mean/std of this fold's train part and the fingerprint of the split
+it was made from. It lives inside the study's output folder; the original split is only read.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from app.atomic import atomic_write_json
 from app.errors import UserError
-from app.data import load_manifest
+from app.data import load_manifest, split_fingerprint
 from app.images import IMAGE_EXTENSIONS, mean_std, pixel_sums
 
 
@@ -62,10 +62,21 @@ def pooled_samples(split) -> tuple[list, list]:
 def write_fold_split(split, dst, k: int, fold: int, seed: int) -> Path:
     """Fold ``fold`` of ``k`` (seed ``seed``) of ``split`` as a split folder at ``dst``.
 
-    Returns ``dst``; a complete fold folder from an earlier call is reused as it is.
+    Returns ``dst``. A complete fold folder from an earlier call is reused when it was made
+    from this split where it is now; from this split before it moved (its links would
+    dangle), it is made again; from another split, it is refused.
     """
     dst = Path(dst)
-    if (dst / "manifest.json").is_file():
+    made = load_manifest(dst)
+    source = made and made.get("source_fingerprint")
+    if made and source is None:  # made before fingerprints were recorded
+        return dst
+    fingerprint = split_fingerprint(split)
+    if made and source != fingerprint:
+        raise UserError(f"{dst} was made from another split than {split} (its classes, counts "
+                        f"or files differ); --data the split this study started on, or give it "
+                        f"another --output")
+    if made and made.get("source") == str(Path(split).resolve()):
         return dst
     classes, samples = pooled_samples(split)
     folds = fold_assignment([label for _, label in samples], k, seed)
@@ -90,6 +101,13 @@ def write_fold_split(split, dst, k: int, fold: int, seed: int) -> Path:
     atomic_write_json(tmp / "manifest.json", {
         "classes": classes, "counts": counts, "mean": mean, "std": std,
         "fold": fold, "folds": k, "seed": seed, "source": str(Path(split).resolve()),
-        "complete": True})
+        "source_fingerprint": fingerprint, "complete": True})
+    old = dst.with_name(f".{dst.name}.old")
+    if old.exists():  # left by a swap that was killed
+        shutil.rmtree(old)
+    if made:  # the split moved: the folder made from it before goes once the new one is whole
+        os.rename(dst, old)
     os.rename(tmp, dst)  # whole, or not at all
+    if made:
+        shutil.rmtree(old)
     return dst

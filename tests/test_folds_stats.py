@@ -1,11 +1,13 @@
 """K-fold studies and the per-image statistics of the report."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 
 from app import stats
+from app.errors import UserError
 from app.folds import fold_assignment, pooled_samples, write_fold_split
 from conftest import run_cli
 
@@ -39,6 +41,31 @@ def test_fold_splits_cover_every_image_once_per_seed(tiny_split, tmp_path):
         assert len(manifest["mean"]) == 3 and all(0 < s < 1 for s in manifest["std"])
     assert sorted(evaluated) == sorted(everything)  # each image evaluated exactly once
     assert {p.name for p in (tiny_split / "train").rglob("*") if p.is_file()} <= everything
+
+
+def test_fold_folder_follows_a_moved_split_and_refuses_another(tiny_split, tmp_path):
+    from data_tools.split import split_dataset
+
+    data, moved, other = tmp_path / "data", tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(tiny_split, data)
+    fold = write_fold_split(data, tmp_path / "f0", 3, 0, seed=0)
+    names = sorted(p.relative_to(fold) for p in fold.rglob("*.jpg"))
+    assert write_fold_split(data, fold, 3, 0, seed=0) == fold  # reused as it is
+
+    # The split moved: the old links dangle, so the fold folder is made again, the same images.
+    data.rename(moved)
+    assert not all(p.exists() for p in fold.rglob("*.jpg"))
+    write_fold_split(moved, fold, 3, 0, seed=0)
+    assert sorted(p.relative_to(fold) for p in fold.rglob("*.jpg")) == names
+    assert all(p.exists() for p in fold.rglob("*.jpg"))
+    assert json.loads((fold / "manifest.json").read_text())["source"] == str(moved.resolve())
+    assert not list(tmp_path.glob(".f0.*"))
+
+    # Another split (the same images drawn with another seed): refused, the folder kept.
+    split_dataset(tiny_split.parent / "src", other, eval_ratio=0.25, seed=1, progress=False)
+    with pytest.raises(UserError, match="made from another split"):
+        write_fold_split(other, fold, 3, 0, seed=0)
+    assert sorted(p.relative_to(fold) for p in fold.rglob("*.jpg")) == names
 
 
 def test_mcnemar_exact_matches_the_binomial_by_hand():
