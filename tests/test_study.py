@@ -134,6 +134,7 @@ def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: towernet-s")
 
+
 def test_study_follows_moved_data_and_refuses_another_split(tiny_split, tmp_path):
     from data_tools.split import split_dataset
 
@@ -168,7 +169,6 @@ def test_study_follows_moved_data_and_refuses_another_split(tiny_split, tmp_path
         assert "holds another split" in proc.stderr and str(other) in proc.stderr
         assert "==" not in proc.stdout and "skipped" not in proc.stdout
     assert (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns == before
-
 
 
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
