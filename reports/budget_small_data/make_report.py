@@ -1,7 +1,7 @@
 """report.md / report.json / study_curves.png of the budget runs, and budgets.md: each budget
 against small_data at 128 px / 30 epochs, paired by seed.
 
-    python reports/budget_small_data/make_report.py <dir>/budget_e60 <dir>/budget_px160
+    python reports/budget_small_data/make_report.py <dir>/budget_e60 <dir>/budget_px160 <dir>/budget_e90
 
 The study report tags the budget fewer of its runs share (``30ep 160px`` once the 60-epoch
 folder holds more runs), so each model at each budget is its own row. The 128 px / 30 epoch runs (session 31,
