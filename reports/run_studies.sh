@@ -132,4 +132,6 @@ $P train.py --models towernet_se --seeds 0,1,2 --data $c16 --image-size 128 --ep
   --jobs 3 --output $out/budget_e60  # session 34's addendum
 $P train.py --models towernet_simam --seeds 0,1,2 --data $c16 --image-size 128 --epochs 90 --recipe small_data \
   --jobs 3 --output $out/budget_e90  # session 35's addendum 2
+$P train.py --models towernet --seeds 0,1,2 --data $c16 --image-size 128 --epochs 90 --recipe small_data \
+  --jobs 3 --output $out/budget_e90  # session 35's addendum 3
 $P reports/budget_small_data/make_report.py $out/budget_e60 $out/budget_px160 $out/budget_e90
