@@ -135,3 +135,4 @@ $P train.py --models towernet_simam --seeds 0,1,2 --data $c16 --image-size 128 -
 $P train.py --models towernet --seeds 0,1,2 --data $c16 --image-size 128 --epochs 90 --recipe small_data \
   --jobs 3 --output $out/budget_e90  # session 35's addendum 3
 $P reports/budget_small_data/make_report.py $out/budget_e60 $out/budget_px160 $out/budget_e90
+$P eval.py --compare $out/budget_e90 --out reports/budget_small_data/e90  # SimAM against towernet at 90 epochs
