@@ -3,11 +3,12 @@ against small_data at 128 px / 30 epochs, paired by seed.
 
     python reports/budget_small_data/make_report.py <dir>/budget_e60 <dir>/budget_px160 <dir>/budget_e90
 
-The study report tags the budget fewer of its runs share (``30ep 160px`` once the 60-epoch
-folder holds more runs), so each model at each budget is its own row. The 128 px / 30 epoch runs (session 31,
-``reports/recipe_study/session31/``) are no longer on disk; their final eval top-1 per seed
-is read from that report's committed report.json, so the comparison with them is by seed
-(t interval), without the per-image statistics that need their predictions.
+The study report tags the budgets fewer of its runs share (``30ep 160px``, ``90ep`` once the
+60-epoch folder holds the most runs), so each model at each budget is its own row. The 128 px
+/ 30 epoch runs (session 31, ``reports/recipe_study/session31/``) are no longer on disk; their
+final eval top-1 per seed is read from that report's committed report.json, so the comparison
+with them is by seed (t interval), without the per-image statistics that need their
+predictions.
 """
 import json
 import sys
