@@ -68,6 +68,17 @@ def split_fingerprint(root) -> str | None:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def split_mismatch(root, recorded: str) -> str | None:
+    """Why the folder ``root`` is not the split fingerprinted ``recorded`` ("does not exist",
+    "has no manifest.json to tell", "holds another split ..."), or None when it is."""
+    current = split_fingerprint(root)
+    if current == recorded:
+        return None
+    if current:
+        return "holds another split (its classes, counts or files differ)"
+    return "has no manifest.json to tell" if Path(root).is_dir() else "does not exist"
+
+
 class ToCHW:
     """HWC uint8 (PIL or numpy) -> CHW float32, scaled to [0, 1] and normalised per channel."""
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from app.atomic import atomic_write_json
 from app.errors import UserError
-from app.data import load_manifest, split_fingerprint
+from app.data import load_manifest, split_fingerprint, split_mismatch
 from app.images import IMAGE_EXTENSIONS, mean_std, pixel_sums
 
 
@@ -71,11 +71,11 @@ def write_fold_split(split, dst, k: int, fold: int, seed: int) -> Path:
     source = made and made.get("source_fingerprint")
     if made and source is None:  # made before fingerprints were recorded
         return dst
-    fingerprint = split_fingerprint(split)
-    if made and source != fingerprint:
-        raise UserError(f"{dst} was made from another split than {split} (its classes, counts "
-                        f"or files differ); --data the split this study started on, or give it "
-                        f"another --output")
+    why = made and split_mismatch(split, source)
+    if why:
+        raise UserError(f"{dst} was made from another split; {split} {why}; --data the split "
+                        f"this study started on, or give it another --output")
+    fingerprint = source or split_fingerprint(split)  # equal when made
     if made and made.get("source") == str(Path(split).resolve()):
         return dst
     classes, samples = pooled_samples(split)

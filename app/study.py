@@ -500,14 +500,12 @@ def _check_same_settings(run_dir: Path, cfg: dict, state: dict) -> None:
     command's (a 30-epoch run in a study asked for 60 epochs, or a run trained on another
     split of the data)."""
     from app.config import changed_keys
-    from app.data import split_fingerprint
+    from app.data import split_mismatch
     from app.trainer import resume_config
 
-    root = cfg["data"]["root"]
-    recorded, current = state.get("data_fingerprint"), split_fingerprint(root)
-    if recorded and current != recorded:
-        why = ("holds another split (its classes, counts or files differ)" if current else
-               "has no manifest.json to tell" if Path(root).is_dir() else "does not exist")
+    root, recorded = cfg["data"]["root"], state.get("data_fingerprint")
+    why = recorded and split_mismatch(root, recorded)
+    if why:
         raise UserError(f"{run_dir} was trained on a split made by data_tools/split.py; {root} "
                         f"{why}; --data the split its runs were trained on, or give this study "
                         f"another --output")
