@@ -5,7 +5,7 @@ channels-last BN -> ReLU6 pairs ran as oneDNN's BN and then Paddle's ReLU6: two 
 the map forward (three reads and two writes) and two backward. ``bn_clip.c`` computes the
 batch statistics, normalises and clips in one kernel, and in the backward recomputes the
 clip's mask from the input instead of reading the output. On MobileNetV2's 128 px / batch 32
-shapes this makes BN + ReLU6 forward + backward ~16% faster (bench/README.md, issue 19).
+shapes this makes BN + ReLU6 forward + backward ~16% faster (docs/speed.md).
 A plain ReLU gains nothing from it (oneDNN fuses that one: ResNet-50's shapes were 8% slower
 here), so only ReLU6 uses it.
 

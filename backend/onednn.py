@@ -11,7 +11,7 @@ its max-pools 1.6-2.8x (bench/kernels.py); TowerNet-SimAM trains ~1.3x faster, R
 1.2-1.4x and MobileNetV2 3.1-3.4x (bench/README.md). Convs take bias, stride, padding,
 dilation and groups.
 
-Channels-last (NHWC; issue 19). Convs and max-pools also take NHWC tensors, which oneDNN reads
+Channels-last (NHWC). Convs and max-pools also take NHWC tensors, which oneDNN reads
 and writes as they are (``acdb`` memory): no activation reorders, only the weights are
 reordered into the layout the JIT kernel wants. :func:`batch_norm` runs an NHWC BatchNorm2D on
 oneDNN's batch-normalisation primitive with the ReLU fused into it (forward and backward;
