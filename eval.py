@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import app  # noqa: F401  (quietens paddle; must come first)
-from app.errors import UserError, exit_on_user_error
+import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
+from app.util.errors import UserError, exit_on_user_error
 
 
 def parse_args(argv=None):
@@ -76,13 +76,13 @@ def show_evaluation(result: dict, out_dir: Path) -> None:
 
 
 def attention_maps(weights, meta, args, out_dir: Path) -> int:
-    from app import evaluation
-    from app.attention_maps import save_attention_grid
+    from app.inspect import evaluate
+    from app.inspect.attention_maps import save_attention_grid
 
     if args.attention_maps < 1:
         raise UserError("--attention-maps takes a positive number of images")
-    network = evaluation.load_network(weights, meta)
-    ds = evaluation.eval_dataset(meta, args.data)
+    network = evaluate.load_network(weights, meta)
+    ds = evaluate.eval_dataset(meta, args.data)
     # Spread the picks over the classes: every k-th eval image, in class order.
     n = min(args.attention_maps, len(ds))
     indices = [round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)]
@@ -98,9 +98,9 @@ def attention_maps(weights, meta, args, out_dir: Path) -> int:
 
 def gradcam_grid(args) -> int:
     """--gradcam N over --run R or --runs R1 R2 ...: the same images, one column per run."""
-    from app import evaluation
-    from app.engine import select_device
-    from app.gradcam import compare_gradcam
+    from app.build.device import select_device
+    from app.inspect.evaluate import find_checkpoint
+    from app.inspect.gradcam import compare_gradcam
 
     if args.gradcam is None or args.gradcam < 1:
         given = "--runs" if args.runs else "--gradcam"
@@ -108,7 +108,7 @@ def gradcam_grid(args) -> int:
                         f"(over --run R or --runs R1 R2 ...)")
     select_device(args.device)
     runs = [Path(r) for r in (args.runs or [args.run])]
-    loaded = [(run, *evaluation.find_checkpoint(run)) for run in runs]
+    loaded = [(run, *find_checkpoint(run)) for run in runs]
     out = Path(args.out or runs[0].parent)
     make_out_dir(out)
     path = compare_gradcam(loaded, args.gradcam, args.target, args.seed, out, args.data)
@@ -119,7 +119,8 @@ def gradcam_grid(args) -> int:
 
 def deploy(args) -> int:
     """--export DIR (a run or checkpoint -> inference model), or --model-dir DIR --image."""
-    from app import evaluation, export
+    from app.inspect import export
+    from app.inspect.evaluate import find_checkpoint
 
     if args.model_dir:
         if not args.image:
@@ -130,7 +131,7 @@ def deploy(args) -> int:
     if args.image or not (args.run or args.checkpoint):
         raise UserError("--export exports a --run or --checkpoint; predict with --model-dir "
                         "DIR --image FILE afterwards")
-    weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
+    weights, meta = find_checkpoint(args.run, args.checkpoint)
     out = export.export_model(weights, meta, args.export, args.format, args.opset)
     print(f"exported {weights} ({meta['model']}, {args.format}, input [N, 3, "
           f"{meta['image_size']}, {meta['image_size']}], softmax output) to {out}")
@@ -139,16 +140,16 @@ def deploy(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from app import evaluation, report
-    from app.engine import select_device
+    from app.build.device import select_device  # Paddle loads here, not for --help
+    from app.inspect import evaluate, figures
+    from app.study.report import write_report
+    from app.study.runs import collect_runs
 
     if args.compare:
-        runs = evaluation.collect_runs(args.compare)
+        runs = collect_runs(args.compare)
         out = Path(args.out or args.compare[0])
         make_out_dir(out)
-        print(report.write_comparison(runs, out))
-        from app.study import write_report
-
+        print(figures.write_comparison(runs, out))
         write_report(args.compare, out)
         print(f"wrote {out / 'compare.png'}, {out / 'report.md'}, report.json, study_curves.png")
         return 0
@@ -159,9 +160,9 @@ def main(argv=None) -> int:
     if args.model_dir or args.export:
         return deploy(args)
     select_device(args.device)
-    weights, meta = evaluation.find_checkpoint(args.run, args.checkpoint)
+    weights, meta = evaluate.find_checkpoint(args.run, args.checkpoint)
     if args.image:
-        for path, preds in evaluation.predict_files(weights, meta, args.image, args.topk,
+        for path, preds in evaluate.predict_files(weights, meta, args.image, args.topk,
                                                     args.tta == "flip"):
             print(path + ": " + ", ".join(f"{c} {p:.3f}" for c, p in preds))
         return 0
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
     make_out_dir(out_dir)
     if args.attention_maps is not None:
         return attention_maps(weights, meta, args, out_dir)
-    result = evaluation.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size,
+    result = evaluate.evaluate_checkpoint(weights, meta, out_dir, args.data, args.batch_size,
                                             args.tta == "flip")
     show_evaluation(result, out_dir)
     return 0

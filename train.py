@@ -1,14 +1,16 @@
 """Train a model: ``python train.py --model towernet_simam [--data DIR] [-o key=value ...]``.
 
 Resolves the config (configs/default.yaml <- configs/<model or its family>.yaml or -c FILE <-
-flags <- -o), then hands over to app.trainer. ``--resume RUN_DIR`` continues a run on its own config.
+flags <- -o), then hands over to app.train.trainer (a study: app.study.runner).
+``--resume RUN_DIR`` continues a run on its own config.
 """
 import argparse
 import sys
 
-import app  # noqa: F401  (quietens paddle; must come first)
-from app.config import load_config, parse_override, resume_config_overrides
-from app.errors import UserError, exit_on_user_error
+import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
+from app.config.load import load_config, parse_override
+from app.config.resume import resume_config_overrides
+from app.util.errors import UserError, exit_on_user_error
 
 FLAGS = {  # flag -> config key
     "data": "data.root", "epochs": "train.epochs", "batch_size": "train.batch_size",
@@ -66,14 +68,15 @@ def main(argv=None) -> int:
     overrides = [(key, getattr(args, flag)) for flag, key in FLAGS.items()
                  if getattr(args, flag) is not None]
     overrides += [parse_override(o) for o in args.override]
-    from app import trainer
+    from app.run.folder import RunFolder
+    from app.train import trainer  # Paddle loads here, not for --help or --list-models
 
     if args.models or args.seeds or args.folds is not None:
         return study(args, overrides)
     if args.jobs != 1:
         raise UserError("--jobs runs a study's runs side by side: give --models and/or --seeds")
     if args.resume:
-        cfg = resume_config_overrides(trainer.resume_config(args.resume), overrides,
+        cfg = resume_config_overrides(RunFolder(args.resume).read_config(), overrides,
                                       given_config=args.config or args.model)
     else:
         cfg = load_config(args.config, args.model, overrides, args.recipe)
@@ -94,7 +97,8 @@ def _int_list(text: str, flag: str) -> list:
 
 def study(args, overrides) -> int:
     """``--models a,b --seeds 0,1,2``: every model x seed into OUTPUT/<model>-s<seed>/."""
-    from app.study import run_study
+    from app.study.runner import run_study
+    from app.train import trainer
 
     if args.resume or args.name:
         raise UserError("--models/--seeds name their runs <model>-s<seed> and resume them "
@@ -104,8 +108,6 @@ def study(args, overrides) -> int:
     if not models:
         raise UserError("--seeds needs --model or --models")
     overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
-    from app import trainer
-
     try:
         run_study(args.config, models, seeds, overrides, args.folds, args.recipe, args.jobs)
     except trainer.RunStopped as e:  # Ctrl-C: the runs stopped at their last epoch

@@ -114,7 +114,7 @@ class Dnnl:
 
 def empty(shape: list[int], dtype=paddle.float32) -> paddle.Tensor:
     """``paddle.empty`` without its Python argument handling: the plans allocate a few hundred
-    buffers a step, and the wrapper cost as much as the allocation (bench/README.md)."""
+    buffers a step, and the wrapper cost as much as the allocation (docs/speed.md)."""
     return paddle._C_ops.empty(shape, dtype, paddle.CPUPlace())
 
 
@@ -209,7 +209,7 @@ class ConvPlan:
         # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
         # the same layout (one converting reorder less, and half the memory of the float32 input
         # it replaces). Deriving every bfloat16 layout from the forward's copies instead of from
-        # the float32 originals was measured and did not help (bench/README.md).
+        # the float32 originals was measured and did not help (docs/speed.md).
         self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(
             self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
         # Backward-weights reads the upstream gradient as backward-data does (one reorder) when so.

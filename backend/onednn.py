@@ -2,20 +2,20 @@
 
 Paddle 3.3.1's dygraph CPU conv is a per-sample im2col + MKL GEMM with single-threaded
 im2col/col2im, and its max-pool is single-threaded; its oneDNN kernels run only in
-static-graph programs, where TowerNet cannot train (bench/README.md). This module calls the
+static-graph programs, where TowerNet cannot train (docs/speed.md). This module calls the
 wheel's own ``libs/libdnnl.so.3`` (oneDNN 3.6) through its C API with ``ctypes``, much as
 PyTorch's CPU conv goes through ideep: the input is reordered into oneDNN's blocked layout,
 the JIT convolution runs, the result is reordered back to NCHW. On a 2-core AVX-512 machine,
 batch 32, TowerNet's convs (forward + both backwards) are 1.4-1.6x faster than Paddle's and
 its max-pools 1.6-2.8x (bench/kernels.py); TowerNet-SimAM trains ~1.3x faster, ResNet50
-1.2-1.4x and MobileNetV2 3.1-3.4x (bench/README.md). Convs take bias, stride, padding,
+1.2-1.4x and MobileNetV2 3.1-3.4x (docs/speed.md). Convs take bias, stride, padding,
 dilation and groups.
 
 Channels-last (NHWC). Convs and max-pools also take NHWC tensors, which oneDNN reads
 and writes as they are (``acdb`` memory): no activation reorders, only the weights are
 reordered into the layout the JIT kernel wants. :func:`batch_norm` runs an NHWC BatchNorm2D on
 oneDNN's batch-normalisation primitive with the ReLU fused into it (forward and backward;
-Paddle's CPU BatchNorm and ReLU are 3.5-4.4x slower on these shapes, bench/README.md). A model
+Paddle's CPU BatchNorm and ReLU are 3.5-4.4x slower on these shapes, docs/speed.md). A model
 built with ``data_format="NHWC"`` (TowerNet) therefore runs conv -> BN+ReLU -> pool chains
 without leaving channels-last; ``train.channels_last: auto`` picks it on a CPU. A residual
 block's end ``relu(bn3(x) + identity)`` runs as one oneDNN binary add with the ReLU fused
@@ -50,7 +50,7 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
   convolutions and every parameter stays float32.
 - float32, on purpose: the RGB stem (oneDNN's GEMM conv, a few percent of the step); depthwise
   and grouped convs (memory-bound; PyTorch's bf16 MobileNetV2 trains slower than its fp32 here,
-  157 vs 180 img/s, bench/README.md);
+  157 vs 180 img/s, docs/speed.md);
   BatchNorm, ReLU, the residual add, pooling, SimAM and the other attention statistics,
   softmax and the loss (reductions and exponentials that bfloat16's 8-bit mantissa would
   bias; and Paddle 3.3.1 registers no CPU bfloat16 add, ReLU, pool or mean); the classifier's

@@ -8,7 +8,7 @@ alternating by round), ``--rounds`` times. Both sides share the process, the wei
 and each busy spell of a shared machine, so the per-round ratio off/on is far steadier than
 two separate ``throughput.py`` runs. The switches the backend reads on every call:
 ``TOWERNET_FUSED`` (backend/fused.py) and ``TOWERNET_ONEDNN`` (backend/onednn.py). A benchmark,
-not a test. Figures: bench/README.md.
+not a test. Figures: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app  # noqa: E402,F401  (environment defaults; must come before paddle)
 
-from app.errors import UserError, exit_on_user_error  # noqa: E402
+from app.util.errors import UserError, exit_on_user_error  # noqa: E402
 from bench.throughput import setup  # noqa: E402
 from bench.timing import timed  # noqa: E402
 

@@ -28,9 +28,9 @@ import app  # noqa: E402,F401  (environment defaults; must come before paddle)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from app import export  # noqa: E402
-from app.engine import available_cores, select_device  # noqa: E402
-from app.errors import UserError, exit_on_user_error  # noqa: E402
+from app.inspect import export  # noqa: E402
+from app.build.device import available_cores, select_device  # noqa: E402
+from app.util.errors import UserError, exit_on_user_error  # noqa: E402
 from bench.timing import timed  # noqa: E402
 from models import create_model  # noqa: E402
 

@@ -8,7 +8,7 @@ mode), then times forward + backward of each distinct layer geometry both ways, 
 (``TOWERNET_ONEDNN`` toggled), and prints ms per call (best of two sets of ``--repeats``).
 ``--bn-relu6``: the channels-last model's fused BatchNorm + ReLU6 layers instead, oneDNN's BN
 then Paddle's ReLU6 against backend/fused.py's kernel (``TOWERNET_FUSED`` toggled), each
-shape weighted by how many layers have it. A benchmark, not a test. Figures: bench/README.md.
+shape weighted by how many layers have it. A benchmark, not a test. Figures: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import app  # noqa: E402,F401  (environment defaults; must come before paddle)
 import paddle  # noqa: E402
 
-from app.engine import select_device  # noqa: E402
+from app.build.device import select_device  # noqa: E402
 from bench.timing import timed  # noqa: E402
 from backend import onednn  # noqa: E402
 from models import create_model  # noqa: E402

@@ -72,11 +72,11 @@ def check(run_dir: Path, reference_rows: list, epochs: int) -> list:
     """Problems found in a finished run (empty: all good)."""
     from visualdl import LogReader
 
-    from app.callbacks import read_metrics
-    from app.checkpoint import crc32
+    from app.run.folder import RunFolder
+    from app.run.checkpoint import crc32
 
     problems = []
-    rows = read_metrics(run_dir / "metrics.csv")
+    rows = RunFolder(run_dir).read_metrics()
     if [r["epoch"] for r in rows] != list(range(1, epochs + 1)):
         problems.append(f"metrics.csv epochs {[r['epoch'] for r in rows]}")
     elif any(abs(a["lr"] - b["lr"]) > 1e-9 for a, b in zip(rows, reference_rows)):
@@ -118,9 +118,9 @@ def main(argv=None) -> int:
     try:
         if run(train_cmd(*common, "--output", work / "reference")) != 0:
             raise SystemExit("the uninterrupted reference run failed")
-        from app.callbacks import read_metrics
+        from app.run.folder import RunFolder
 
-        reference = read_metrics(work / "reference" / "towernet" / "metrics.csv")
+        reference = RunFolder(work / "reference" / "towernet").read_metrics()
         t0 = time.perf_counter()
         run(train_cmd(*common, "--output", work / "timing"))
         duration = time.perf_counter() - t0

@@ -24,8 +24,8 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 import paddle  # noqa: E402
 
-from app.data import ImageFolderDataset  # noqa: E402
-from app.errors import exit_on_user_error  # noqa: E402
+from app.data.dataset import ImageFolderDataset  # noqa: E402
+from app.util.errors import exit_on_user_error  # noqa: E402
 
 
 def epoch_rates(ds, batch_size: int, num_workers: int, epochs: int) -> list[float]:

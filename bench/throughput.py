@@ -5,10 +5,10 @@
                                [--data SPLIT_DIR] [-o section.key=value ...]
 
 train: the config train.py would resolve (default.yaml <- the model's or family's YAML <- -o),
-``select_device`` (threads), ``training_network``, ``build_optimizer``, ``prepare_model`` and hapi's
+``resolve_settings`` (device, threads, layout, AMP), ``build_network``, ``build_model`` and hapi's
 ``Model.train_batch`` on a fixed random batch, plus the per-step lr update, i.e. what
 ``Model.fit`` runs per batch minus the data and the callbacks. infer: eval mode, no_grad, as
-``app.engine.predict_logits``. Each round times ``--steps`` steps after 2 warm-up steps; the
+``app.inspect.predict.predict_logits``. Each round times ``--steps`` steps after 2 warm-up steps; the
 figure is the median step of the best round (the machine may be shared; the rounds say how
 noisy it was); against a reference, also the ratio within each round (the two ran back to back)
 and the median of those. ``--reference torch`` builds the same network in PyTorch
@@ -24,7 +24,7 @@ train mode, on the input shapes one training step gives them, in the same rounds
 reports their share of the training step.
 ``--json`` prints one JSON object per line per framework (train_img_s, infer_img_s, ...).
 
-A benchmark, not a test: figures depend on the machine. Measurements: bench/README.md.
+A benchmark, not a test: figures depend on the machine. Measurements: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -43,10 +43,15 @@ import app  # noqa: E402,F401  (environment defaults; must come before paddle)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-from app.config import load_config, parse_override  # noqa: E402
-from app.engine import (available_cores, build_loader, build_optimizer, prepare_model,  # noqa: E402
-                        seed_everything, select_device, training_network)
-from app.errors import UserError, exit_on_user_error  # noqa: E402
+from app.build.device import available_cores  # noqa: E402
+from app.build.loader import build_loader  # noqa: E402
+from app.build.network import build_network  # noqa: E402
+from app.build.settings import Settings, norm_stats, resolve_settings  # noqa: E402
+from app.config.load import load_config, parse_override  # noqa: E402
+from app.data.augment import MixBatch  # noqa: E402
+from app.data.dataset import train_dataset  # noqa: E402
+from app.train.trainer import build_model  # noqa: E402
+from app.util.errors import UserError, exit_on_user_error  # noqa: E402
 from backend import fused, onednn  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
@@ -75,15 +80,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def paddle_runner(cfg: dict, num_classes: int, batch: tuple, device: str = "cpu"):
+def paddle_runner(cfg: dict, settings: Settings, num_classes: int, batch: tuple):
     """(network, train_step, infer, train_on) exactly as train.py builds and steps the model.
 
     train_step and infer use the fixed ``batch``; ``train_on(images, labels)`` steps on a
     loader's batch.
     """
-    network = training_network(cfg, num_classes, device)
-    optimizer = build_optimizer(cfg, network, steps_per_epoch=1000)
-    model = prepare_model(network, cfg, num_classes, optimizer)
+    network = build_network(cfg["model"]["name"], num_classes, cfg["model"]["kwargs"],
+                            settings.channels_last)
+    model = build_model(cfg, network, num_classes, 1000, settings.amp_configs)
+    optimizer = model._optimizer
     x, y = paddle.to_tensor(batch[0]), paddle.to_tensor(batch[1])
 
     def train_on(images, labels):
@@ -179,14 +185,13 @@ def loader_epochs(cfg: dict, data: str, train_on) -> dict:
     steps on the same epoch's batches, read into memory beforehand. Two of each, alternating;
     the faster of each counts. The held batches cost one epoch of float32 images in memory.
     """
-    from app.trainer import train_collate, train_dataset
-
     d, t = cfg["data"], cfg["train"]
     start = time.perf_counter()
-    ds = train_dataset(cfg, data, progress=False)  # augmented as train.py does (recipe pieces)
+    # augmented and normalised as train.py does (recipe pieces)
+    ds = train_dataset(d, data, norm_stats(d, cfg["model"]), progress=False)
     build_s = time.perf_counter() - start
     loader = build_loader(ds, t["batch_size"], True, d["num_workers"], seed=t["seed"],
-                          collate_fn=train_collate(cfg, len(ds.classes)))
+                          collate_fn=MixBatch.from_config(t, len(ds.classes)))
     start = time.perf_counter()
     seen = sum(images.shape[0] for images, _ in loader)
     seconds = time.perf_counter() - start
@@ -223,12 +228,11 @@ def setup(model: str, image_size: int, batch_size: int, num_classes: int = 16, o
     overrides = [("data.image_size", image_size), ("train.batch_size", batch_size)]
     overrides += [parse_override(o) for o in override]
     cfg = load_config(model=model, overrides=overrides, recipe=recipe)
-    device = select_device(cfg["train"]["device"], cfg["train"]["threads"])
-    seed_everything(cfg["train"]["seed"])
+    settings = resolve_settings(cfg)  # device, threads, seeds, layout, AMP: as train.py does
     rng = np.random.default_rng(0)
     batch = (rng.standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32),
              rng.integers(0, num_classes, (batch_size, 1)).astype(np.int64))
-    return cfg, batch, paddle_runner(cfg, num_classes, batch, device)
+    return cfg, batch, paddle_runner(cfg, settings, num_classes, batch)
 
 
 def run(args) -> list[dict]:

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from app.errors import UserError
+from app.util.errors import UserError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # Nested archives are opened at most this deep (caltech-101.zip -> 101_ObjectCategories.tar.gz).

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from app.atomic import atomic_write_text  # noqa: E402
-from app.errors import UserError, exit_on_user_error  # noqa: E402
-from app.images import IMAGE_EXTENSIONS, mean_std, pixel_sums  # noqa: E402
+from app.util.atomic import atomic_write_text  # noqa: E402
+from app.util.errors import UserError, exit_on_user_error  # noqa: E402
+from app.data.images import IMAGE_EXTENSIONS, mean_std, pixel_sums  # noqa: E402
 from data_tools import archive, demo  # noqa: E402
 
 DEFAULT_SRC = "data/101_ObjectCategories"

@@ -32,6 +32,14 @@ def run_cli(*args, timeout=600, check=False, env=None, **kwargs) -> subprocess.C
     return proc
 
 
+def optimizer_for(cfg: dict, network, steps_per_epoch: int):
+    """The optimizer ``train.py`` builds for ``cfg`` (its optimizer section over its schedule)."""
+    from app.build.optimizer import build_optimizer
+
+    t = cfg["train"]
+    return build_optimizer(cfg["optimizer"], network, steps_per_epoch, t["epochs"], t["warmup_epochs"])
+
+
 FAST_TRAIN = ["--image-size", "64", "--batch-size", "12", "-o", "data.cache=false"]
 
 
@@ -50,18 +58,19 @@ def train_cut_in_epoch_2(cfg, run_dir: Path) -> None:
     folder the run will get."""
     import json
 
-    from app import engine, trainer
+    from app.build.loss import ClassificationLoss
+    from app.train import trainer
 
-    forward, state = engine.ClassificationLoss.forward, Path(run_dir) / "state.json"
+    forward, state = ClassificationLoss.forward, Path(run_dir) / "state.json"
 
     def interrupt_in_epoch_2(self, *args, **kwargs):
         if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
             raise KeyboardInterrupt
         return forward(self, *args, **kwargs)
 
-    engine.ClassificationLoss.forward = interrupt_in_epoch_2
+    ClassificationLoss.forward = interrupt_in_epoch_2
     try:
         with pytest.raises(trainer.RunStopped):
             trainer.train(cfg)
     finally:
-        engine.ClassificationLoss.forward = forward
+        ClassificationLoss.forward = forward

@@ -19,17 +19,17 @@ import app  # noqa: E402,F401  (quietens paddle; must come first)
 import paddle  # noqa: E402
 
 import train  # noqa: E402
-from app import trainer  # noqa: E402
-from app.data import ImageFolderDataset  # noqa: E402
+from app.train import trainer  # noqa: E402
+from app.data.dataset import ImageFolderDataset  # noqa: E402
 
 
 def main(dump: str, *train_args: str) -> int:
     import os
 
-    from app import engine
+    from app.build.loss import ClassificationLoss
 
     models, run_dirs, train_reads, losses = [], [], [], []
-    loss_forward = engine.ClassificationLoss.forward
+    loss_forward = ClassificationLoss.forward
     nan_rank = int(os.environ.get("NAN_ON_RANK", "-1"))
 
     def record_loss(self, logits, label):
@@ -40,7 +40,7 @@ def main(dump: str, *train_args: str) -> int:
             losses.append([float(loss.numpy()), int(label.shape[0])])
         return loss
 
-    engine.ClassificationLoss.forward = record_loss
+    ClassificationLoss.forward = record_loss
     prepare_model, run_training = trainer.prepare_model, trainer.train
     read_item = ImageFolderDataset.__getitem__
 

@@ -4,9 +4,11 @@ import numpy as np
 import paddle
 import pytest
 
-from app import engine
-from app.config import load_config
-from app.errors import UserError
+from app.build.model import amp_configs_for
+from app.build.network import build_network
+from app.config.load import load_config
+from app.train.trainer import build_model
+from app.util.errors import UserError
 from conftest import FAST_TRAIN, run_cli
 
 
@@ -27,8 +29,8 @@ def test_gpu_amp_reaches_hapi_as_o1(monkeypatch, amp, dtype):
     monkeypatch.setattr(paddle, "get_device", lambda: "gpu:0")
     monkeypatch.setattr(paddle.amp, "is_bfloat16_supported", lambda *a: True)
     cfg = load_config(model="towernet", overrides=[("train.amp", amp), ("data.image_size", 32)])
-    network = engine.build_network("towernet", 4)
-    model = engine.prepare_model(network, cfg, 4, engine.build_optimizer(cfg, network, 1))
+    network = build_network("towernet", 4)
+    model = build_model(cfg, network, 4, 1, amp_configs_for(amp))
     adapter = model._adapter
     assert adapter._amp_level == "O1"
     assert adapter._amp_custom_lists.get("dtype", "float16") == dtype
@@ -46,6 +48,6 @@ def test_bf16_on_a_gpu_without_bfloat16_is_refused(monkeypatch):
     monkeypatch.setattr(paddle, "get_device", lambda: "gpu:0")
     monkeypatch.setattr(paddle.amp, "is_bfloat16_supported", lambda *a: False)
     with pytest.raises(UserError, match="train.amp=fp16"):
-        engine.amp_configs_for("bf16")
-    assert engine.amp_configs_for("fp16") == {"level": "O1"}
-    assert engine.amp_configs_for("off") is None
+        amp_configs_for("bf16")
+    assert amp_configs_for("fp16") == {"level": "O1"}
+    assert amp_configs_for("off") is None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import UserError
+from app.util.errors import UserError
 from data_tools.archive import safe_extract
 from data_tools.split import split_dataset
 from tests.helpers_images import make_tree, tree_bytes

@@ -4,9 +4,10 @@ import numpy as np
 import paddle
 import pytest
 
-from app import engine
-from app.config import load_config, parse_override
-from app.errors import UserError
+from app.build.model import amp_configs_for
+from app.config.load import load_config, parse_override
+from app.run.folder import RunFolder
+from app.util.errors import UserError
 from backend import onednn
 from conftest import run_cli, train_cut_in_epoch_2
 
@@ -84,14 +85,14 @@ def test_bf16_run_learns_like_fp32_keeps_float32_weights_and_is_labelled(tiny_sp
 
     import yaml
 
-    from app import trainer
-    from app.callbacks import read_metrics
-    from app.study import run_label
+    from app.train import trainer
+    from app.run.folder import RunFolder
+    from app.study.runs import run_label
 
     # 6 epochs of 3 steps: after 4 the losses of two precisions still cross each other by
     # chance (seed 0 channels-last: bf16 1.33 vs fp32 0.82 at epoch 4, 0.65 vs 0.62 at 6).
     runs = {amp: trainer.train(small_run(tiny_split, tmp_path / amp, amp, epochs=6)) for amp in ("off", "bf16")}
-    losses = {amp: [r["train_loss"] for r in read_metrics(run / "metrics.csv")] for amp, run in runs.items()}
+    losses = {amp: [r["train_loss"] for r in RunFolder(run).read_metrics()] for amp, run in runs.items()}
     assert losses["bf16"][-1] < 0.7 * losses["bf16"][0]
     assert losses["bf16"][-1] == pytest.approx(losses["off"][-1], rel=0.25)
     assert losses["bf16"] != losses["off"]  # it did run in another precision
@@ -107,12 +108,12 @@ def test_bf16_run_learns_like_fp32_keeps_float32_weights_and_is_labelled(tiny_sp
 
 @needs_bf16
 def test_interrupted_bf16_run_resumes_exactly(tiny_split, tmp_path):
-    from app import trainer
+    from app.train import trainer
 
     full = trainer.train(small_run(tiny_split, tmp_path / "full", "bf16", epochs=3))
     run = tmp_path / "cut" / "towernet_simam"
     train_cut_in_epoch_2(small_run(tiny_split, tmp_path / "cut", "bf16", epochs=3), run)
-    trainer.train(trainer.resume_config(run), run)
+    trainer.train(RunFolder(run).read_config(), run)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
@@ -122,7 +123,7 @@ def test_bf16_on_a_cpu_without_bfloat16_is_one_line(monkeypatch):
     monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
     monkeypatch.setattr(onednn, "cpu_bf16_flags", lambda: [])
     with pytest.raises(UserError, match=r"does not multiply bfloat16 \(no amx_bf16 or avx512_bf16"):
-        engine.amp_configs_for("bf16")
+        amp_configs_for("bf16")
     assert onednn._BF16_TRAINING is False
 
 
@@ -131,7 +132,7 @@ def test_bf16_without_the_onednn_backend_is_one_line(monkeypatch):
     monkeypatch.setattr(onednn, "cpu_bf16_flags", lambda: ["avx512_bf16"])
     monkeypatch.setenv("TOWERNET_ONEDNN", "0")
     with pytest.raises(UserError, match="TOWERNET_ONEDNN=0"):
-        engine.amp_configs_for("bf16")
+        amp_configs_for("bf16")
 
 
 def test_cpu_bf16_turns_the_backend_on_and_off_hands_hapi_nothing(monkeypatch):
@@ -140,8 +141,8 @@ def test_cpu_bf16_turns_the_backend_on_and_off_hands_hapi_nothing(monkeypatch):
     monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
     monkeypatch.setattr(onednn, "cpu_bf16_flags", lambda: ["avx512_bf16"])  # faked capability
     try:
-        assert engine.amp_configs_for("bf16") is None and onednn._BF16_TRAINING is True
-        assert engine.amp_configs_for("off") is None and onednn._BF16_TRAINING is False
+        assert amp_configs_for("bf16") is None and onednn._BF16_TRAINING is True
+        assert amp_configs_for("off") is None and onednn._BF16_TRAINING is False
     finally:
         onednn.set_bf16_training(False)
 

@@ -1,7 +1,7 @@
 """Config resolution by model family: every registered model resolves to a complete config."""
 import pytest
 
-from app.config import CONFIG_DIR, defaults, load_config, model_config_file
+from app.config.load import CONFIG_DIR, defaults, load_config, model_config_file
 from models import list_models
 
 
@@ -20,7 +20,7 @@ def test_a_model_file_beats_its_family_and_unknown_families_get_the_defaults(mon
     for name in ("towernet.yaml", "default.yaml"):
         (tmp_path / name).write_text((CONFIG_DIR / name).read_text())
     (tmp_path / "towernet_se.yaml").write_text("_base_: towernet.yaml\ntrain:\n  epochs: 7\n")
-    monkeypatch.setattr("app.config.CONFIG_DIR", tmp_path)
+    monkeypatch.setattr("app.config.load.CONFIG_DIR", tmp_path)
     assert model_config_file("towernet_se") == tmp_path / "towernet_se.yaml"
     assert model_config_file("towernet_cbam") == tmp_path / "towernet.yaml"
     assert model_config_file("resnet50_se") is None

@@ -1,4 +1,4 @@
-"""app/data.py: RGB-safe reading, item shapes/dtypes, the cache, user errors."""
+"""app/data/dataset.py: RGB-safe reading, item shapes/dtypes, the cache, user errors."""
 import json
 import shutil
 
@@ -7,8 +7,12 @@ import paddle
 import pytest
 from PIL import Image
 
-from app.data import FALLBACK_MEAN, ImageFolderDataset, load_manifest, read_rgb
-from app.errors import UserError
+from app.data.dataset import FALLBACK_MEAN, ImageFolderDataset
+
+from app.data.images import read_rgb
+
+from app.data.split import load_manifest
+from app.util.errors import UserError
 from data_tools.split import split_dataset
 from tests.helpers_images import make_tree, random_image, write_image
 
@@ -143,7 +147,7 @@ def test_class_mismatch_and_unfinished_split_are_user_errors(split_root):
 
 
 def test_to_chw_is_the_normalisation_formula_in_contiguous_chw():
-    from app.data import ToCHW
+    from app.data.transforms import ToCHW
 
     rng = np.random.default_rng(0)
     hwc = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)

@@ -18,7 +18,7 @@ import numpy as np
 import paddle
 import pytest
 
-from app.callbacks import read_metrics
+from app.run.folder import RunFolder
 from conftest import FAST_TRAIN, ROOT, run_cli
 
 WORLD = 2
@@ -107,7 +107,7 @@ def test_one_run_dir_that_every_rank_agrees_on(launched):
 
 def test_train_loss_in_metrics_is_the_mean_over_all_ranks(launched):
     _, runs, dump = launched
-    rows = read_metrics(runs / "towernet" / "metrics.csv")
+    rows = RunFolder(runs / "towernet").read_metrics()
     per_rank = [rank_report(dump, r)["losses"] for r in range(WORLD)]
     steps = len(per_rank[0]) // EPOCHS
     for epoch, row in enumerate(rows):
@@ -144,8 +144,9 @@ def test_every_train_image_read_once_per_epoch(launched):
 def test_logged_eval_equals_single_process_eval(launched):
     """metrics.csv / best.json hold every eval image once: the same numbers a single
     process gets from the saved checkpoint."""
-    from app.engine import build_loader, predict_logits, softmax
-    from app.evaluation import eval_dataset, find_checkpoint, load_network
+    from app.build.loader import build_loader
+    from app.inspect.predict import predict_logits, softmax
+    from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network
 
     data, runs, _ = launched
     run = runs / "towernet"
@@ -154,7 +155,7 @@ def test_logged_eval_equals_single_process_eval(launched):
                                     build_loader(eval_dataset(meta), 12, shuffle=False))
     probs = softmax(logits)
     assert len(labels) == 11
-    last = read_metrics(run / "metrics.csv")[-1]
+    last = RunFolder(run).read_metrics()[-1]
     assert last["eval_acc"] == pytest.approx(np.mean(probs.argmax(1) == labels), abs=1e-6)
     loss = -np.log(probs[np.arange(len(labels)), labels]).mean()
     assert last["eval_loss"] == pytest.approx(loss, rel=1e-5)

@@ -1,10 +1,11 @@
-"""app.engine: the loss hapi trains on and the eval loss it logs."""
+"""app.build: the loss hapi trains on and the eval loss it logs."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from app.config import load_config
-from app.engine import build_network, prepare_model
+from app.config.load import load_config
+from app.train.trainer import build_model
+from app.build.network import build_network
 from models.attention import nam_sparsity_penalty
 
 
@@ -12,7 +13,7 @@ def test_nam_penalty_is_trained_on_but_left_out_of_the_eval_loss():
     cfg = load_config(model="towernet_nam", overrides=[("data.image_size", 64)])
     paddle.seed(0)
     network = build_network("towernet_nam", 4, cfg["model"]["kwargs"])
-    model = prepare_model(network, cfg, 4)
+    model = build_model(cfg, network, 4, 1)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 3, 64, 64)).astype(np.float32)
     y = rng.integers(0, 4, (6, 1)).astype(np.int64)

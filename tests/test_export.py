@@ -5,9 +5,9 @@ import numpy as np
 import paddle
 import pytest
 
-from app import export
-from app.engine import softmax
-from app.evaluation import eval_dataset, find_checkpoint, load_network
+from app.inspect import export
+from app.inspect.predict import softmax
+from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network
 from conftest import run_cli
 
 

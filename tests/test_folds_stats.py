@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from app import stats
-from app.errors import UserError
-from app.folds import fold_assignment, pooled_samples, write_fold_split
+from app.study import significance
+from app.util.errors import UserError
+from app.data.folds import fold_assignment, pooled_samples, write_fold_split
 from conftest import run_cli
 
 
@@ -70,10 +70,10 @@ def test_fold_folder_follows_a_moved_split_and_refuses_another(tiny_split, tmp_p
 
 def test_mcnemar_exact_matches_the_binomial_by_hand():
     # b = 2, c = 8: two-sided p = 2 * P(X <= 2), X ~ Binomial(10, 1/2) = 2 * 56/1024
-    assert stats.mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
-    assert stats.mcnemar_exact(8, 2) == stats.mcnemar_exact(2, 8)
-    assert stats.mcnemar_exact(5, 5) == 1.0 and stats.mcnemar_exact(0, 0) == 1.0
-    assert stats.mcnemar_exact(0, 6) == pytest.approx(2 / 64)
+    assert significance.mcnemar_exact(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 1024)
+    assert significance.mcnemar_exact(8, 2) == significance.mcnemar_exact(2, 8)
+    assert significance.mcnemar_exact(5, 5) == 1.0 and significance.mcnemar_exact(0, 0) == 1.0
+    assert significance.mcnemar_exact(0, 6) == pytest.approx(2 / 64)
 
 
 def test_p_outperform_is_1_when_a_is_right_on_a_strict_superset_of_b():
@@ -84,9 +84,9 @@ def test_p_outperform_is_1_when_a_is_right_on_a_strict_superset_of_b():
         a = b.copy()
         a[np.flatnonzero(~b)[:3]] = True  # A also gets three images B misses
         a_units.append(a), b_units.append(b)
-    result = stats.p_outperform(a_units, b_units)
+    result = significance.p_outperform(a_units, b_units)
     assert result["p"] == 1.0 and result["ci95"] == [1.0, 1.0]
-    assert stats.discordant(a_units, b_units) == [0, 12]
+    assert significance.discordant(a_units, b_units) == [0, 12]
 
 
 def test_bootstrap_interval_covers_the_true_gap_about_95_percent():
@@ -99,14 +99,14 @@ def test_bootstrap_interval_covers_the_true_gap_about_95_percent():
             pa = pb + true_gap + rng.normal(0, 0.02)
             u = rng.random(150)
             a_units.append(u < pa), b_units.append(u < pb)  # paired: same image difficulty
-        lo, hi = stats.paired_bootstrap(a_units, b_units, reps=300, seed=1)["ci95_pp"]
+        lo, hi = significance.paired_bootstrap(a_units, b_units, reps=300, seed=1)["ci95_pp"]
         covered += lo <= 100 * true_gap <= hi
     assert 0.88 <= covered / studies <= 0.99, covered / studies
 
 
 def test_mde_and_units_needed():
-    assert stats.mde_pp(1.0) == pytest.approx(2.8016, abs=1e-3)
-    assert stats.units_needed(5, 1.0, 1.4) == math.ceil(5 * (2.8016 / 1.4) ** 2)
+    assert significance.mde_pp(1.0) == pytest.approx(2.8016, abs=1e-3)
+    assert significance.units_needed(5, 1.0, 1.4) == math.ceil(5 * (2.8016 / 1.4) ** 2)
 
 
 def test_tiny_folds_study_end_to_end(tiny_split, tmp_path):

@@ -6,7 +6,9 @@ import numpy as np
 import paddle
 import pytest
 
-from app.gradcam import gradcam, pick_images, target_layer
+from app.data.picks import pick_images
+
+from app.inspect.gradcam import gradcam, target_layer
 from conftest import run_cli
 from models import create_model
 

@@ -306,8 +306,8 @@ def test_channels_last_models_compute_what_the_nchw_ones_do():
 
 
 def test_channels_last_setting_resolves_per_model_and_device(monkeypatch):
-    from app.engine import use_channels_last
-    from app.errors import UserError
+    from app.build.network import use_channels_last
+    from app.util.errors import UserError
 
     assert use_channels_last("auto", "towernet_simam", "cpu") is True
     assert use_channels_last("auto", "resnet50", "cpu") is True

@@ -5,10 +5,10 @@ import numpy as np
 import paddle
 import pytest
 
-from app import export
-from app.engine import softmax
-from app.errors import UserError
-from app.evaluation import find_checkpoint, load_network
+from app.inspect import export
+from app.inspect.predict import softmax
+from app.util.errors import UserError
+from app.inspect.evaluate import find_checkpoint, load_network
 from conftest import run_cli
 from models import create_model
 from models.attention import list_attentions

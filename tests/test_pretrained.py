@@ -5,12 +5,13 @@ import numpy as np
 import paddle
 import pytest
 
-from app import checkpoint
-from app import pretrained, trainer
-from app.config import load_config
-from app.engine import build_optimizer
-from app.errors import UserError
-from conftest import run_cli, train_cut_in_epoch_2
+from app.run import checkpoint
+from app.build import pretrained
+from app.train import trainer
+from app.config.load import load_config
+from app.run.folder import RunFolder
+from app.util.errors import UserError
+from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from models import create_model
 
 
@@ -122,7 +123,7 @@ def test_backbone_lr_mult_scales_the_step_of_loaded_weights(vision_files):
         # lr 1000: steps far above float32's resolution of the weights (w + dw is rounded)
         cfg = load_config(model="mobilenet_v2_se", overrides=[("optimizer.backbone_lr_mult", mult),
                                                                ("optimizer.lr", 1000.0)])
-        opt = build_optimizer(cfg, net, steps_per_epoch=10)
+        opt = optimizer_for(cfg, net, 10)
         net.eval()  # BN with running statistics: the gradient does not depend on the batch
         before = {k: v.numpy().copy() for k, v in net.state_dict().items()}
         paddle.seed(6)
@@ -185,7 +186,7 @@ def test_frozen_then_resumed_run_equals_uninterrupted(tiny_split, tmp_path):
                          tmp_path / "cut" / "towernet")
     run = tmp_path / "cut" / "towernet"
     assert json.loads((run / "state.json").read_text())["epoch"] == 1
-    trainer.train(trainer.resume_config(run), run)
+    trainer.train(RunFolder(run).read_config(), run)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)

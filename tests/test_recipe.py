@@ -7,12 +7,13 @@ import paddle
 import pytest
 from PIL import Image
 
-from app.augment import RAND_OPS, Augment, RandAugment
-from app.config import load_config
-from app.data import ImageFolderDataset, build_transform
-from app.engine import ClassificationLoss, build_optimizer
-from app.errors import UserError
-from conftest import run_cli, train_cut_in_epoch_2
+from app.data.augment import RAND_OPS, Augment, MixBatch, RandAugment
+from app.config.load import load_config
+from app.data.dataset import ImageFolderDataset
+from app.data.transforms import build_transform
+from app.build.loss import ClassificationLoss
+from app.util.errors import UserError
+from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from models import create_model
 
 PIECES = {
@@ -106,7 +107,7 @@ def test_every_randaugment_op_keeps_size_and_mode(op):
 def test_randaugment_applies_n_ops():
     calls = []
     ops = {k: (lambda img, m, k=k: calls.append(k) or img) for k in RAND_OPS}
-    import app.augment as aug
+    import app.data.augment as aug
 
     saved = dict(aug.RAND_OPS)
     aug.RAND_OPS.clear(), aug.RAND_OPS.update(ops)
@@ -146,7 +147,7 @@ def test_warmup_then_cosine_lr_equals_the_closed_form():
     steps, epochs, warm = 10, 6, 2
     cfg = load_config(model="towernet", overrides=[("train.epochs", epochs), ("train.warmup_epochs", warm),
                                                    ("optimizer.lr", 0.1)])
-    opt = build_optimizer(cfg, create_model("towernet", num_classes=3), steps)
+    opt = optimizer_for(cfg, create_model("towernet", num_classes=3), steps)
     lrs = []
     for _ in range(steps * epochs):
         lrs.append(opt.get_lr())
@@ -159,7 +160,7 @@ def test_warmup_then_cosine_lr_equals_the_closed_form():
 
 
 def test_recipe_layers_between_the_model_yaml_and_flags():
-    from app.config import RECIPE_DIR, read_yaml
+    from app.config.load import RECIPE_DIR, read_yaml
 
     recipe = read_yaml(RECIPE_DIR / "small_data.yaml")  # the config reader: follows _base_
     plain = load_config(model="towernet_simam")
@@ -183,7 +184,7 @@ def test_recipe_layers_between_the_model_yaml_and_flags():
 
 
 def test_recipe_file_of_ones_own_starts_from_a_base(tmp_path):
-    from app.config import RECIPE_DIR
+    from app.config.load import RECIPE_DIR
 
     variant = tmp_path / "erasing_variant.yaml"
     small = load_config(model="towernet", recipe="small_data")
@@ -201,7 +202,7 @@ def test_recipe_file_of_ones_own_starts_from_a_base(tmp_path):
 
 
 def test_study_keeps_recipes_apart(tiny_split, tmp_path):
-    from app.study import run_label
+    from app.study.runs import run_label
 
     assert run_label({"model": {"name": "towernet"}, "train": {"recipe": "small_data"}}) == "towernet +small_data"
     run_cli("train.py", "--models", "towernet", "--seeds", "0", "--recipe", "small_data",
@@ -218,7 +219,7 @@ def _batch(n=6, k=4, size=16):
 
 
 def test_mixup_targets_sum_to_one_and_blend_the_reversed_batch():
-    from app.augment import MixBatch
+    from app.data.augment import MixBatch
 
     batch = _batch()
     np.random.seed(0)
@@ -231,7 +232,7 @@ def test_mixup_targets_sum_to_one_and_blend_the_reversed_batch():
 
 
 def test_cutmix_weight_equals_the_pasted_area():
-    from app.augment import MixBatch
+    from app.data.augment import MixBatch
 
     batch = _batch()
     x = np.stack([b[0] for b in batch])
@@ -244,7 +245,7 @@ def test_cutmix_weight_equals_the_pasted_area():
 
 
 def test_mixing_is_reproducible_and_off_keeps_one_hot():
-    from app.augment import MixBatch
+    from app.data.augment import MixBatch
 
     mix = MixBatch(4, mixup_alpha=0.2, cutmix_alpha=1.0)
     np.random.seed(7)
@@ -267,7 +268,7 @@ def test_soft_target_loss_equals_cross_entropy_with_one_hot():
 
 
 def test_ema_after_k_steps_equals_the_formula():
-    from app.ema import ModelEMA
+    from app.train.ema import ModelEMA
 
     paddle.seed(0)
     net = paddle.nn.Linear(3, 2)
@@ -289,8 +290,8 @@ def test_ema_after_k_steps_equals_the_formula():
 
 
 def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_path):
-    from app import trainer
-    from app.callbacks import read_metrics
+    from app.train import trainer
+    from app.run.folder import RunFolder
 
     def cfg(out):
         return load_config(model="towernet", overrides=[
@@ -302,9 +303,9 @@ def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_pat
     full = trainer.train(cfg(tmp_path / "full"))
     train_cut_in_epoch_2(cfg(tmp_path / "cut"), tmp_path / "cut" / "towernet")
     run = tmp_path / "cut" / "towernet"
-    trainer.train(trainer.resume_config(run), run)
-    assert [r["lr"] for r in read_metrics(run / "metrics.csv")] == pytest.approx(
-        [r["lr"] for r in read_metrics(full / "metrics.csv")], abs=1e-9)
+    trainer.train(RunFolder(run).read_config(), run)
+    assert [r["lr"] for r in RunFolder(run).read_metrics()] == pytest.approx(
+        [r["lr"] for r in RunFolder(full).read_metrics()], abs=1e-9)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     assert "ema.fc.weight" in a and int(a["ema.@updates"].numpy()[0]) == int(b["ema.@updates"].numpy()[0]) == 9
     for k in a:
@@ -316,8 +317,7 @@ def test_with_every_piece_off_the_reference_path_is_taken():
     layer in the path (a tiny run's numbers then depend only on the reference code)."""
     import paddle.vision.transforms as T
 
-    from app.data import ToCHW
-    from app.trainer import train_collate
+    from app.data.transforms import ToCHW
 
     for cfg in (load_config(model="towernet_simam"), load_config(model="towernet_simam", recipe="reference")):
         d, t = cfg["data"], cfg["train"]
@@ -326,8 +326,8 @@ def test_with_every_piece_off_the_reference_path_is_taken():
         assert [type(s) for s in transform.transforms] == [T.Resize, T.RandomRotation,
                                                            T.RandomHorizontalFlip, ToCHW]
         assert transform.transforms[-1].erase is None
-        assert train_collate(cfg, 16) is None and t["ema_decay"] == 0
-        schedule = build_optimizer(cfg, create_model("towernet", num_classes=3), 7)._learning_rate
+        assert MixBatch.from_config(t, 16) is None and t["ema_decay"] == 0
+        schedule = optimizer_for(cfg, create_model("towernet", num_classes=3), 7)._learning_rate
         assert type(schedule) is paddle.optimizer.lr.CosineAnnealingDecay and schedule.T_max == 7 * t["epochs"]
         net = create_model("towernet", num_classes=5)
         logits = paddle.to_tensor(np.random.default_rng(1).standard_normal((4, 5)).astype("float32"))
@@ -342,7 +342,7 @@ def test_no_decay_norm_bias_leaves_1d_parameters_undecayed(exempt):
     cfg = load_config(model="towernet", overrides=[("optimizer.weight_decay", 0.1), ("optimizer.lr", 0.5),
                                                    ("optimizer.no_decay_norm_bias", exempt)])
     net = create_model("towernet", num_classes=3)
-    opt = build_optimizer(cfg, net, 10)
+    opt = optimizer_for(cfg, net, 10)
     before = {p.name: p.numpy().copy() for p in net.parameters()}
     for p in net.parameters():  # a zero gradient: only the decay moves a parameter
         p.grad = paddle.zeros_like(p)
@@ -362,7 +362,7 @@ def test_nesterov_momentum_equals_its_formula():
                                                        ("optimizer.momentum", mu), ("optimizer.nesterov", nesterov),
                                                        ("train.epochs", 1000)])
         net = create_model("towernet", num_classes=3)
-        opt = build_optimizer(cfg, net, 1)
+        opt = optimizer_for(cfg, net, 1)
         p = net.parameters()[0]
         w0 = p.numpy().copy()
         g = np.full(p.shape, 0.5, np.float32)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from app.callbacks import read_metrics
+from app.run.folder import RunFolder
 from conftest import run_cli, train_cut_in_epoch_2
 
 TINY = ["--image-size", "32", "--batch-size", "12", "-o", "data.cache=false"]
@@ -52,7 +52,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_epoch(finished_run
     damage(run / name, how)
     proc = run_cli("train.py", "--resume", run, check=True)
     assert "resuming from epoch 2" in proc.stdout
-    rows = read_metrics(run / "metrics.csv")
+    rows = RunFolder(run).read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # epoch 3 retrained, each epoch once
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
 
@@ -73,7 +73,7 @@ def test_killed_between_the_checkpoint_and_state_json_resumes_cleanly(finished_r
     state.update(epoch=2, checkpoint=state["previous"], previous=None)
     (run / "state.json").write_text(json.dumps(state))
     proc = run_cli("train.py", "--resume", run, check=True)
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in RunFolder(run).read_metrics()] == [1, 2, 3, 4]
     assert "damaged" not in proc.stdout  # the newest pair state.json vouches for was whole
 
 
@@ -140,8 +140,8 @@ def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, 
 
     import paddle
 
-    from app import trainer
-    from app.config import load_config
+    from app.train import trainer
+    from app.config.load import load_config
 
     cfg = load_config(model="towernet", overrides=[
         ("data.root", str(tiny_split)), ("output.dir", str(tmp_path)), ("train.epochs", 3),
@@ -164,8 +164,8 @@ def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, 
     run = tmp_path / "towernet"
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     paddle.load(str(run / "best.pdparams"))  # still whole
-    trainer.train(trainer.resume_config(run), run)
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3]
+    trainer.train(RunFolder(run).read_config(), run)
+    assert [r["epoch"] for r in RunFolder(run).read_metrics()] == [1, 2, 3]
 
 
 def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path):
@@ -176,8 +176,8 @@ def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path)
     import numpy as np
     import paddle
 
-    from app import trainer
-    from app.config import load_config
+    from app.train import trainer
+    from app.config.load import load_config
     from models import create_model
 
     def cfg(out):
@@ -195,7 +195,7 @@ def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path)
         create_model(name)
     run = tmp_path / "cut" / "towernet_se"
     with contextlib.ExitStack() as locks:  # no fresh name scope
-        trainer._train(trainer.resume_config(run), run, False, locks)
+        trainer._train(RunFolder(run).read_config(), RunFolder(run), False, locks, False)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
@@ -209,8 +209,8 @@ def test_interrupted_run_with_random_augmentation_resumes_to_the_same_weights(ti
     import numpy as np
     import paddle
 
-    from app import trainer
-    from app.config import load_config
+    from app.train import trainer
+    from app.config.load import load_config
 
     def cfg(out):
         return load_config(model="mobilenet_v2", overrides=[  # with dropout
@@ -220,7 +220,7 @@ def test_interrupted_run_with_random_augmentation_resumes_to_the_same_weights(ti
     full = trainer.train(cfg(tmp_path / "full"))
     run = tmp_path / "cut" / "mobilenet_v2"
     train_cut_in_epoch_2(cfg(tmp_path / "cut"), run)
-    trainer.train(trainer.resume_config(run), run)
+    trainer.train(RunFolder(run).read_config(), run)
     a, b = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
@@ -229,7 +229,7 @@ def test_interrupted_run_with_random_augmentation_resumes_to_the_same_weights(ti
 def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     import os
 
-    from app.atomic import atomic_write_text
+    from app.util.atomic import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -253,8 +253,8 @@ def test_a_layout_the_model_lacks_is_one_line_before_the_data_is_read(tiny_split
 def test_a_config_cut_at_any_line_is_named_by_study_reports(finished_run, tmp_path):
     """Wherever config.yaml was cut before its last section, reading the runs says so (a cut
     file may still parse as YAML and hold every key a report reads)."""
-    from app.errors import UserError
-    from app.study import read_runs
+    from app.util.errors import UserError
+    from app.study.runs import read_runs
 
     run = copy_unfinished(finished_run, tmp_path)
     lines = (run / "config.yaml").read_text().splitlines(keepends=True)
@@ -269,7 +269,7 @@ def test_a_config_cut_at_any_line_is_named_by_study_reports(finished_run, tmp_pa
 
 
 def test_one_process_at_a_time_holds_a_run(tmp_path):
-    from app.runlock import RunBusy, RunLock
+    from app.run.lock import RunBusy, RunLock
 
     with RunLock(tmp_path):
         with pytest.raises(RunBusy, match=r"being trained by another process \(PID \d+ on "):
@@ -289,7 +289,7 @@ def test_a_run_that_another_process_trains_is_refused_until_that_process_dies(
     run = copy_unfinished(finished_run, tmp_path / "study")
     run = run.rename(run.with_name("towernet-s0"))  # the study's name for seed 0
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from app.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from app.run.lock import RunLock; "
          "lock = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(300)", str(run)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
     try:
@@ -302,13 +302,13 @@ def test_a_run_that_another_process_trains_is_refused_until_that_process_dies(
                        "--epochs", "4", "--jobs", "2", "--output", tmp_path / "study", *TINY)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert f"towernet-s0: skipped: {run} is being trained by another process" in proc.stdout
-        assert len(read_metrics(tmp_path / "study" / "towernet-s1" / "metrics.csv")) == 4
+        assert len(RunFolder(tmp_path / "study" / "towernet-s1").read_metrics()) == 4
         assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     run_cli("train.py", "--resume", run, check=True)  # kill -9 dropped the lock
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in RunFolder(run).read_metrics()] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("when", ["before", "while creating"])
@@ -317,10 +317,10 @@ def test_a_study_run_another_study_started_meanwhile_is_left_to_it(finished_run,
     # Two studies started at once on one output both find towernet-s0 missing. The one that
     # creates it second used to pick towernet-s0-2 and train the seed again, a run the report
     # then counted twice; now it leaves the run to the first.
-    from app import callbacks as cb
-    from app import trainer
-    from app.config import load_config
-    from app.runlock import RunBusy
+    from app.config.load import load_config
+    from app.run import checkpoint
+    from app.run.lock import RunBusy
+    from app.train import trainer
 
     cfg = load_config(model="towernet", overrides=[
         ("data.root", str(tiny_split)), ("output.dir", str(tmp_path)), ("output.name", "towernet-s0"),
@@ -330,8 +330,9 @@ def test_a_study_run_another_study_started_meanwhile_is_left_to_it(finished_run,
     if when == "before":
         shutil.copytree(finished_run, run)
     else:  # the other study renames its folder into place while this one writes its own
-        save_last = cb.save_last
-        monkeypatch.setattr(cb, "save_last", lambda *a: (save_last(*a), shutil.copytree(finished_run, run)))
+        save_last = checkpoint.save_last
+        monkeypatch.setattr(checkpoint, "save_last",
+                            lambda *a: (save_last(*a), shutil.copytree(finished_run, run)))
     with pytest.raises(RunBusy, match="towernet-s0 was started by another process meanwhile"):
         trainer.train(cfg, exact_name=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["towernet-s0"]  # no -2, no temporary

@@ -1,12 +1,13 @@
-"""Sharpness-aware minimisation (optimizer.sam_rho, app/sam.py)."""
+"""Sharpness-aware minimisation (optimizer.sam_rho, app/build/sharpness.py)."""
 import numpy as np
 import paddle
 import pytest
 
-from app.config import load_config
-from app.engine import build_optimizer, prepare_model
-from app.errors import UserError
-from app.sam import SAMModel, SAMMomentum
+from app.config.load import load_config
+from app.util.errors import UserError
+from app.build.sharpness import SAMModel, SAMMomentum
+from app.train.trainer import build_model
+from conftest import optimizer_for
 
 
 def _cfg(**extra):
@@ -29,7 +30,7 @@ def test_sam_step_equals_its_formula():
     paddle.seed(0)
     net = paddle.nn.Sequential(paddle.nn.Flatten(), paddle.nn.Linear(12, 3))
     cfg = _cfg()
-    model = prepare_model(net, cfg, 3, build_optimizer(cfg, net, 1))
+    model = build_model(cfg, net, 3, 1)
     assert type(model) is SAMModel and type(model._optimizer) is SAMMomentum
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 3, 2, 2)).astype("float32")
@@ -63,7 +64,7 @@ def test_sam_keeps_the_running_statistics_of_the_pass_at_w():
     for rho in (0.0, 0.3):
         n = net()
         cfg = _cfg(**{"optimizer.sam_rho": rho})
-        prepare_model(n, cfg, 3, build_optimizer(cfg, n, 1)).train_batch([x], [y])
+        build_model(cfg, n, 3, 1).train_batch([x], [y])
         after[rho] = n
     plain, sam = after[0.0][1], after[0.3][1]
     np.testing.assert_array_equal(sam._mean.numpy(), plain._mean.numpy())
@@ -75,9 +76,9 @@ def test_sam_keeps_the_running_statistics_of_the_pass_at_w():
 def test_sam_off_is_the_plain_optimizer_and_model():
     cfg = _cfg(**{"optimizer.sam_rho": 0.0})
     net = paddle.nn.Linear(12, 3)
-    opt = build_optimizer(cfg, net, 1)
-    assert type(opt) is paddle.optimizer.Momentum
-    assert type(prepare_model(net, cfg, 3, opt)) is paddle.Model
+    model = build_model(cfg, net, 3, 1)
+    assert type(model._optimizer) is paddle.optimizer.Momentum
+    assert type(model) is paddle.Model
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -90,8 +91,8 @@ def test_bad_sam_settings_are_refused(overrides, message):
 
 
 def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
-    from app import trainer
-    from app.callbacks import read_metrics
+    from app.train import trainer
+    from app.run.folder import RunFolder
     from conftest import train_cut_in_epoch_2
 
     def cfg(out):
@@ -103,8 +104,8 @@ def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
     full = trainer.train(cfg(tmp_path / "full"))
     train_cut_in_epoch_2(cfg(tmp_path / "cut"), tmp_path / "cut" / "towernet")
     run = tmp_path / "cut" / "towernet"
-    trainer.train(trainer.resume_config(run), run)
-    a, b = read_metrics(full / "metrics.csv"), read_metrics(run / "metrics.csv")
+    trainer.train(RunFolder(run).read_config(), run)
+    a, b = RunFolder(full).read_metrics(), RunFolder(run).read_metrics()
     assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
     pa, pb = paddle.load(str(full / "last.pdparams")), paddle.load(str(run / "last.pdparams"))
     for k in pa:
@@ -112,11 +113,11 @@ def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
 
 
 def test_sam_refuses_data_parallel(monkeypatch):
-    from app import engine
+    from app.build import optimizer
 
-    monkeypatch.setattr(engine, "world_size", lambda: 2)
+    monkeypatch.setattr(optimizer, "world_size", lambda: 2)
     with pytest.raises(UserError, match="not supported with data-parallel"):
-        build_optimizer(_cfg(), paddle.nn.Linear(12, 3), 1)
+        optimizer_for(_cfg(), paddle.nn.Linear(12, 3), 1)
 
 
 @pytest.mark.skipif(not __import__("backend").onednn.available(), reason="no oneDNN path here")
@@ -126,7 +127,7 @@ def test_sam_step_through_the_onednn_channels_last_path_equals_paddles():
     network, and differs from a plain step by far more than the two paths differ. (rho stays
     small: at rho 0.5 this random batch's gradient at w + e is chaotic, moved 10% by a 2e-6
     weight noise in Paddle's own path, so no two paths could agree there.)"""
-    from app.engine import training_network
+    from app.build.network import build_network
 
     x = np.random.default_rng(2).standard_normal((8, 3, 32, 32)).astype("float32")
     y = np.arange(8, dtype="int64").reshape(-1, 1) % 4
@@ -136,12 +137,12 @@ def test_sam_step_through_the_onednn_channels_last_path_equals_paddles():
             ("optimizer.lr", 0.1), ("optimizer.sam_rho", rho), ("data.image_size", 32),
             ("train.channels_last", layout), ("train.epochs", 1000)])
         paddle.seed(0)
-        net = training_network(cfg, 4, "cpu")
+        net = build_network("towernet_simam", 4, channels_last=layout == "on")
         if after:  # the same starting weights for all three (state dicts share one layout)
             net.set_state_dict(start)
         else:
             start = {k: v.clone() for k, v in net.state_dict().items()}
-        prepare_model(net, cfg, 4, build_optimizer(cfg, net, 1)).train_batch([x], [y])
+        build_model(cfg, net, 4, 1).train_batch([x], [y])
         after[layout, rho] = {k: v.numpy() for k, v in net.state_dict().items()}
     moved = {k: np.abs(after["off", 0.05][k] - after["off", 0.0][k]).max() for k in start}
     paths = {k: np.abs(after["on", 0.05][k] - after["off", 0.05][k]).max() for k in start}

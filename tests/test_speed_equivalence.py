@@ -74,9 +74,9 @@ def test_app_sets_mkl_cpu_type_only_on_amd():
     env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout.strip()
-    from app import _cpu_vendor
+    from app.util.runtime import cpu_vendor
 
-    assert out == ("5" if _cpu_vendor() == "AuthenticAMD" else "")
+    assert out == ("5" if cpu_vendor() == "AuthenticAMD" else "")
 
 
 @pytest.mark.parametrize("onednn_on", ["1", "0"])  # oneDNN's pool; Paddle's argmax path
@@ -118,7 +118,7 @@ libc.malloc.restype = ctypes.c_void_p
 libc.mallinfo2.restype = MallInfo2
 before = libc.mallinfo2().hblks
 block = libc.malloc(64 << 20)  # above glibc's largest mmap threshold (32 MB)
-print(app.HEAP_KEPT, libc.mallinfo2().hblks - before)
+from app.util import runtime; print(runtime.HEAP_KEPT, libc.mallinfo2().hblks - before)
 """
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.errors import UserError
+from app.util.errors import UserError
 from data_tools.demo import make_demo_images
 from data_tools.split import DEFAULT_CLASSES, split_dataset, split_demo
 from tests.helpers_images import make_tree, tree_bytes, write_image

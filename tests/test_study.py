@@ -8,8 +8,11 @@ import paddle
 import pytest
 import yaml
 
-from app import study
-from app.attention_maps import capture
+from app.study.report import to_markdown
+from app.study.runs import mark_budgets
+from app.study.significance import paired_verdict
+from app.study.summary import one_change_pairs
+from app.inspect.attention_maps import capture
 from conftest import FAST_TRAIN, run_cli
 from models import create_model
 from models.attention import SE, SimAM
@@ -17,19 +20,19 @@ from models.attention import SE, SimAM
 
 def test_paired_verdict_interval_matches_t_formula():
     diffs = [0.02, 0.04, 0.03]  # +2, +4, +3 points
-    v = study.paired_verdict(diffs, "b", "a")
+    v = paired_verdict(diffs, "b", "a")
     d = np.array(diffs) * 100
     half = 4.303 * d.std(ddof=1) / math.sqrt(3)
     assert v["ci95_pp"] == pytest.approx([d.mean() - half, d.mean() + half])
     assert v["ci95_pp"][0] > 0 and "better" in v["verdict"]
-    noisy = study.paired_verdict([0.05, -0.04, 0.01], "b", "a")
+    noisy = paired_verdict([0.05, -0.04, 0.01], "b", "a")
     assert noisy["ci95_pp"][0] < 0 < noisy["ci95_pp"][1] and "within run-to-run noise" in noisy["verdict"]
-    worse = study.paired_verdict([-0.05, -0.06, -0.04], "b", "a")
+    worse = paired_verdict([-0.05, -0.06, -0.04], "b", "a")
     assert "worse" in worse["verdict"]
-    assert "too few" in study.paired_verdict([0.1], "b", "a")["verdict"]
+    assert "too few" in paired_verdict([0.1], "b", "a")["verdict"]
     # One image fewer right in each of 3 seeds (364 eval images): no spread, so no interval
     # and no "larger than the run-to-run spread" (the t interval would be a single point).
-    same = study.paired_verdict([-1 / 364] * 3, "b", "a")
+    same = paired_verdict([-1 / 364] * 3, "b", "a")
     assert "ci95_pp" not in same and "cannot be computed" in same["verdict"]
     assert "worse" not in same["verdict"] and same["mean_pp"] == pytest.approx(-100 / 364)
 
@@ -102,8 +105,8 @@ def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
 
 
 def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, tmp_path):
-    from app.callbacks import read_metrics
-    from app.engine import available_cores
+    from app.run.folder import RunFolder
+    from app.build.device import available_cores
 
     out = tmp_path / "study"
     args = ["train.py", "--models", "towernet,towernet_simam", "--seeds", "0", "--data", tiny_split,
@@ -120,8 +123,8 @@ def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, 
     # The same run trained alone with the same thread count: the same numbers.
     run_cli("train.py", "--model", "towernet_simam", "--seed", "0", "--data", tiny_split, "--epochs", "2",
             "--output", tmp_path / "alone", "-o", f"train.threads={threads}", *FAST_TRAIN, check=True)
-    side, alone = (read_metrics(d / "towernet_simam" / "metrics.csv") if d.name == "alone" else
-                   read_metrics(d / "towernet_simam-s0" / "metrics.csv") for d in (out, tmp_path / "alone"))
+    side, alone = (RunFolder(d / "towernet_simam").read_metrics() if d.name == "alone" else
+                   RunFolder(d / "towernet_simam-s0").read_metrics() for d in (out, tmp_path / "alone"))
     for key in ("train_loss", "eval_loss", "eval_acc", "lr"):
         assert [r[key] for r in side] == [r[key] for r in alone], key
 
@@ -240,7 +243,7 @@ def test_capture_maps_of_nonlocal_and_sam():
 
 
 def test_pretrained_runs_get_their_own_rows_and_folders():
-    from app.study import run_label, study_run_name
+    from app.study.runs import run_label, study_run_name
 
     cfg = {"model": {"name": "mobilenet_v2_ca", "pretrained": None}}
     assert run_label(cfg) == "mobilenet_v2_ca" and study_run_name("mobilenet_v2_ca", 1, cfg) == "mobilenet_v2_ca-s1"
@@ -255,22 +258,22 @@ def test_pretrained_runs_get_their_own_rows_and_folders():
 
 def fake_run(root, model, seed, accs, epochs=3, image_size=32, name=None):
     """A run folder with a config.yaml and a metrics.csv of these eval accuracies."""
-    from app.callbacks import write_metrics
-    from app.config import dump, load_config
+    from app.config.load import dump, load_config
+    from app.run.folder import RunFolder
 
     run = root / (name or f"{model}-s{seed}")
     run.mkdir(parents=True)
     cfg = load_config(model=model, overrides=[("train.epochs", epochs), ("train.seed", seed),
                                               ("data.image_size", image_size)])
     (run / "config.yaml").write_text(dump(cfg))
-    write_metrics(run / "metrics.csv", [
+    RunFolder(run).write_metrics([
         {"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "eval_loss": 1.0, "eval_acc": a,
          "eval_top5": 1.0, "lr": 0.01, "epoch_seconds": 1.0, "train_images_per_s": 10.0}
         for i, a in enumerate(accs)])
 
 
 def test_report_counts_only_runs_that_trained_all_their_epochs(tmp_path):
-    from app.study import write_report
+    from app.study.report import write_report
 
     fake_run(tmp_path, "towernet", 0, [0.5, 0.6, 0.7])
     fake_run(tmp_path, "towernet_se", 0, [0.5, 0.6, 0.8])
@@ -282,7 +285,7 @@ def test_report_counts_only_runs_that_trained_all_their_epochs(tmp_path):
 
 
 def test_report_keeps_one_model_at_two_budgets_apart(tmp_path):
-    from app.study import write_report
+    from app.study.report import write_report
 
     for seed in (0, 1):  # the most common budget (3 epochs, 32 px) keeps the plain labels
         fake_run(tmp_path / "a", "towernet", seed, [0.5, 0.6, 0.7])
@@ -300,7 +303,7 @@ def test_report_keeps_one_model_at_two_budgets_apart(tmp_path):
     assert pairs["towernet 4ep"]["diffs_pp"] == pytest.approx([10.0, 11.0])
     assert pairs["towernet 48px"]["diffs_pp"] == pytest.approx([5.0, 5.0])
     # Two budgets equally common: the smaller is the plain one.
-    assert [r["model"] for r in study.mark_budgets(
+    assert [r["model"] for r in mark_budgets(
         [{"model": "m", "epochs": e, "image_size": 8} for e in (6, 3)])] == ["m 6ep", "m"]
 
 
@@ -317,7 +320,7 @@ def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
         "towernet_simam bf16": [run("towernet_simam bf16", 0, [0.4, 0.7])],
         "towernet_se": [run("towernet_se", 0, [0.9])],  # nothing to pair with
     }
-    pairs = {p["model"]: p for p in study.one_change_pairs(by_model, "seeds", baseline="towernet")}
+    pairs = {p["model"]: p for p in one_change_pairs(by_model, "seeds", baseline="towernet")}
     assert set(pairs) == {"towernet @pre", "towernet_simam bf16"}  # against the baseline: its own section
     pre = pairs["towernet @pre"]
     assert pre["plain"] == "towernet" and pre["change"] == "@pre"
@@ -326,7 +329,7 @@ def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
     bf16 = pairs["towernet_simam bf16"]
     assert bf16["plain"] == "towernet_simam" and bf16["diffs_pp"] == pytest.approx([-10.0])
     assert bf16["epochs_to_plain_final"] == [None] and "too few" in bf16["verdict"]
-    text = study.to_markdown({"baseline": "towernet", "kfold": False, "models": [],
+    text = to_markdown({"baseline": "towernet", "kfold": False, "models": [],
                               "one_change": list(pairs.values())}, [])
     assert "## One change at a time (paired by seed, final top-1)" in text
     assert "| towernet @pre | towernet | +10.0, +2.0 |" in text and "| 2, 1 |" in text
@@ -342,7 +345,7 @@ def test_one_change_pairs_an_attention_model_with_its_host_under_the_same_recipe
               "towernet +small_data": (0.85, 0.86), "towernet_simam +small_data": (0.88, 0.87),
               "mobilenet_v2 +small_data": (0.70, 0.72), "mobilenet_v2_ca": (0.60, 0.61)}
     by_model = {label: [run(label, s, acc) for s, acc in enumerate(accs)] for label, accs in labels.items()}
-    pairs = {(p["model"], p["plain"]): p for p in study.one_change_pairs(by_model, "seeds", baseline="towernet")}
+    pairs = {(p["model"], p["plain"]): p for p in one_change_pairs(by_model, "seeds", baseline="towernet")}
     assert set(pairs) == {("towernet +small_data", "towernet"),              # the recipe
                           ("towernet_simam +small_data", "towernet_simam"),
                           ("towernet_simam +small_data", "towernet +small_data")}  # SimAM under it

@@ -10,11 +10,11 @@ import pytest
 
 from backend import onednn
 
-from app import callbacks as cb
-from app.atomic import atomic_save
-from app import trainer
-from app.config import load_config
-from app.callbacks import read_metrics
+from app.build.loss import ClassificationLoss
+from app.config.load import load_config
+from app.run.folder import METRIC_COLUMNS, RunFolder
+from app.train import trainer
+from app.util.atomic import atomic_save
 from conftest import FAST_TRAIN as FAST
 from conftest import ROOT, run_cli
 
@@ -27,8 +27,8 @@ def small_cfg(data, out, model="towernet", epochs=2, **over):
 
 def direct_predictions(run_dir, data, flip=False) -> tuple:
     """(predicted classes, labels) of best.pdparams on the eval split, computed without
-    app.evaluation; ``flip``: the mean of the image's and its mirror image's softmax."""
-    from app.data import ImageFolderDataset
+    app.inspect.evaluate; ``flip``: the mean of the image's and its mirror image's softmax."""
+    from app.data.dataset import ImageFolderDataset
     from models import create_model
 
     meta = json.loads((run_dir / "best.json").read_text())
@@ -50,7 +50,7 @@ def direct_predictions(run_dir, data, flip=False) -> tuple:
 
 
 def direct_top1(run_dir, data) -> float:
-    """Accuracy of best.pdparams on the eval split, computed without app.evaluation."""
+    """Accuracy of best.pdparams on the eval split, computed without app.inspect.evaluate."""
     pred, labels = direct_predictions(run_dir, data)
     return float((pred == labels).mean())
 
@@ -59,9 +59,9 @@ def test_train_then_eval_end_to_end(tiny_split, tiny_run):
     runs, stdout = tiny_run
     run = runs / "towernet_simam"
     assert "epoch 2/2" in stdout
-    rows = read_metrics(run / "metrics.csv")
+    rows = RunFolder(run).read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert set(cb.METRIC_COLUMNS) == set(rows[0])
+    assert set(METRIC_COLUMNS) == set(rows[0])
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "finished" and state["epoch"] == 2
     best = json.loads((run / "best.json").read_text())
@@ -92,7 +92,7 @@ def test_last_checkpoint_reports_its_own_epoch(tiny_run, tmp_path):
     """--checkpoint last.pdparams borrows best.json's model description, not its epoch."""
     import shutil
 
-    from app.evaluation import find_checkpoint
+    from app.inspect.evaluate import find_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0] / "towernet_simam", run)
@@ -120,7 +120,8 @@ def test_flip_tta_averages_each_image_with_its_mirror(tiny_split, tiny_run, tmp_
     # one image: the printed probabilities are the mean of the two views', not the plain ones
     image = sorted(p for p in (tiny_split / "eval").rglob("*") if p.is_file())[0]
     meta = json.loads((run / "best.json").read_text())
-    from app.evaluation import load_image_batch, load_network
+    from app.inspect.evaluate import load_network
+    from app.inspect.predict import load_image_batch
     batch = load_image_batch([image], meta)
     net = load_network(run / "best.pdparams", meta)
     views = [paddle.nn.functional.softmax(net(paddle.to_tensor(b))).numpy()[0]
@@ -139,7 +140,7 @@ def test_flip_tta_averages_each_image_with_its_mirror(tiny_split, tiny_run, tmp_
 
 def test_new_run_name_when_folder_exists(tmp_path):
     (tmp_path / "towernet").mkdir()
-    assert trainer.new_run_dir(tmp_path, "towernet") == tmp_path / "towernet-2"
+    assert RunFolder.free_name(tmp_path, "towernet").path == tmp_path / "towernet-2"
 
 
 INTERRUPT_AFTER_EPOCH_1 = r"""
@@ -148,15 +149,15 @@ from pathlib import Path
 sys.argv = sys.argv[1:]
 sys.path.insert(0, os.getcwd())
 import app
-from app import engine
+from app.build.loss import ClassificationLoss
 # As in a terminal; a shell running this suite in the background hands SIGINT down ignored.
 signal.signal(signal.SIGINT, signal.default_int_handler)
-state, forward = Path(os.environ["CUT_STATE"]), engine.ClassificationLoss.forward
+state, forward = Path(os.environ["CUT_STATE"]), ClassificationLoss.forward
 def forward_then_interrupt(self, *args, **kwargs):
     if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
         os.kill(os.getpid(), signal.SIGINT)
     return forward(self, *args, **kwargs)
-engine.ClassificationLoss.forward = forward_then_interrupt
+ClassificationLoss.forward = forward_then_interrupt
 if os.environ.get("CUT_WHERE") == "conv_backward":  # inside a PyLayer's backward (oneDNN conv)
     from backend import onednn
     backward = onednn._OneDnnConv2D.backward
@@ -164,7 +165,7 @@ if os.environ.get("CUT_WHERE") == "conv_backward":  # inside a PyLayer's backwar
         if state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= 1:
             os.kill(os.getpid(), signal.SIGINT)
         return backward(ctx, dy)
-    engine.ClassificationLoss.forward = forward
+    ClassificationLoss.forward = forward
     onednn._OneDnnConv2D.backward = staticmethod(backward_then_interrupt)
 runpy.run_path("train.py", run_name="__main__")
 """
@@ -177,7 +178,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path, where
     epochs = "4"
     args = ["train.py", "--model", "towernet", "--data", tiny_split, "--epochs", epochs, *FAST]
     run_cli(*args, "--output", tmp_path / "full", check=True)
-    full = read_metrics(tmp_path / "full" / "towernet" / "metrics.csv")
+    full = RunFolder(tmp_path / "full" / "towernet").read_metrics()
 
     run = tmp_path / "cut" / "towernet"
     # A real SIGINT, sent by the process to itself on epoch 2's first step: polling state.json
@@ -193,7 +194,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path, where
     assert state["status"] == "interrupted" and 1 <= state["epoch"] < 4
 
     run_cli("train.py", "--resume", run, check=True)
-    resumed = read_metrics(run / "metrics.csv")
+    resumed = RunFolder(run).read_metrics()
     assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["lr"] for r in resumed], [r["lr"] for r in full], rtol=1e-6)
     assert json.loads((run / "state.json").read_text())["status"] == "finished"
@@ -202,9 +203,7 @@ def test_interrupt_then_resume_matches_uninterrupted(tiny_split, tmp_path, where
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_split, tmp_path, monkeypatch):
-    from app import engine
-
-    forward = engine.ClassificationLoss.forward
+    forward = ClassificationLoss.forward
     calls = {"n": 0}
     steps_per_epoch = 3  # 36 train images / batch 12
 
@@ -213,7 +212,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_split, tmp_path, mon
         loss = forward(self, logits, label)
         return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss
 
-    monkeypatch.setattr(engine.ClassificationLoss, "forward", poisoned)
+    monkeypatch.setattr(ClassificationLoss, "forward", poisoned)
     cfg = small_cfg(tiny_split, tmp_path, epochs=3)
     with pytest.raises(trainer.RunStopped) as stopped:
         trainer.train(cfg)
@@ -221,7 +220,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_split, tmp_path, mon
     run = tmp_path / "towernet"
     state = json.loads((run / "state.json").read_text())
     assert state["status"] == "diverged" and state["epoch"] == 1
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in RunFolder(run).read_metrics()] == [1]
     for name in ("last.pdparams", "best.pdparams"):
         weights = paddle.load(str(run / name))
         assert all(np.isfinite(v.numpy()).all() for v in weights.values())
@@ -299,7 +298,7 @@ def test_channels_last_run_records_its_layout_and_tracks_the_nchw_run(tiny_split
             for cl in ("auto", "off")}
     layouts = {cl: json.loads((run / "best.json").read_text())["layout"] for cl, run in runs.items()}
     assert layouts == {"auto": "NHWC" if onednn.available() else "NCHW", "off": "NCHW"}
-    rows = {cl: read_metrics(run / "metrics.csv")[0] for cl, run in runs.items()}
+    rows = {cl: RunFolder(run).read_metrics()[0] for cl, run in runs.items()}
     assert rows["auto"]["train_loss"] == pytest.approx(rows["off"]["train_loss"], rel=1e-3)
     # The checkpoint is layout-free: the channels-last run's weights evaluate in an NCHW model.
     assert direct_top1(runs["auto"], tiny_split) == pytest.approx(rows["auto"]["eval_acc"], abs=1e-6)

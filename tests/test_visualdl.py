@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.callbacks import read_metrics
+from app.run.folder import RunFolder
 from conftest import train_cut_in_epoch_2
 
 
@@ -65,8 +65,8 @@ def test_visualdl_dashboard_lists_runs_and_tags(tiny_run):
 def dashboard_runs(tiny_split, tmp_path_factory):
     """Two runs (towernet_se, towernet_simam; 3 epochs, attention maps every 2) in one
     folder; towernet_simam is interrupted in epoch 2 and resumed."""
-    from app import trainer
-    from app.config import load_config
+    from app.train import trainer
+    from app.config.load import load_config
 
     runs = tmp_path_factory.mktemp("dash")
 
@@ -78,7 +78,7 @@ def dashboard_runs(tiny_split, tmp_path_factory):
 
     trainer.train(cfg("towernet_se"))
     train_cut_in_epoch_2(cfg("towernet_simam"), runs / "towernet_simam")
-    trainer.train(trainer.resume_config(runs / "towernet_simam"), runs / "towernet_simam")
+    trainer.train(RunFolder(runs / "towernet_simam").read_config(), runs / "towernet_simam")
     return runs
 
 
@@ -101,7 +101,7 @@ def test_hparams_tab_lists_every_run_once_with_values_and_metrics(dashboard_runs
         listed = {Path(r["name"]).name: r for r in get_json(f"{base}/hparams/list")}
         assert set(listed) == {"towernet_se", "towernet_simam"}
         for name, record in listed.items():
-            rows = read_metrics(dashboard_runs / name / "metrics.csv")
+            rows = RunFolder(dashboard_runs / name).read_metrics()
             assert record["hparams"]["model"] == name and record["hparams"]["host"] == "towernet"
             assert record["metrics"]["eval/top1"] == pytest.approx(rows[-1]["eval_acc"], abs=1e-5)
             assert record["metrics"]["hparam/best_top1"] == pytest.approx(
@@ -149,6 +149,6 @@ def test_a_resumed_run_keeps_one_record_file_with_every_step_once(dashboard_runs
     steps = [r.id for r in reader.get_data("scalar", "train/loss")]
     assert len(steps) == len(set(steps)) and steps == sorted(steps)
     assert steps[0] == 0 and steps[-1] >= 6  # 3 steps per epoch (36 images / batch 12)
-    rows = read_metrics(dashboard_runs / "towernet_simam" / "metrics.csv")
+    rows = RunFolder(dashboard_runs / "towernet_simam").read_metrics()
     values = [r.value for r in reader.get_data("scalar", "eval/top1")]
     assert values == pytest.approx([r["eval_acc"] for r in rows], abs=1e-5)

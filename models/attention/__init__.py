@@ -65,7 +65,7 @@ def attend(attention: nn.Layer, x: paddle.Tensor, data_format: str = "NCHW") -> 
     host, ``data_format="NHWC"``) goes in as a transposed copy and comes back channels-last.
     SimAM written channels-last (its sums as batched products with ones, or as reductions)
     took 17-23 ms forward + backward at TowerNet's 128-px shapes against 7.2 NCHW and 9.4
-    with the two transposes (bench/README.md).
+    with the two transposes (docs/speed.md).
     """
     nhwc = data_format == "NHWC"
     h, w = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])

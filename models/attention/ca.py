@@ -15,7 +15,7 @@ along W) and a batched product with a ones row (mean along H), and the gate a_h 
 batched outer product [H, 1] x [1, W] per channel, multiplied with x element by element.
 Paddle 3.3.1's CPU kernels broadcast a [N, C, 1, W] factor ~12x slower than a same-shape
 product, and its mean backward is single-threaded; written this way CA's forward + backward
-on MobileNetV2's [32, 96, 32, 32] maps takes 24 ms instead of 46 (bench/README.md).
+on MobileNetV2's [32, 96, 32, 32] maps takes 24 ms instead of 46 (docs/speed.md).
 """
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Run configs: configs/default.yaml <- the model's or family's YAML <- a recipe <- -o, checked."""

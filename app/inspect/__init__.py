@@ -1,0 +1,1 @@
+"""Looking at trained models: prediction, evaluation, figures, Grad-CAM, attention maps, export."""

@@ -1,0 +1,1 @@
+"""Studies: many runs (models x seeds x folds) trained, compared and reported."""

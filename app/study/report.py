@@ -1,0 +1,123 @@
+"""The study report: report.md, report.json and study_curves.png for every run below folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.inspect import figures
+from app.study.runs import as_roots, mark_budgets, read_runs, report_dir_name
+from app.study.summary import model_costs, summarize
+from app.util.atomic import atomic_write_json, atomic_write_text
+from app.util.errors import UserError
+
+
+def _units_text(m: dict) -> str:
+    """A table cell for a model's runs: ``0,1,2`` (seeds) or ``s0 f0,1,2,3,4`` (seed, folds)."""
+    if not m.get("folds"):
+        return ",".join(map(str, m["seeds"]))
+    by_seed: dict = {}
+    for seed, fold in zip(m["seeds"], m["folds"]):
+        by_seed.setdefault(seed, []).append(fold)
+    return "; ".join(f"s{seed} f{','.join(map(str, sorted(folds)))}"
+                     for seed, folds in sorted(by_seed.items()))
+
+
+def to_markdown(summary: dict, runs: list) -> str:
+    kfold = summary.get("kfold", False)
+    over, paired, each = (("seed x fold runs", "seed and fold", "per-run (seed, fold)") if kfold
+                          else ("seeds", "seed", "per-seed"))
+    lines = ["# Study report", "",
+             f"{len(runs)} runs; baseline: `{summary['baseline']}`. Eval top-1 as "
+             f"mean ± std over {over}; `best` is the best epoch (chosen on the eval split, "
+             "so optimistic), `final` the last epoch.", "",
+             f"| model | {'runs' if kfold else 'seeds'} | best top-1 | final top-1 | params | GMACs "
+             "| train img/s | epoch s |", "|---|---|---|---|---|---|---|---|"]
+    for m in summary["models"]:
+        lines.append(f"| {m['model']} | {_units_text(m)} | "
+                     f"{m['best_mean']:.4f} ± {m['best_std']:.4f} | "
+                     f"{m['final_mean']:.4f} ± {m['final_std']:.4f} | "
+                     f"{m.get('params', 0):,} | {m.get('gmacs', 0):.3f} | "
+                     f"{m['train_images_per_s']:.1f} | {m['epoch_seconds']:.1f} |")
+    lines += ["", f"## Against `{summary['baseline']}` (paired by {paired}, final top-1)", ""]
+    for m in summary["models"]:
+        if "vs_baseline" in m:
+            v = m["vs_baseline"]
+            diffs = ", ".join(f"{d:+.1f}" for d in v["diffs_pp"])
+            lines.append(f"- **{m['model']}**: {each} differences [{diffs}] points. "
+                         f"{v['verdict']}")
+            if "bootstrap_ci95_pp" in v:
+                po = v["p_outperform"]
+                per_unit = ", ".join(f"{p:.3g}" for p in v["mcnemar_p_per_unit"])
+                lines.append(f"  - per image ({v['bootstrap_units']} seed/fold units, "
+                             f"{v['bootstrap_images']} paired predictions): "
+                             f"{v['verdict_bootstrap']} P({m['model']} > {summary['baseline']}) "
+                             f"= {po['p']:.2f} (95% CI {po['ci95'][0]:.2f}-{po['ci95'][1]:.2f}); "
+                             f"discordant images [baseline only, model only] = {v['discordant']}; "
+                             f"McNemar p = {v['mcnemar_p']:.3g} pooled, per unit [{per_unit}]; "
+                             f"minimum detectable difference {v['mde_pp']:.1f} points.")
+    if summary.get("one_change"):
+        lines += ["", f"## One change at a time (paired by {paired}, final top-1)", "",
+                  "Each model against the same model without one of its tags: `@source` "
+                  "(fine-tuned) vs from scratch, `bf16` vs float32, `+recipe` vs the reference "
+                  "recipe; and each attention model against its host with the same tags "
+                  "(`towernet_simam +small_data` vs `towernet +small_data`). *Epoch reached*: "
+                  "the first epoch at which the changed run's eval top-1 reached the plain "
+                  "run's final top-1 (— never).", "",
+                  f"| model | against | {each} differences (points) | 95% t interval "
+                  "| 95% bootstrap CI | epoch reached |", "|---|---|---|---|---|---|"]
+        for p in summary["one_change"]:
+            t_ci = (f"{p['ci95_pp'][0]:+.1f} to {p['ci95_pp'][1]:+.1f}" if "ci95_pp" in p else "—")
+            boot = (f"{p['bootstrap_ci95_pp'][0]:+.1f} to {p['bootstrap_ci95_pp'][1]:+.1f}"
+                    if "bootstrap_ci95_pp" in p else "—")
+            reached = ", ".join("—" if e is None else str(e) for e in p["epochs_to_plain_final"])
+            lines.append(f"| {p['model']} | {p['plain']} | "
+                         f"{', '.join(f'{d:+.1f}' for d in p['diffs_pp'])} | {t_ci} | {boot} "
+                         f"| {reached} |")
+        lines += [""] + [f"- {p['verdict']}" for p in summary["one_change"]]
+    lines += ["", "Per-image statistics: a two-level paired bootstrap (2000 resamples of the "
+              "seed/fold units, then of the images within each), P(A > B) over the units "
+              "(ties half) with a bootstrap interval, McNemar's exact test on the pooled "
+              "discordant images, and the minimum detectable difference at 80% power "
+              "(2.8 bootstrap standard errors)."]
+    if kfold:
+        lines += ["", "The t interval over seed x fold runs treats the folds as independent "
+                  "samples; their training sets overlap, so it is optimistic (Nadeau & Bengio, "
+                  "2003). The bootstrap resamples folds and the images within them."]
+    lines += ["", "![eval accuracy per epoch](study_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(roots, out=None) -> dict:
+    """Write report.md, report.json and study_curves.png for every run below ``roots`` (one
+    folder or several, e.g. a from-scratch study and a fine-tuning study) into ``out``
+    (default: the first folder)."""
+    roots = as_roots(roots)
+    everything = [r for folder in roots for r in read_runs(folder)]
+    if not everything:
+        raise UserError(f"no runs with metrics.csv below {', '.join(map(str, roots))}")
+    return write_runs_report(everything, roots, Path(out) if out is not None else roots[0])
+
+
+def write_runs_report(everything: list, roots: list, root: Path) -> dict:
+    """:func:`write_report` for runs already read (:func:`read_runs`) from ``roots``."""
+    everything = mark_budgets(everything)
+    # Only runs that trained all their epochs enter the statistics: a run still going (or
+    # stopped) would pull its model's mean towards an early epoch.
+    runs = [r for r in everything if len(r["rows"]) >= r["epochs"]]
+    pending = [r for r in everything if len(r["rows"]) < r["epochs"]]
+    if not runs:
+        raise UserError(f"no run below {', '.join(map(str, roots))} has finished its epochs yet "
+                        f"({len(pending)} in progress or stopped)")
+    summary = summarize(runs, model_costs(runs))
+    summary["runs"] = [{"dir": report_dir_name(r["dir"], roots), "model": r["model"],
+                        "seed": r["seed"], "fold": r["fold"], "finished": r["finished"],
+                        "counted": len(r["rows"]) >= r["epochs"],
+                        "eval_acc": [row["eval_acc"] for row in r["rows"]]} for r in everything]
+    figures.plot_study_curves(runs, root / "study_curves.png")
+    atomic_write_json(root / "report.json", summary)
+    text = to_markdown(summary, runs)
+    if pending:
+        text += ("\nNot counted (epochs not all trained yet, or stopped): " + ", ".join(
+            f"`{report_dir_name(r['dir'], roots)}` ({len(r['rows'])}/{r['epochs']})"
+            for r in pending) + "\n")
+    atomic_write_text(root / "report.md", text)
+    return summary

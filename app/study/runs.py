@@ -1,0 +1,133 @@
+"""The runs of a study: their names and report labels, and every run below a folder, read."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from app.config.resume import complete_run_config
+from app.run.folder import RunFolder, read_json
+from app.util.errors import UserError
+
+
+def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | None = None) -> str:
+    """``<model>-s<seed>`` (``-f<fold>`` in a K-fold study); a pretrained run is
+    ``<model>@<source tag>-s<seed>`` (see run_label)."""
+    label = run_label(cfg) if cfg else model
+    name = label.replace(" @", "@").replace(" +", "+").replace(" ", "-")
+    return f"{name}-s{seed}" + ("" if fold is None else f"-f{fold}")
+
+
+def run_label(cfg: dict) -> str:
+    """A run's row in a report: the model, marked with its recipe when not the reference one,
+    with bf16 when it trained in bfloat16, and with what it started from when pretrained
+    (``mobilenet_v2 @imagenet``, ``towernet bf16 @pretrain-68``), so that runs from scratch
+    and fine-tuned runs, or fp32 and bf16 runs, of one model are never pooled."""
+    name = cfg["model"]["name"]
+    recipe = cfg.get("train", {}).get("recipe", "reference")
+    if recipe != "reference":
+        name = f"{name} +{recipe}"
+    if cfg.get("train", {}).get("amp", "off") != "off":
+        name = f"{name} {cfg['train']['amp']}"
+    source = cfg["model"].get("pretrained")
+    if not source:
+        return name
+    path = Path(source)
+    tag = source if source == "imagenet" else (
+        path.parent.name if path.stem in ("best", "last") else path.stem)
+    return f"{name} @{tag}"
+
+
+def read_runs(root) -> list:
+    """Every run below ``root`` (a folder with config.yaml + metrics.csv, finished or not):
+    dir, model (its report label, see :func:`run_label`), arch (the model name), seed,
+    epochs, image_size, per-epoch rows, best.json as ``meta`` ({} if none)."""
+    runs = []
+    for run in RunFolder.find_below(root):
+        rows = run.read_metrics()
+        if not rows:
+            continue
+        cfg = run.read_config_raw()
+        try:  # a truncated file can still be YAML: every section must be there, and the keys read here
+            if not complete_run_config(cfg):
+                raise KeyError("a section")
+            label, fields = run_label(cfg), {"arch": cfg["model"]["name"], "seed": cfg["train"]["seed"],
+                                             "fold": cfg["data"].get("fold"), "epochs": cfg["train"]["epochs"],
+                                             "image_size": cfg["data"]["image_size"]}
+        except (KeyError, TypeError, AttributeError):
+            raise UserError(f"{run.config_file} is damaged; restore it (the run's resolved config) or "
+                            f"move the run folder out of {root}")
+        hint = f"restore it or move the run folder out of {root}"
+        state = read_json(run.state_file, hint) if run.state_file.is_file() else {}
+        best = run.read_best(hint) if run.best_file.is_file() else {}
+        runs.append({"dir": run.path, "model": label, **fields,
+                     "predictions": run.read_predictions(),
+                     "rows": rows, "num_classes": best.get("num_classes", 16), "meta": best,
+                     "finished": state.get("status") == "finished"})
+    return runs
+
+
+def resumed_config(run_dir, cfg: dict) -> dict:
+    """The config an interrupted study run resumes on: the run's own, read from the split
+    the study command names (the data may have moved since; the runner has made sure it is
+    the same split)."""
+    run_cfg = RunFolder(run_dir).read_config()
+    run_cfg["data"]["root"] = cfg["data"]["root"]
+    return run_cfg
+
+
+def mark_budgets(runs: list) -> list:
+    """``runs`` with the label of each run trained for another number of epochs or at another
+    image size than most of them tagged with it (``towernet +small_data 60ep``, ``... 160px``),
+    so that one model at two budgets is two rows, never pooled, and :func:`one_change_pairs`
+    pairs them like any other tag. Of two values equally common, the smaller is the plain one."""
+    runs = [dict(r) for r in runs]
+    for key, unit in (("epochs", "ep"), ("image_size", "px")):
+        counts = Counter(r[key] for r in runs)
+        plain = max(sorted(counts), key=counts.get)
+        for r in runs:
+            if r[key] != plain:
+                r["model"] = f"{r['model']} {r[key]}{unit}"
+    return runs
+
+
+def as_roots(roots) -> list[Path]:
+    """One study folder or several, as a list of paths."""
+    return [Path(r) for r in (roots if isinstance(roots, (list, tuple)) else [roots])]
+
+
+def report_dir_name(run_dir: Path, roots: list) -> str:
+    """A run folder as the report names it: relative to its study folder, prefixed with that
+    folder's name when the report covers several."""
+    root = next(r for r in roots if run_dir == r or r in run_dir.parents)
+    rel = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+    return rel if len(roots) == 1 else f"{root.name}/{rel}"
+
+
+def collect_runs(roots) -> list:
+    """Every run folder below ``roots`` (one folder or several) with a best.json and
+    metrics.csv, as dicts (the table of ``eval.py --compare``)."""
+    roots = as_roots(roots)
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"folder not found: {root}")
+    runs = []
+    for r in (run for root in roots for run in read_runs(root)):
+        if not r["meta"]:
+            continue
+        rows, run_dir = r["rows"], r["dir"]
+        best = max(rows, key=lambda row: row["eval_acc"])
+        runs.append({
+            "run": report_dir_name(run_dir, roots),
+            "model": r["meta"]["model"], "params": r["meta"].get("params"),
+            "epochs": len(rows), "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
+            "final_acc": rows[-1]["eval_acc"],
+            "epoch_seconds": float(np.median([row["epoch_seconds"] for row in rows])),
+            "train_images_per_s": float(np.median([row["train_images_per_s"] for row in rows])),
+            "curve": [(row["epoch"], row["eval_acc"]) for row in rows],
+        })
+    if not runs:
+        raise UserError(f"no finished runs (best.json + metrics.csv) below "
+                        f"{', '.join(map(str, roots))}")
+    return runs

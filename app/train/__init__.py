@@ -1,0 +1,1 @@
+"""Training one run: the trainer's steps, hapi callbacks, VisualDL logging, the weight EMA."""

@@ -1,0 +1,1 @@
+"""Errors a user can fix, atomic writes, the process set-up: what every other floor uses."""
