@@ -8,6 +8,7 @@
   python eval.py --model-dir deploy/towernet_simam --image a.jpg   # paddle.inference or onnxruntime
   python eval.py --compare runs                       # table, compare.png, study report.md
   python eval.py --compare studies/scratch studies/finetune --out studies/both
+  python eval.py --compare studies/cv5 --margin 1      # decide with a 1-point margin
   python eval.py --gradcam 8 --runs runs/towernet runs/towernet_simam [--target true|pred]
 """
 import argparse
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
+from app.study.decide import parse_margin
 from app.util.errors import UserError, exit_on_user_error
 
 
@@ -32,6 +34,9 @@ def parse_args(argv=None):
                      help="several run folders: --gradcam compares them on the same images")
     src.add_argument("--model-dir", metavar="DIR",
                      help="an exported model (--export) to predict --image with, on the CPU")
+    p.add_argument("--margin", metavar="D",
+                   help="--compare: decide each comparison with this margin, in points of "
+                        "top-1 (default: the study's, else 2)")
     p.add_argument("--data", help="split folder to evaluate on (default: the run's own)")
     p.add_argument("--image", nargs="+", help="predict these image files instead")
     p.add_argument("--topk", type=int, default=5, help="predictions shown per image")
@@ -140,6 +145,9 @@ def deploy(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    margin = parse_margin(args.margin)
+    if margin is not None and not args.compare:
+        raise UserError("--margin decides the comparisons of --compare DIR")
     from app.build.device import select_device  # Paddle loads here, not for --help
     from app.inspect import evaluate, figures
     from app.study.report import write_report
@@ -150,7 +158,7 @@ def main(argv=None) -> int:
         out = Path(args.out or args.compare[0])
         make_out_dir(out)
         print(figures.write_comparison(runs, out))
-        write_report(args.compare, out)
+        write_report(args.compare, out, margin)
         print(f"wrote {out / 'compare.png'}, {out / 'report.md'}, report.json, study_curves.png")
         return 0
     if args.topk < 1 or args.batch_size < 1:

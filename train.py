@@ -10,6 +10,7 @@ import sys
 import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
 from app.config.load import load_config, parse_override
 from app.config.resume import resume_config_overrides
+from app.study.decide import DEFAULT_MARGIN, DEFAULT_MAX_UNITS, parse_margin
 from app.util.errors import UserError, exit_on_user_error
 
 FLAGS = {  # flag -> config key
@@ -48,6 +49,19 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, metavar="K",
                    help="study: K-fold cross-validation over the split's pooled images, a new "
                         "stratified partition per seed (--seeds 0,1,2,3,4 --folds 2 = 5x2cv)")
+    p.add_argument("--until-decided", action="store_true",
+                   help="study: train whole units (every model at one seed x fold) one after "
+                        "another and stop when each attention module is decided against its "
+                        "host (helps / cannot help by --margin / hurts), at --max-units or "
+                        "before the next unit would pass --budget")
+    p.add_argument("--margin", metavar="D",
+                   help="study: the smallest gain in points of top-1 that would matter "
+                        f"(default {DEFAULT_MARGIN:g}); decisions read their interval against 0 and D")
+    p.add_argument("--max-units", type=int, metavar="N",
+                   help=f"--until-decided: at most N units (default {DEFAULT_MAX_UNITS})")
+    p.add_argument("--budget", metavar="TIME",
+                   help="--until-decided: machine time for the whole study, e.g. 2h, 90m, 3600s "
+                        "(over every invocation; the next unit must fit)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="study: train N runs at once, each in its own process with 1/N of the "
                         "cores (small networks train faster so on few cores; logs in OUTPUT/logs)")
@@ -71,10 +85,14 @@ def main(argv=None) -> int:
     from app.run.folder import RunFolder
     from app.train import trainer  # Paddle loads here, not for --help or --list-models
 
-    if args.models or args.seeds or args.folds is not None:
+    if args.models or args.seeds or args.folds is not None or args.until_decided:
         return study(args, overrides)
     if args.jobs != 1:
         raise UserError("--jobs runs a study's runs side by side: give --models and/or --seeds")
+    for flag in ("margin", "max_units", "budget"):
+        if getattr(args, flag) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} belongs to a study: give --models "
+                            f"(and --until-decided)")
     if args.resume:
         cfg = resume_config_overrides(RunFolder(args.resume).read_config(), overrides,
                                       given_config=args.config or args.model)
@@ -96,20 +114,37 @@ def _int_list(text: str, flag: str) -> list:
 
 
 def study(args, overrides) -> int:
-    """``--models a,b --seeds 0,1,2``: every model x seed into OUTPUT/<model>-s<seed>/."""
+    """``--models a,b --seeds 0,1,2``: every model x seed into OUTPUT/<model>-s<seed>/;
+    ``--until-decided``: units until the study is decided (app/study/sequential.py)."""
+    from app.study.ledger import parse_budget
     from app.study.runner import run_study
+    from app.study.sequential import run_until_decided
     from app.train import trainer
 
     if args.resume or args.name:
         raise UserError("--models/--seeds name their runs <model>-s<seed> and resume them "
                         "by themselves; drop --resume/--name")
     models = [m.strip() for m in (args.models or args.model or "").split(",") if m.strip()]
-    seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed or 0]
     if not models:
-        raise UserError("--seeds needs --model or --models")
+        raise UserError("a study (--seeds, --folds, --until-decided) needs --model or --models")
+    margin = parse_margin(args.margin)
+    if not args.until_decided and (args.max_units is not None or args.budget is not None):
+        raise UserError("--max-units and --budget limit a study run --until-decided")
+    if args.until_decided and args.seeds:
+        raise UserError("--until-decided numbers its units itself (seed 0, then 1, ...; with "
+                        "--folds K each seed's K folds in turn): drop --seeds")
+    budget = parse_budget(args.budget) if args.budget is not None else None
+    seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed or 0]
     overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
     try:
-        run_study(args.config, models, seeds, overrides, args.folds, args.recipe, args.jobs)
+        if args.until_decided:
+            run_until_decided(args.config, models, overrides, args.folds, args.recipe, args.jobs,
+                              DEFAULT_MARGIN if margin is None else margin,
+                              DEFAULT_MAX_UNITS if args.max_units is None else args.max_units,
+                              budget)
+        else:
+            run_study(args.config, models, seeds, overrides, args.folds, args.recipe, args.jobs,
+                      margin)
     except trainer.RunStopped as e:  # Ctrl-C: the runs stopped at their last epoch
         print(e, file=sys.stderr)
         return e.exit_code

@@ -76,7 +76,7 @@ def test_mcnemar_exact_matches_the_binomial_by_hand():
     assert significance.mcnemar_exact(0, 6) == pytest.approx(2 / 64)
 
 
-def test_p_outperform_is_1_when_a_is_right_on_a_strict_superset_of_b():
+def test_p_outperform_is_1_but_not_certain_when_a_is_right_on_a_strict_superset_of_b():
     rng = np.random.default_rng(0)
     a_units, b_units = [], []
     for _ in range(4):
@@ -85,7 +85,9 @@ def test_p_outperform_is_1_when_a_is_right_on_a_strict_superset_of_b():
         a[np.flatnonzero(~b)[:3]] = True  # A also gets three images B misses
         a_units.append(a), b_units.append(b)
     result = significance.p_outperform(a_units, b_units)
-    assert result["p"] == 1.0 and result["ci95"] == [1.0, 1.0]
+    # A won every unit, but four units are not certainty: the Wilson interval says so.
+    assert result["p"] == 1.0 and result["units"] == 4
+    assert 0.4 < result["ci95"][0] < 0.6 and result["ci95"][1] == 1.0
     assert significance.discordant(a_units, b_units) == [0, 12]
 
 

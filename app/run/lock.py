@@ -17,6 +17,7 @@ On a network file system the lock is as good as the file system's locking.
 """
 import os
 import socket
+from contextlib import contextmanager
 
 from app.util.errors import UserError
 
@@ -71,3 +72,18 @@ def _lock(fd: int) -> None:
     else:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
 
+
+@contextmanager
+def held(path):
+    """Hold an exclusive lock on the file ``path`` (created if needed) for the block, waiting
+    for another process that holds it: for short read-modify-write updates of a shared file
+    (a study's ledger), which several processes of one study make."""
+    fd = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock

@@ -4,10 +4,67 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.inspect import figures
+from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan
+from app.study.ledger import Ledger
 from app.study.runs import as_roots, mark_budgets, read_runs, report_dir_name
 from app.study.summary import model_costs, summarize
 from app.util.atomic import atomic_write_json, atomic_write_text
 from app.util.errors import UserError
+
+
+def _ratio(value) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def _p_text(po: dict, model: str, baseline: str) -> str:
+    if po.get("units", 0) < MIN_UNITS:
+        return f"P({model} > {baseline}) not given: {po.get('units', 0)} units, at least {MIN_UNITS} needed"
+    return (f"P({model} > {baseline}) = {po['p']:.2f} (95% Wilson interval "
+            f"{po['ci95'][0]:.2f}-{po['ci95'][1]:.2f}, {po['units']} units)")
+
+
+def decisions_table(summary: dict) -> list:
+    """The decisions as markdown lines: the table every report and study opens with."""
+    rule = summary["decision_rule"]
+    margin = f"{rule['margin_pp']:g}"
+    lines = [f"| model | against | decision (D = {margin} points) | gap, points (interval) "
+             "| P(model > against) | units | train img/s | params | GMACs |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in summary["decisions"]:
+        gap = "—" if d["mean_pp"] is None else f"{d['mean_pp']:+.1f}"
+        if d["interval_pp"]:
+            gap += f" ({d['interval_pp'][0]:+.1f} to {d['interval_pp'][1]:+.1f})"
+        po = d["p_outperform"]
+        p = (f"{po['p']:.2f} ({po['ci'][0]:.2f}-{po['ci'][1]:.2f})" if po["units"] >= rule["min_units"]
+             else f"— ({po['units']} units)")
+        verdict = f"**{d['verdict']}**" if d["decided"] else "undecided"
+        if not d["decided"]:
+            verdict += (f": ~{d['more_units']} more units" if d["mean_pp"] is not None
+                        and d["interval_pp"] else f": needs {rule['min_units']} units")
+        marker = "" if d["kind"] == "attention" else " †" if d["kind"] == "setting" else " ‡"
+        c = d["cost"]
+        lines.append(f"| {d['model']} | {d['against']}{marker} | {verdict} | {gap} | {p} | "
+                     f"{d['units']} | {_ratio(c['train_images_per_s'])} | {_ratio(c['params'])} "
+                     f"| {_ratio(c['gmacs'])} |")
+    return lines
+
+
+def decisions_section(summary: dict) -> list:
+    rule = summary["decision_rule"]
+    return ["## Decisions", "", *decisions_table(summary), "",
+            f"Each decision reads one interval for the gap (model minus what it is compared "
+            f"with, final eval top-1, paired by unit) with the margin D = {rule['margin_pp']:g} "
+            f"points, the smallest gain that would matter: *hurts* (the interval lies below 0), "
+            f"*helps by D or more* (above D), *helps, by less than D* (between 0 and D), *helps* "
+            f"(above 0, reaching past D), *cannot help by D* (below D, reaching 0 or below; "
+            f"*equivalent within ±D* when also above -D), else *undecided*, with about how many "
+            f"more units would decide at the present mean and spread. At least "
+            f"{rule['min_units']} units; the interval is mean ± c·sd/√n over the units, with "
+            f"{rule['looks']}. P(model > against): the share of units the model won (ties "
+            f"half), Wilson interval; not given below {rule['min_units']} units. Costs are "
+            f"ratios to what it is compared with. Rows without a mark compare an attention "
+            f"module with its host (what `--until-decided` waits for); † one setting (recipe, "
+            f"precision, pretrained source, budget); ‡ another model against the baseline.", ""]
 
 
 def _units_text(m: dict) -> str:
@@ -26,6 +83,7 @@ def to_markdown(summary: dict, runs: list) -> str:
     over, paired, each = (("seed x fold runs", "seed and fold", "per-run (seed, fold)") if kfold
                           else ("seeds", "seed", "per-seed"))
     lines = ["# Study report", "",
+             *(decisions_section(summary) + ["## Models", ""] if "decisions" in summary else []),
              f"{len(runs)} runs; baseline: `{summary['baseline']}`. Eval top-1 as "
              f"mean ± std over {over}; `best` is the best epoch (chosen on the eval split, "
              "so optimistic), `final` the last epoch.", "",
@@ -49,8 +107,7 @@ def to_markdown(summary: dict, runs: list) -> str:
                 per_unit = ", ".join(f"{p:.3g}" for p in v["mcnemar_p_per_unit"])
                 lines.append(f"  - per image ({v['bootstrap_units']} seed/fold units, "
                              f"{v['bootstrap_images']} paired predictions): "
-                             f"{v['verdict_bootstrap']} P({m['model']} > {summary['baseline']}) "
-                             f"= {po['p']:.2f} (95% CI {po['ci95'][0]:.2f}-{po['ci95'][1]:.2f}); "
+                             f"{v['verdict_bootstrap']} {_p_text(po, m['model'], summary['baseline'])}; "
                              f"discordant images [baseline only, model only] = {v['discordant']}; "
                              f"McNemar p = {v['mcnemar_p']:.3g} pooled, per unit [{per_unit}]; "
                              f"minimum detectable difference {v['mde_pp']:.1f} points.")
@@ -75,7 +132,7 @@ def to_markdown(summary: dict, runs: list) -> str:
         lines += [""] + [f"- {p['verdict']}" for p in summary["one_change"]]
     lines += ["", "Per-image statistics: a two-level paired bootstrap (2000 resamples of the "
               "seed/fold units, then of the images within each), P(A > B) over the units "
-              "(ties half) with a bootstrap interval, McNemar's exact test on the pooled "
+              "(ties half) with a Wilson interval (from 5 units), McNemar's exact test on the pooled "
               "discordant images, and the minimum detectable difference at 80% power "
               "(2.8 bootstrap standard errors)."]
     if kfold:
@@ -86,18 +143,24 @@ def to_markdown(summary: dict, runs: list) -> str:
     return "\n".join(lines)
 
 
-def write_report(roots, out=None) -> dict:
+def write_report(roots, out=None, margin: float | None = None) -> dict:
     """Write report.md, report.json and study_curves.png for every run below ``roots`` (one
     folder or several, e.g. a from-scratch study and a fine-tuning study) into ``out``
-    (default: the first folder)."""
+    (default: the first folder). Decisions use ``margin`` (points; default: the study's
+    plan's, else DEFAULT_MARGIN) and the sequential plan of a single study run
+    ``--until-decided`` (study.json), else one look at all units."""
     roots = as_roots(roots)
     everything = [r for folder in roots for r in read_runs(folder)]
     if not everything:
         raise UserError(f"no runs with metrics.csv below {', '.join(map(str, roots))}")
-    return write_runs_report(everything, roots, Path(out) if out is not None else roots[0])
+    plan, planned_margin = Ledger(roots[0]).plan() if len(roots) == 1 else (None, None)
+    margin = margin if margin is not None else planned_margin
+    return write_runs_report(everything, roots, Path(out) if out is not None else roots[0],
+                             DEFAULT_MARGIN if margin is None else margin, plan or Plan())
 
 
-def write_runs_report(everything: list, roots: list, root: Path) -> dict:
+def write_runs_report(everything: list, roots: list, root: Path, margin: float = DEFAULT_MARGIN,
+                      plan: Plan = Plan()) -> dict:
     """:func:`write_report` for runs already read (:func:`read_runs`) from ``roots``."""
     everything = mark_budgets(everything)
     # Only runs that trained all their epochs enter the statistics: a run still going (or
@@ -107,7 +170,7 @@ def write_runs_report(everything: list, roots: list, root: Path) -> dict:
     if not runs:
         raise UserError(f"no run below {', '.join(map(str, roots))} has finished its epochs yet "
                         f"({len(pending)} in progress or stopped)")
-    summary = summarize(runs, model_costs(runs))
+    summary = summarize(runs, model_costs(runs), margin, plan)
     summary["runs"] = [{"dir": report_dir_name(r["dir"], roots), "model": r["model"],
                         "seed": r["seed"], "fold": r["fold"], "finished": r["finished"],
                         "counted": len(r["rows"]) >= r["epochs"],

@@ -24,7 +24,8 @@ from app.util.errors import UserError
 
 
 def run_study(config_file, models: list, seeds: list, overrides: list,
-              folds: int | None = None, recipe: str | None = None, jobs: int = 1) -> Path:
+              folds: int | None = None, recipe: str | None = None, jobs: int = 1,
+              margin: float | None = None) -> Path:
     """Train every model x seed into OUTPUT/<model>-s<seed>/, then write the report.
 
     With ``folds`` K, the split's train and eval images are pooled and every seed is a new
@@ -40,7 +41,7 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
     units = [(seed, fold) for seed in seeds for fold in (range(folds) if folds else [None])]
     output, plan = plan_study(config_file, models, units, overrides, folds, recipe, jobs)
     train_planned(plan, output, jobs)
-    summary = write_report(output)
+    summary = write_report(output, margin=margin)
     print(to_markdown(summary, read_runs(output)))
     print(f"wrote {output / 'report.md'}, report.json, study_curves.png")
     return output

@@ -13,7 +13,7 @@ same images, ``correct_a[u]`` / ``correct_b[u]`` boolean per image, aligned.
   Agarwal et al., NeurIPS 2021: bootstrap intervals when runs are few). With one unit it is
   the image-level bootstrap alone, which ignores seed noise: the report says so.
 - :func:`p_outperform`: P(A > B), the probability that A beats B on a new split and seed
-  (Bouthillier et al.), estimated over the units (a tie counts half), with a bootstrap
+  (Bouthillier et al.), estimated over the units (a tie counts half), with a Wilson
   interval over the units.
 - :func:`mcnemar_exact`: McNemar's exact test on the discordant images (Dietterich 1998).
 - :func:`mde_pp`: the smallest difference this design detects with 80% power at the 5%
@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from app.study import decide
 
 Z95, Z80 = 1.959964, 0.841621
 
@@ -53,14 +55,12 @@ def paired_bootstrap(correct_a, correct_b, reps: int = 2000, seed: int = 0) -> d
             "images": int(sum(len(d) for d in diffs))}
 
 
-def p_outperform(correct_a, correct_b, reps: int = 2000, seed: int = 0) -> dict:
-    """P(A > B) over the units (ties half) and its 95% bootstrap interval over the units."""
-    accs = np.array([[a.mean(), b.mean()] for a, b in zip(_as_units(correct_a), _as_units(correct_b))])
-    wins = (accs[:, 0] > accs[:, 1]) + 0.5 * (accs[:, 0] == accs[:, 1])
-    rng = np.random.default_rng(seed)
-    boot = wins[rng.integers(0, len(wins), (reps, len(wins)))].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"p": float(wins.mean()), "ci95": [float(lo), float(hi)]}
+def p_outperform(correct_a, correct_b) -> dict:
+    """P(A > B) over the units (ties half) with a Wilson score interval (app.study.decide):
+    ``{"p", "ci95", "units"}``. Two units that agree give 1.00 with 0.34-1.00, not certainty."""
+    gaps = [np.mean(a) - np.mean(b) for a, b in zip(_as_units(correct_a), _as_units(correct_b))]
+    result = decide.p_outperform(gaps)
+    return {"p": result["p"], "ci95": result["ci"], "units": result["units"]}
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -97,7 +97,7 @@ def compare(correct_a, correct_b, name: str, baseline: str, seed: int = 0) -> di
     boot = paired_bootstrap(correct_a, correct_b, seed=seed)
     out = {"bootstrap_ci95_pp": boot["ci95_pp"], "bootstrap_mean_pp": boot["mean_pp"],
            "bootstrap_units": boot["units"], "bootstrap_images": boot["images"],
-           "p_outperform": p_outperform(correct_a, correct_b, seed=seed),
+           "p_outperform": p_outperform(correct_a, correct_b),
            "discordant": discordant(correct_a, correct_b),
            "mde_pp": mde_pp(boot["se_pp"])}
     out["mcnemar_p"] = mcnemar_exact(*out["discordant"])

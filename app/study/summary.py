@@ -4,13 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from app.study import significance
+from app.study.decide import DEFAULT_MARGIN, Plan, decide, p_outperform
 from app.study.significance import paired_verdict, sample_std
 from models import create_model
+from models.attention import list_attentions
 from models.summary import count_macs, count_params
 
 
-def summarize(runs: list, costs: dict) -> dict:
-    """Per-model statistics and verdicts against the baseline (``towernet`` if present)."""
+def summarize(runs: list, costs: dict, margin: float = DEFAULT_MARGIN, plan: Plan = Plan()) -> dict:
+    """Per-model statistics, verdicts against the baseline (``towernet`` if present), one
+    change at a time, and the decisions with ``margin`` (points) under ``plan``."""
     by_model = {}
     for run in runs:
         by_model.setdefault(run["model"], []).append(run)
@@ -39,8 +42,51 @@ def summarize(runs: list, costs: dict) -> dict:
         if name != baseline:
             entry["vs_baseline"] = paired_comparison(rs, base_runs, name, baseline, unit)
         table.append(entry)
-    return {"baseline": baseline, "kfold": kfold, "models": table,
-            "one_change": one_change_pairs(by_model, unit, baseline)}
+    summary = {"baseline": baseline, "kfold": kfold, "models": table,
+               "one_change": one_change_pairs(by_model, unit, baseline)}
+    summary["decisions"] = decisions(summary, margin, plan)
+    summary["decision_rule"] = {"margin_pp": margin, "min_units": plan.min_units,
+                                "max_units": plan.max_units, "confidence": plan.confidence,
+                                "looks": plan.describe()}
+    return summary
+
+
+def attention_change(label: str, base: str) -> str | None:
+    """The attention module ``label`` adds to ``base`` with every other tag the same
+    (``towernet_simam +small_data`` to ``towernet +small_data``: simam), or None."""
+    model, *tags = label.split(" ")
+    host, *host_tags = base.split(" ")
+    change = model[len(host) + 1:] if model.startswith(host + "_") else None
+    return change if tags == host_tags and change in list_attentions() else None
+
+
+def decisions(summary: dict, margin: float, plan: Plan) -> list:
+    """One decision per comparison: each model against its host (``attention``: what a
+    study ``--until-decided`` waits for), against the same model without one setting
+    (``setting``), and any other model against the baseline (``baseline``)."""
+    rows = {m["model"]: m for m in summary["models"]}
+    compared = [(m["model"], summary["baseline"], m["vs_baseline"], "baseline")
+                for m in summary["models"] if "vs_baseline" in m]
+    compared += [(p["model"], p["plain"], p, "setting") for p in summary["one_change"]]
+    out = []
+    for model, against, stats, kind in compared:
+        change = attention_change(model, against)
+        kind = "attention" if change else kind
+        gaps = stats["diffs_pp"]
+        out.append({"model": model, "against": against, "kind": kind,
+                    "change": change or stats.get("change"),
+                    **decide(gaps, margin, plan).as_dict(),
+                    "p_outperform": p_outperform(gaps, plan.confidence),
+                    "cost": relative_cost(rows[model], rows[against])})
+    return out
+
+
+def relative_cost(entry: dict, base: dict) -> dict:
+    """What ``entry``'s model costs against ``base``'s: train images/s, parameters, GMACs."""
+    def ratio(key):
+        return entry[key] / base[key] if entry.get(key) and base.get(key) else None
+    return {"train_images_per_s": ratio("train_images_per_s"), "params": ratio("params"),
+            "gmacs": ratio("gmacs")}
 
 
 def one_change_pairs(by_model: dict, unit: str, baseline: str | None = None) -> list:
@@ -81,10 +127,13 @@ def one_change_pairs(by_model: dict, unit: str, baseline: str | None = None) -> 
 
 def paired_comparison(runs: list, base_runs: dict, name: str, baseline: str, unit: str) -> dict:
     """``runs`` against ``base_runs`` (keyed by (seed, fold)): the paired verdict on final
-    top-1 and the per-image statistics, over the units both have."""
+    top-1 and the per-image statistics, over the units both have, in unit order (seed, then
+    fold: the order a study trains them, which decisions replay)."""
+    paired = sorted((r for r in runs if (r["seed"], r["fold"]) in base_runs), key=unit_key)
     diffs = [r["rows"][-1]["eval_acc"] - base_runs[(r["seed"], r["fold"])]["rows"][-1]["eval_acc"]
-             for r in runs if (r["seed"], r["fold"]) in base_runs]
+             for r in paired]
     return {**paired_verdict(diffs, name, baseline, unit),
+            "units": [[r["seed"], r["fold"]] for r in paired],
             **per_image_comparison(runs, base_runs, name, baseline)}
 
 
