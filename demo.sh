@@ -17,4 +17,4 @@ name="demo-$(date +%Y%m%d-%H%M%S)"
 python train.py -c configs/demo.yaml --name "$name"
 python eval.py --run "runs/$name"
 echo
-echo "Dashboard: visualdl --logdir runs   (then open http://localhost:8040)"
+echo "Dashboard: visualdl --logdir runs --host 127.0.0.1 --port 8040   (then open http://127.0.0.1:8040)"

@@ -9,7 +9,8 @@ a training step, an eval, or a save). After every kill the run is resumed (``--r
 killed again until the points are used up), then finished. It then checks what a user relies on:
 
 - every epoch exactly once in metrics.csv, with the lr column of an uninterrupted run;
-- in VisualDL (the file VisualDL shows), every scalar step at most once and every epoch there;
+- one VisualDL record file in the run folder (any reader of the folder sees each step once),
+  every scalar step in it at most once and every epoch there;
 - best.json describes best.pdparams (its CRC-32) and the best epoch of metrics.csv;
 - no temporary files left behind.
 
@@ -81,7 +82,9 @@ def check(run_dir: Path, reference_rows: list, epochs: int) -> list:
         problems.append(f"metrics.csv epochs {[r['epoch'] for r in rows]}")
     elif any(abs(a["lr"] - b["lr"]) > 1e-9 for a, b in zip(rows, reference_rows)):
         problems.append("lr column differs from the uninterrupted run")
-    files = sorted(run_dir.glob("vdlrecords*"))
+    files = RunFolder(run_dir).record_files()
+    if len(files) != 1:  # any reader of the folder (not only VisualDL, which shows the newest)
+        problems.append(f"{len(files)} VisualDL record files: {[p.name for p in files]}")
     reader = LogReader(file_path=str(files[-1]))  # the one VisualDL shows
     for tag in reader.get_tags().get("scalar", []):
         steps = [r.id for r in reader.get_data("scalar", tag)]

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.study.decide import Plan, classify  # noqa: E402
+from app.study.decide import Plan  # noqa: E402
 from app.study.simulation import fit, outcome, run_fixed, run_sequential, unit_gaps  # noqa: E402
 from app.util.atomic import atomic_write_json, atomic_write_text  # noqa: E402
 

@@ -45,10 +45,13 @@ class MeanLoss(paddle.metric.Metric):
 
 
 class ConfusionCounts(paddle.metric.Metric):
-    """The eval confusion matrix (true x predicted counts) of the last eval, as ``matrix``.
+    """The eval confusion matrix (true x predicted counts): ``matrix`` while an eval runs,
+    ``last`` that of the last eval that finished.
 
     A metric for the same reason as :class:`MeanLoss`: hapi feeds it every eval image once,
-    gathered from all ranks. ``accumulate`` returns the number of images counted.
+    gathered from all ranks. ``accumulate`` returns the number of images counted. hapi resets
+    its metrics at the end of every eval, before the callbacks' ``on_eval_end``: ``reset``
+    keeps the finished count as ``last`` for them.
     """
 
     def __init__(self, network: paddle.nn.Layer, num_classes: int):
@@ -68,7 +71,11 @@ class ConfusionCounts(paddle.metric.Metric):
         return self.accumulate()
 
     def reset(self):
+        if getattr(self, "matrix", None) is not None and self.matrix.sum():
+            self.last = self.matrix
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+
+    last = None
 
     def accumulate(self) -> float:
         return float(self.matrix.sum())

@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import paddle
 from paddle import nn
 
-from app.build.weights import split_checkpoint
+from app.build.weights import RefusedGlobal, read_weights, split_checkpoint
 from app.util.errors import UserError
 from models import upgrade_state_dict
 from models.attention import _ATTENTIONS
@@ -64,9 +63,12 @@ def resolve_source(source: str, model_name: str) -> Path:
 
 
 def read_state_dict(path: Path) -> dict:
-    """``path`` as a {name: tensor} dict (earlier resnet50_<att> keys mapped); UserError if it is not one."""
+    """``path`` as a {name: tensor} dict (earlier resnet50_<att> keys mapped); UserError if it is
+    not one, or if it would run code when read (app/build/weights.py)."""
     try:
-        state = paddle.load(str(path))
+        state = read_weights(path)
+    except RefusedGlobal:
+        raise
     except Exception as e:  # truncated, not a pickle, a static-graph file, ...
         raise UserError(f"cannot read {path} as a Paddle state dict ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})") from None

@@ -93,6 +93,16 @@ def set_key(cfg: dict, key: str, value) -> None:
     cfg[section][name] = _check_type(key, value, base[section][name])
 
 
+def check_name(name: str, what: str = "run name") -> str:
+    """``name`` if it is a plain folder name: no path separator, no ``..``, no leading dot
+    (so a run folder is always a child of ``--output``, and never hidden)."""
+    if (not name or "/" in name or "\\" in name or ".." in name or name.startswith(".")
+            or "\0" in name):
+        raise UserError(f"{what} {name!r} must be a folder name: no '/', '\\', '..' or "
+                        f"leading '.'")
+    return name
+
+
 def validate(cfg: dict) -> dict:
     """Check every key of ``cfg`` against the defaults; fill missing keys; return a copy."""
     out = defaults()
@@ -119,6 +129,8 @@ def validate(cfg: dict) -> dict:
     if out["data"]["crop_padding"] and out["data"]["random_resized_crop"]:
         raise UserError("data.crop_padding crops from the resized image; with "
                         "data.random_resized_crop on there is none: turn one of them off")
+    if out["output"]["name"] is not None:
+        check_name(out["output"]["name"], "--name / output.name")
     if out["optimizer"]["sam_rho"] and out["train"]["amp"] != "off":
         raise UserError("optimizer.sam_rho needs train.amp=off (its second pass runs in float32)")
     for key in POSITIVE + NON_NEGATIVE:

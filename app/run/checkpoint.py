@@ -24,7 +24,7 @@ import os
 import zlib
 from pathlib import Path
 
-from app.build.weights import load_state_dict, split_checkpoint
+from app.build.weights import RefusedGlobal, load_state_dict, split_checkpoint, unpickle
 from app.run.folder import RunFolder
 from app.util.atomic import atomic_save, atomic_write_json
 from app.util.errors import UserError
@@ -161,7 +161,7 @@ def load_resume_checkpoint(model, run_dir, prefix: str) -> tuple:
                         f"start a new run")
     opt = load_state_dict(run_dir / f"{prefix}.pdopt", hint)
     if opt.pop(STRUCTURED, None) is None:  # written before structured keys: hapi's loader
-        model.load(str(run_dir / prefix))
+        _hapi_load(model, path, run_dir / f"{prefix}.pdopt", hint)
         return None, 0
     network, optimizer = model.network, model._optimizer
     to_generated = {v: k for k, v in _accumulator_names(network, optimizer).items()}
@@ -172,6 +172,26 @@ def load_resume_checkpoint(model, run_dir, prefix: str) -> tuple:
     network.set_state_dict(params)
     optimizer.set_state_dict({to_generated.get(k, k): v for k, v in opt.items()})
     return ema, updates
+
+
+def _hapi_load(model, params_path: Path, opt_path: Path, hint: str) -> None:
+    """What hapi's ``Model.load`` does with a checkpoint pair (Paddle 3.3.1: the raw
+    pickles, matched to the network by name and shape, handed to its adapter), with both
+    files read by :func:`app.build.weights.unpickle`, never by plain pickle."""
+    try:
+        params, opt = unpickle(params_path), unpickle(opt_path)
+    except RefusedGlobal:
+        raise
+    except Exception as e:
+        raise UserError(f"{params_path.parent}: {params_path.name}/{opt_path.name} are damaged "
+                        f"({type(e).__name__}); {hint}") from None
+    matched = []
+    for key, param in model.network.state_dict().items():
+        state = params.get(key)
+        if state is None or list(state.shape) != list(param.shape):
+            raise UserError(f"{params_path} does not fit this model ({key}); {hint}")
+        matched.append((param, state))
+    model._adapter.load(matched, opt, None)
 
 
 def save_best(run_dir, network, meta: dict) -> None:

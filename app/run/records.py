@@ -19,6 +19,27 @@ from app.run.folder import RECORDS_PREFIX, RunFolder
 STEP_TAGS = ("train/loss", "train/acc")
 
 
+def open_records(run_dir, keep_epochs: int, steps_per_epoch: int):
+    """The VisualDL writer of a run that starts training after ``keep_epochs`` epochs: the
+    records of those epochs carried over (:func:`carry_over_records`), or, from epoch 0, a
+    new file whose name sorts after any old one, which is removed (a run killed before its
+    first checkpoint left records of an epoch it trains again)."""
+    if keep_epochs:
+        return carry_over_records(run_dir, keep_epochs, steps_per_epoch)
+    old = RunFolder(run_dir).record_files()
+    writer = LogWriter(logdir=str(run_dir), file_name=_next_name(old))
+    for path in old:
+        path.unlink()
+    return writer
+
+
+def _next_name(old: list) -> str:
+    """A record file name that sorts after every old one (VisualDL's own is
+    vdlrecords.<seconds>.log, which a resume within the same second would reuse)."""
+    stamps = [int(p.name.split(".")[1]) for p in old if p.name.split(".")[1].isdigit()]
+    return f"{RECORDS_PREFIX}.{max([int(time.time())] + [t + 1 for t in stamps])}.log"
+
+
 def carry_over_records(run_dir, keep_epochs: int, steps_per_epoch: int):
     """A new VisualDL writer for a resumed run, holding the run's records of its first
     ``keep_epochs`` epochs (each tag and step once); the older record files are removed.
@@ -51,11 +72,7 @@ def rewrite_records(run_dir, keep=lambda tag, step: True):
                     images[(tag, rec.id)] = (rec.image.encoded_image_string, rec.timestamp)
         if tags.get("hyper_parameters") and hparams is None:
             hparams = reader.get_data("hyper_parameters", "hparam")[0].hparam
-    # A name that sorts after every old file (VisualDL's own is vdlrecords.<seconds>.log,
-    # which a resume within the same second would reuse).
-    stamps = [int(p.name.split(".")[1]) for p in old if p.name.split(".")[1].isdigit()]
-    name = f"{RECORDS_PREFIX}.{max([int(time.time())] + [t + 1 for t in stamps])}.log"
-    writer = LogWriter(logdir=str(run_dir), file_name=name)
+    writer = LogWriter(logdir=str(run_dir), file_name=_next_name(old))
     if hparams is not None:
         values = {h.name: getattr(h, h.WhichOneof("type")) for h in hparams.hparamInfos}
         writer.add_hparams(values, [m.name for m in hparams.metricInfos])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.config.load import check_name
 from app.config.resume import complete_run_config
 from app.run.folder import RunFolder, read_json
 from app.util.errors import UserError
@@ -16,7 +17,7 @@ def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | N
     ``<model>@<source tag>-s<seed>`` (see run_label)."""
     label = run_label(cfg) if cfg else model
     name = label.replace(" @", "@").replace(" +", "+").replace(" ", "-")
-    return f"{name}-s{seed}" + ("" if fold is None else f"-f{fold}")
+    return check_name(f"{name}-s{seed}" + ("" if fold is None else f"-f{fold}"), "study run name")
 
 
 def run_label(cfg: dict) -> str:
@@ -34,6 +35,8 @@ def run_label(cfg: dict) -> str:
     if not source:
         return name
     path = Path(source)
+    if path.stem in ("best", "last") and path.parent.name in ("", ".", ".."):
+        path = path.resolve()  # ../best.pdparams: the run folder's own name
     tag = source if source == "imagenet" else (
         path.parent.name if path.stem in ("best", "last") else path.stem)
     return f"{name} @{tag}"

@@ -23,6 +23,7 @@ from app.build.optimizer import build_optimizer
 from app.build.pretrained import load_pretrained, scale_backbone_lr, summary_line
 from app.build.settings import Settings, resolve_settings
 from app.build.weights import load_state_dict, split_checkpoint
+from app.config.load import check_name
 from app.data.augment import MixBatch
 from app.data.dataset import train_and_eval
 from app.data.split import split_fingerprint
@@ -200,7 +201,8 @@ def _create_run(cfg: dict, model, state: dict, start_from: dict | None, exact_na
 
     Rank 0 picks the folder and tells the others: looking for themselves, they could find
     rank 0's new folder already there and pick name-2."""
-    output, name = cfg["output"]["dir"], cfg["output"]["name"] or cfg["model"]["name"]
+    output = cfg["output"]["dir"]
+    name = check_name(cfg["output"]["name"] or cfg["model"]["name"])
     if exact_name:
         run = RunFolder(Path(output) / name)
         if run.path.exists():

@@ -11,12 +11,11 @@ import random
 
 import numpy as np
 from paddle.callbacks import Callback
-from visualdl import LogWriter
 
 from app.data.picks import pick_images
 from app.inspect import figures
 from app.inspect.attention_maps import attention_grid
-from app.run.records import carry_over_records
+from app.run.records import open_records
 from app.train.callbacks import EpochMetrics, scalar
 from models import nchw_twin
 from models.attention import list_attentions
@@ -132,10 +131,7 @@ class VisualDLLogger(Callback):
                  start_epoch: int = 0, log_freq: int = 10, hparams: dict | None = None,
                  images=None, best: dict | None = None):
         super().__init__()
-        if start_epoch:
-            self.writer = carry_over_records(run_dir, start_epoch, steps_per_epoch)
-        else:
-            self.writer = LogWriter(logdir=str(run_dir))
+        self.writer = open_records(run_dir, start_epoch, steps_per_epoch)
         self.metrics = metrics
         self.steps_per_epoch, self.start_epoch = steps_per_epoch, start_epoch
         self.log_freq = max(1, log_freq)
@@ -175,8 +171,8 @@ class VisualDLLogger(Callback):
         self.writer.add_scalar("hparam/best_top1", self.best_acc, row["epoch"])
         self.writer.add_scalar("hparam/best_loss", self.best_loss, row["epoch"])
         if self.images is not None:
-            if new_best:
-                matrix = self.model.confusion.matrix
+            matrix = self.model.confusion.last  # the eval just finished (hapi reset .matrix)
+            if new_best and matrix is not None:
                 self.writer.add_image("eval/confusion_matrix_best",
                                       self.images.confusion(matrix), row["epoch"])
             if self.images.attention_due(row["epoch"]):
