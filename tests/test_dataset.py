@@ -156,3 +156,41 @@ def test_to_chw_is_the_normalisation_formula_in_contiguous_chw():
     expected = (hwc.transpose(2, 0, 1) / 255.0 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
     assert out.shape == (3, 5, 7) and out.dtype == np.float32 and out.flags.c_contiguous
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def _data_section(split, **over):
+    from app.config.load import load_config
+
+    cfg = load_config(model="towernet", overrides=[("data.root", str(split)), *over.items()])
+    return cfg["data"]
+
+
+def test_cache_auto_keeps_what_fits_and_streams_the_rest_saying_so(tiny_split, capsys):
+    from app.data.dataset import train_and_eval
+
+    data = _data_section(tiny_split, **{"data.image_size": 128})
+    assert data["cache"] == "auto"
+    train, evaluation = train_and_eval(data)  # 48 images x 128 x 128 x 3: 2.4 MB, fits
+    assert train.cache is not None and evaluation.cache is not None
+    cached = [evaluation[i][0] for i in range(len(evaluation))]
+
+    data["cache_max_mb"] = 1
+    train, evaluation = train_and_eval(data)
+    assert train.cache is None and evaluation.cache is None
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line == ("data.cache=auto: decoding the images every epoch: cached, they would take "
+                    "2 MB, over the 1 MB budget (data.cache_max_mb)")
+    for i, image in enumerate(cached):  # the same pixels either way
+        np.testing.assert_array_equal(evaluation[i][0], image)
+
+
+def test_cache_true_that_cannot_fit_is_one_line_and_false_never_caches(tiny_split, monkeypatch):
+    from app.data import dataset
+
+    monkeypatch.setattr(dataset, "available_memory", lambda: 2**20)
+    with pytest.raises(UserError, match=r"data.cache=true: the decoded images would take 2 MB of the 1 MB"):
+        dataset.train_and_eval(_data_section(tiny_split, **{"data.image_size": 128, "data.cache": True}))
+    train, evaluation = dataset.train_and_eval(_data_section(tiny_split, **{"data.cache": False}))
+    assert train.cache is None and evaluation.cache is None
+    with pytest.raises(UserError, match="must be true, false or auto"):
+        _data_section(tiny_split, **{"data.cache": "yes"})

@@ -19,6 +19,8 @@ DEFAULT_FILE = CONFIG_DIR / "default.yaml"
 
 # Keys whose default is null: the type they take when set.
 NULLABLE = {"output.name": str, "model.pretrained": str, "data.fold": int, "data.folds": int}
+# Keys that take true, false or one of these words.
+FLAG_OR_WORD = {"data.cache": ("auto",)}
 # Keys restricted to a fixed set of values.
 CHOICES = {
     "train.device": ("auto", "cpu", "gpu"),
@@ -33,7 +35,8 @@ NON_NEGATIVE = ("data.num_workers", "data.crop_padding", "train.threads", "optim
                 "train.warmup_epochs", "train.mixup_alpha", "train.cutmix_alpha",
                 "train.mix_prob", "train.mix_switch_prob", "train.ema_decay",
                 "optimizer.nam_penalty", "optimizer.momentum", "optimizer.sam_rho", "data.rotation",
-                "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every")
+                "train.freeze_epochs", "optimizer.backbone_lr_mult", "log.attention_every",
+                "data.cache_max_mb")
 
 def read_yaml(path) -> dict:
     """Read one YAML file, following ``_base_`` chains; sections are merged key by key."""
@@ -69,6 +72,11 @@ def defaults() -> dict:
 
 
 def _check_type(key: str, value, default):
+    if key in FLAG_OR_WORD:
+        if isinstance(value, bool) or value in FLAG_OR_WORD[key]:
+            return value
+        raise UserError(f"config key '{key}' must be true, false or "
+                        f"{' or '.join(FLAG_OR_WORD[key])}; got {value!r}")
     if value is None and (default is None or key in NULLABLE):
         return None
     expected = NULLABLE.get(key, type(default))

@@ -15,7 +15,7 @@ def complete_run_config(written) -> bool:
 
 # What may change when a run is resumed: where and how fast it runs, not what it computes.
 RESUMABLE_KEYS = {"train.device", "train.threads", "data.num_workers", "data.cache",
-                  "data.root", "train.channels_last"}
+                  "data.cache_max_mb", "data.root", "train.channels_last"}
 
 
 def changed_keys(run_cfg: dict, cfg: dict) -> list:

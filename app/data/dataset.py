@@ -9,7 +9,10 @@ with a warning when there is no manifest.
 ``cache=True`` decodes and resizes every image once into one uint8 array [N, S, S, 3]
 (1817 Caltech images at 256 px: ~360 MB). It is a single numpy buffer, so forked
 DataLoader workers share it instead of copying. The random augmentation runs after the
-cache, per item, so every epoch still sees fresh rotations and flips.
+cache, per item, so every epoch still sees fresh rotations and flips. A run's datasets are
+cached as ``data.cache`` says (:func:`cache_when_fits`): by default (``auto``) only when
+the decoded images fit a memory budget, so a large folder is streamed, never a reason for
+an out-of-memory kill.
 """
 from __future__ import annotations
 
@@ -100,6 +103,14 @@ class ImageFolderDataset(paddle.io.Dataset):
         return FALLBACK_MEAN, FALLBACK_STD
 
 
+    def cache_side(self) -> int:
+        """The side at which :meth:`preload` keeps images (larger for RandomResizedCrop)."""
+        return self.augment.cache_size(self.image_size) if self.train else self.image_size
+
+    def cache_bytes(self) -> int:
+        """The memory :meth:`preload` takes: N x S x S x 3 bytes."""
+        return len(self.samples) * self.cache_side() ** 2 * 3
+
     def preload(self, num_threads: int | None = None, progress: bool = True) -> float:
         """Decode + resize every image into ``self.cache`` (uint8 [N, S, S, 3]); returns MB.
 
@@ -108,7 +119,7 @@ class ImageFolderDataset(paddle.io.Dataset):
         so the crop has real pixels to take (16 classes at 128 px: 1453 x 160 x 160 x 3 =
         112 MB instead of 71 MB).
         """
-        s = self.augment.cache_size(self.image_size) if self.train else self.image_size
+        s = self.cache_side()
         cache = np.empty((len(self.samples), s, s, 3), np.uint8)
         resize = build_resize(s)
 
@@ -138,18 +149,72 @@ class ImageFolderDataset(paddle.io.Dataset):
 
 def train_dataset(data: dict, root=None, stats: dict | None = None,
                   progress: bool = True) -> ImageFolderDataset:
-    """The training split as the config's ``data`` section augments it; ``stats``
-    ({"mean", "std"}) normalise instead of the split's own (ImageNet weights)."""
-    return ImageFolderDataset(root or data["root"], "train", image_size=data["image_size"],
-                              cache=data["cache"], rotation=data["rotation"], hflip=data["hflip"],
-                              augment=Augment.from_config(data), progress=progress, **(stats or {}))
+    """The training split as the config's ``data`` section augments it, cached as
+    ``data.cache`` says (:func:`cache_when_fits`); ``stats`` ({"mean", "std"}) normalise
+    instead of the split's own (ImageNet weights)."""
+    train = _train_split(data, root, stats, progress)
+    cache_when_fits(data, [train], progress)
+    return train
 
 
 def train_and_eval(data: dict, stats: dict | None = None) -> tuple:
-    """(train, eval) datasets of the ``data`` section; eval normalised as train is."""
-    train = train_dataset(data, stats=stats)
+    """(train, eval) datasets of the ``data`` section; eval normalised as train is; both
+    cached as ``data.cache`` says (:func:`cache_when_fits`)."""
+    train = _train_split(data, None, stats, True)
     evaluation = ImageFolderDataset(data["root"], "eval", train=False, mean=train.mean,
-                                    std=train.std, image_size=data["image_size"], cache=data["cache"])
+                                    std=train.std, image_size=data["image_size"])
     if evaluation.classes != train.classes:
         raise UserError(f"{data['root']}: train and eval class folders differ")
+    cache_when_fits(data, [train, evaluation])
     return train, evaluation
+
+
+def _train_split(data: dict, root, stats: dict | None, progress: bool) -> ImageFolderDataset:
+    return ImageFolderDataset(root or data["root"], "train", image_size=data["image_size"],
+                              rotation=data["rotation"], hflip=data["hflip"],
+                              augment=Augment.from_config(data), progress=progress, **(stats or {}))
+
+
+def cache_when_fits(data: dict, datasets: list, progress: bool = True) -> bool:
+    """Decode ``datasets`` into memory (:meth:`ImageFolderDataset.preload`) as ``data.cache``
+    says: ``true`` always (refused in one line when it cannot fit the memory available),
+    ``false`` never, ``auto`` when the decoded images fit ``data.cache_max_mb`` (0: half the
+    memory available now), else they are decoded every epoch, said in one line. Returns
+    whether they were cached."""
+    setting, need = data["cache"], sum(ds.cache_bytes() for ds in datasets)
+    if setting is False:
+        return False
+    available = available_memory()
+    if setting is True:
+        if available is not None and need > 0.9 * available:
+            raise UserError(f"data.cache=true: the decoded images would take "
+                            f"{need / 2**20:,.0f} MB of the {available / 2**20:,.0f} MB of memory "
+                            f"available; use data.cache=auto or false")
+    else:
+        budget = data["cache_max_mb"] * 2**20 if data["cache_max_mb"] else (
+            available // 2 if available is not None else None)
+        if budget is not None and need > budget:
+            source = ("data.cache_max_mb" if data["cache_max_mb"] else
+                      "half the memory available; data.cache_max_mb sets it")
+            print(f"data.cache=auto: decoding the images every epoch: cached, they would take "
+                  f"{need / 2**20:,.0f} MB, over the {budget / 2**20:,.0f} MB budget ({source})",
+                  flush=True)
+            return False
+    for ds in datasets:
+        ds.preload(progress=progress)
+    return True
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (Linux: MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
