@@ -44,7 +44,7 @@ def one_epoch(data: str, size: int, cache: str, workers: int, model: str, batch:
         manifest = json.loads((Path(data) / "manifest.json").read_text())
         note = next((line for line in stdout.splitlines() if line.startswith("data.cache")), "")
         return {"split": Path(data).name, "classes": len(manifest["classes"]),
-                "train_images": sum(manifest["counts"]["train"]), "image_size": size,
+                "train_images": sum(c["train"] for c in manifest["counts"].values()), "image_size": size,
                 "cache": cache, "workers": workers, "epoch_s": float(row["epoch_seconds"]),
                 "train_img_s": float(row["train_images_per_s"]), "wall_s": wall,
                 "peak_rss_mb": usage.ru_maxrss / 1024, "note": note}

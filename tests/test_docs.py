@@ -112,3 +112,39 @@ def test_no_work_history_markers():
                             capture_output=True, text=True)
     assert result.returncode in (0, 1), result.stderr
     assert result.stdout == ""
+
+
+SCRIPTS = {"train.py": "train", "eval.py": "eval", "data_tools/split.py": "data_tools.split",
+           "bench/throughput.py": "bench.throughput"}
+
+
+def readme_commands(root: Path = ROOT) -> list[tuple[str, list[str]]]:
+    """(script, arguments) of every ``python <script> ...`` line in README.md's code blocks
+    (continuations joined, comments and optional ``[...]`` parts dropped, elided lines out)."""
+    import shlex
+
+    commands = []
+    for block in FENCE.findall((root / "README.md").read_text(encoding="utf-8")):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if "..." in line or "python" not in line:
+                continue
+            words = shlex.split(re.sub(r"\[[^\]]*\]", "", line))
+            script = next((w for w in words if w in SCRIPTS), None)
+            if script:
+                commands.append((script, words[words.index(script) + 1:]))
+    return commands
+
+
+def test_every_readme_command_parses():
+    """Every command the README shows is one its script accepts (flags, choices, values)."""
+    import importlib
+
+    commands = readme_commands()
+    assert len(commands) >= 25 and {s for s, _ in commands} == set(SCRIPTS)
+    for script, args in commands:
+        module = importlib.import_module(SCRIPTS[script])
+        try:
+            module.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"README: python {script} {' '.join(args)} does not parse")
