@@ -10,7 +10,7 @@ set -u
 out=${1:-studies}
 cd "$(dirname "$0")"
 for study in attention_from_scratch kfold_towernet bf16_accuracy finetune channels_last_accuracy \
-             recipe_tuning recipe_study finetune_small_data budget_small_data; do
+             recipe_tuning recipe_study finetune_small_data budget_small_data decide_attention; do
   echo "== $study"
   bash $study.sh "$out"
 done

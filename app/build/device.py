@@ -1,4 +1,4 @@
-"""Where and how a process computes: the device, CPU threads, ranks of a data-parallel job, seeds."""
+"""Where and how a process computes: device, CPU threads, ranks of a data-parallel job, seeds."""
 import os
 import random
 

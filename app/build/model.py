@@ -60,8 +60,8 @@ def prepare_model(network, optimizer=None, *, image_size: int, num_classes: int,
     """Wrap ``network`` in a hapi ``paddle.Model`` prepared with the loss, the metrics and
     ``amp_configs`` (:func:`amp_configs_for`, resolved once per run)."""
     model_class = SAMModel if isinstance(optimizer, SAMMomentum) else paddle.Model
-    model = model_class(network, inputs=[InputSpec([None, 3, image_size, image_size], "float32", "image")],
-                        labels=[InputSpec([None, 1], "int64", "label")])
+    image = InputSpec([None, 3, image_size, image_size], "float32", "image")
+    model = model_class(network, inputs=[image], labels=[InputSpec([None, 1], "int64", "label")])
     loss = ClassificationLoss(network, nam_penalty, label_smoothing)
     model.confusion = ConfusionCounts(network, num_classes)  # read by the VisualDL callback
     configs = dict(amp_configs) if amp_configs else None

@@ -1,1 +1,1 @@
-"""Images on disk to batches: decoding, split folders, transforms, the dataset, augmentation, folds."""
+"""Images on disk to batches: decoding, split folders, transforms, dataset, augmentation, folds."""

@@ -140,7 +140,7 @@ class RunFolder:
         return load_config(self.config_file)
 
     def read_config_raw(self):
-        """config.yaml as YAML gives it (None when unreadable), for readers that check it themselves."""
+        """config.yaml as YAML gives it (None when unreadable): for readers that check it."""
         try:
             return yaml.safe_load(self.config_file.read_text())
         except (OSError, yaml.YAMLError):

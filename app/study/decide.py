@@ -168,16 +168,17 @@ class Decision:
     lo: float | None
     hi: float | None
     c: float | None
-    more_units: int | None  # undecided: about how many more units would decide, at this mean and spread
+    more_units: int | None  # undecided: about how many more units would decide it
 
     @property
     def decided(self) -> bool:
         return self.verdict != "undecided"
 
     def as_dict(self) -> dict:
+        interval = None if self.lo is None else [self.lo, self.hi]
         return {"verdict": self.verdict, "decided": self.decided, "units": self.units,
-                "mean_pp": self.mean, "interval_pp": None if self.lo is None else [self.lo, self.hi],
-                "c": self.c, "more_units": self.more_units}
+                "mean_pp": self.mean, "interval_pp": interval, "c": self.c,
+                "more_units": self.more_units}
 
 
 def decide(gaps_pp, margin: float, plan: Plan = Plan()) -> Decision:

@@ -97,5 +97,6 @@ def parse_budget(text: str) -> float:
     except ValueError:
         seconds = -1.0
     if not seconds > 0 or seconds == float("inf"):
-        raise UserError(f"--budget takes a positive duration such as 2h, 90m or 3600s; got {text!r}")
+        raise UserError(f"--budget takes a positive duration such as 2h, 90m or 3600s; "
+                        f"got {text!r}")
     return seconds

@@ -18,7 +18,8 @@ def _ratio(value) -> str:
 
 def _p_text(po: dict, model: str, baseline: str) -> str:
     if po.get("units", 0) < MIN_UNITS:
-        return f"P({model} > {baseline}) not given: {po.get('units', 0)} units, at least {MIN_UNITS} needed"
+        return (f"P({model} > {baseline}) not given: {po.get('units', 0)} units, at least "
+                f"{MIN_UNITS} needed")
     return (f"P({model} > {baseline}) = {po['p']:.2f} (95% Wilson interval "
             f"{po['ci95'][0]:.2f}-{po['ci95'][1]:.2f}, {po['units']} units)")
 
@@ -35,7 +36,8 @@ def decisions_table(summary: dict) -> list:
         if d["interval_pp"]:
             gap += f" ({d['interval_pp'][0]:+.1f} to {d['interval_pp'][1]:+.1f})"
         po = d["p_outperform"]
-        p = (f"{po['p']:.2f} ({po['ci'][0]:.2f}-{po['ci'][1]:.2f})" if po["units"] >= rule["min_units"]
+        enough = po["units"] >= rule["min_units"]
+        p = (f"{po['p']:.2f} ({po['ci'][0]:.2f}-{po['ci'][1]:.2f})" if enough
              else f"— ({po['units']} units)")
         verdict = f"**{d['verdict']}**" if d["decided"] else "undecided"
         if not d["decided"]:
@@ -132,7 +134,8 @@ def to_markdown(summary: dict, runs: list) -> str:
         lines += [""] + [f"- {p['verdict']}" for p in summary["one_change"]]
     lines += ["", "Per-image statistics: a two-level paired bootstrap (2000 resamples of the "
               "seed/fold units, then of the images within each), P(A > B) over the units "
-              "(ties half) with a Wilson interval (from 5 units), McNemar's exact test on the pooled "
+              "(ties half) with a Wilson interval (from 5 units), McNemar's exact test on the "
+              "pooled "
               "discordant images, and the minimum detectable difference at 80% power "
               "(2.8 bootstrap standard errors)."]
     if kfold:

@@ -108,7 +108,8 @@ def _cost(ledger: Ledger, output: Path, jobs: int) -> tuple:
 def _from_epoch_times(output: Path, jobs: int) -> float | None:
     """A unit's seconds from the finished runs' epoch times: each model's median run time,
     summed, over the runs trained side by side."""
-    runs = [r for r in read_runs(output) if len(r["rows"]) >= r["epochs"]] if output.is_dir() else []
+    runs = read_runs(output) if output.is_dir() else []
+    runs = [r for r in runs if len(r["rows"]) >= r["epochs"]]
     by_model: dict = {}
     for r in runs:
         by_model.setdefault(r["model"], []).append(sum(row["epoch_seconds"] for row in r["rows"]))

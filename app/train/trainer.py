@@ -208,7 +208,8 @@ def _create_run(cfg: dict, model, state: dict, start_from: dict | None, exact_na
         if run.path.exists():
             raise run.taken()
     else:
-        run = RunFolder(broadcast_from_main(RunFolder.free_name(output, name).path if main else None))
+        free = RunFolder.free_name(output, name).path if main else None
+        run = RunFolder(broadcast_from_main(free))
     if main:
         def fill(folder: RunFolder) -> None:
             folder.write_config(cfg)
