@@ -53,7 +53,7 @@ MIN_UNITS = 5
 DEFAULT_MARGIN = 2.0  # points of top-1
 DEFAULT_MAX_UNITS = 20
 CONFIDENCE = 0.95
-_SIMULATIONS = 200_000
+_SIMULATIONS, _CHUNK = 200_000, 20_000
 
 
 def parse_margin(text) -> float | None:
@@ -121,19 +121,24 @@ def critical_values(min_units: int, max_units: int, confidence: float = CONFIDEN
     if min_units < 2 or max_units < min_units:
         raise ValueError(f"looks from {min_units} to {max_units} units")
     rng = np.random.default_rng(20_240_601)
-    x = rng.standard_normal((_SIMULATIONS, max_units), dtype=np.float32).astype(np.float64)
     n = np.arange(1, max_units + 1)
-    total, squares = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
-    del x
-    mean = total / n
-    sd = np.sqrt(np.maximum(squares - n * mean ** 2, 1e-300) / np.maximum(n - 1, 1))
-    t = (np.abs(mean) / (sd / np.sqrt(n)))[:, min_units - 1:]  # [studies, looks]
+    chunks = []  # |t| at the looks, [studies, looks], drawn 20,000 studies at a time
+    for _ in range(_SIMULATIONS // _CHUNK):
+        x = rng.standard_normal((_CHUNK, max_units), dtype=np.float32).astype(np.float64)
+        total, squares = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
+        mean = total / n
+        sd = np.sqrt(np.maximum(squares - n * mean ** 2, 1e-300) / np.maximum(n - 1, 1))
+        chunks.append((np.abs(mean) / (sd / np.sqrt(n)))[:, min_units - 1:].astype(np.float32))
+    t = np.concatenate(chunks)
+    del chunks
     # Each look's |t| as its upper tail probability (its rank among the simulated studies);
     # a study's most extreme look has the smallest; ``a`` is that minimum's quantile.
     ordered = np.sort(t, axis=0)
-    tail = np.stack([1.0 - np.searchsorted(ordered[:, k], t[:, k], side="right") / len(t)
-                     for k in range(t.shape[1])], axis=1)
-    a = float(np.quantile(tail.min(axis=1), 1 - confidence))
+    smallest = np.ones(len(t))
+    for k in range(t.shape[1]):
+        tail = 1.0 - np.searchsorted(ordered[:, k], t[:, k], side="right") / len(t)
+        np.minimum(smallest, tail, out=smallest)
+    a = float(np.quantile(smallest, 1 - confidence))
     return tuple(float(np.quantile(ordered[:, k], 1 - a)) for k in range(t.shape[1]))
 
 
