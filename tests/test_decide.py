@@ -51,6 +51,18 @@ def test_undecided_projects_the_units_it_would_take():
     assert n + d.more_units == math.ceil((d.c * sd / room) ** 2)
 
 
+def test_a_sequential_projection_uses_the_plans_own_later_looks():
+    gaps = [1.9, 0.0, 1.7, -1.4, -0.6]  # the shape of five real units: sd ~1.4, mean ~0.3
+    plan = Plan(20)
+    d = decide(gaps, margin=2.0, plan=plan)
+    assert d.verdict == "undecided"
+    sd, room = np.std(gaps, ddof=1), 2.0 - np.mean(gaps)
+    k = 5 + d.more_units
+    assert plan.critical_value(k) * sd / math.sqrt(k) < room
+    assert plan.critical_value(k - 1) * sd / math.sqrt(k - 1) >= room
+    assert k < math.ceil((d.c * sd / room) ** 2)  # the 5th look's c would overstate it
+
+
 def test_one_look_is_the_t_interval_and_many_looks_widen_it():
     assert critical_value(5, 5) == pytest.approx(2.776, abs=0.02)
     assert critical_value(10, 10) == pytest.approx(2.262, abs=0.02)

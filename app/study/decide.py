@@ -206,13 +206,20 @@ def decide(gaps_pp, margin: float, plan: Plan = Plan()) -> Decision:
     c = plan.critical_value(n)
     half = c * sd / math.sqrt(n)
     return Decision("undecided", n, mean, mean - half, mean + half, c,
-                    more_units_needed(mean, sd, n, margin, c))
+                    more_units_needed(mean, sd, n, margin, plan))
 
 
-def more_units_needed(mean: float, sd: float, n: int, margin: float, c: float) -> int:
+def more_units_needed(mean: float, sd: float, n: int, margin: float, plan: Plan) -> int:
     """Units beyond ``n`` after which the interval would be decided if the mean and spread
-    stayed as they are: its half-width must fall below max(mean, margin - mean)."""
+    stayed as they are: its half-width c_k * sd / sqrt(k) must fall below
+    max(mean, margin - mean). A sequential plan's own c_k are used up to its last look,
+    beyond it (and for a one-look study) the c of the last look, a slight overestimate."""
     room = max(mean, margin - mean)
+    if plan.max_units is not None:
+        for k in range(n + 1, plan.max_units + 1):
+            if plan.critical_value(k) * sd / math.sqrt(k) < room:
+                return k - n
+    c = plan.critical_value(plan.max_units if plan.max_units is not None else n)
     return max(1, math.ceil((c * sd / room) ** 2) - n)
 
 
