@@ -118,6 +118,11 @@ def empty(shape: list[int], dtype=paddle.float32) -> paddle.Tensor:
     return paddle._C_ops.empty(shape, dtype, paddle.CPUPlace())
 
 
+def paddle_dtype(dtype: int):
+    """The Paddle dtype of a oneDNN data type (f32 or bf16)."""
+    return paddle.bfloat16 if dtype == _BF16 else paddle.float32
+
+
 def _dims(values) -> _Dims:
     d = _Dims()
     for i, v in enumerate(values):
@@ -144,11 +149,16 @@ class ConvPlan:
     ``bf16``: the primitives multiply bfloat16 copies of the input, weights and upstream
     gradient (made by the reorders into the blocked layout) and write float32 outputs and
     gradients, oneDNN accumulating in float32; the caller's tensors stay float32.
+
+    Inside a bfloat16 chain (channels-last only) the caller's activations are bfloat16 too:
+    ``x_bf16`` (the input, and so its gradient) and ``y_bf16`` (the output, and so its
+    upstream gradient), read and written as they are, without a converting reorder.
     """
 
     def __init__(self, dnnl: Dnnl, x_shape: list[int], w_shape: list[int], bias: bool,
                  stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                 groups: int, blocked: bool, bf16: bool = False, nhwc: bool = False) -> None:
+                 groups: int, blocked: bool, bf16: bool = False, nhwc: bool = False,
+                 x_bf16: bool = False, y_bf16: bool = False) -> None:
         """``x_shape`` is the logical [N, C, H, W]; with ``nhwc`` the tensors are channels-last
         ([N, H, W, C] in Paddle) and the activations stay so inside oneDNN: only the weights
         (and, in bf16, a type conversion) are reordered."""
@@ -165,8 +175,13 @@ class ConvPlan:
         def act(shape, dtype=_F32):
             return dnnl.activation_desc(shape, nhwc, dtype)
 
-        self.plain = {"x": act(x_shape), "w": dnnl.memory_desc(w_dims, w_tag),
-                      "b": dnnl.memory_desc([co], _TAG_A), "y": act(y_shape)}
+        if (x_bf16 or y_bf16) and not (bf16 and nhwc):
+            raise ValueError("bfloat16 activations need a bf16 channels-last plan")
+        x_type, y_type = (_BF16 if x_bf16 else _F32), (_BF16 if y_bf16 else _F32)
+        self.dtypes = {"x": paddle_dtype(x_type), "y": paddle_dtype(y_type), "w": paddle.float32,
+                       "b": paddle.float32}
+        self.plain = {"x": act(x_shape, x_type), "w": dnnl.memory_desc(w_dims, w_tag),
+                      "b": dnnl.memory_desc([co], _TAG_A), "y": act(y_shape, y_type)}
         dims = {"x": x_shape, "w": w_dims, "y": y_shape}
         low = _BF16 if bf16 else _F32
         if nhwc:  # activations as they are (bf16: converted, same layout); weights as oneDNN likes
@@ -212,6 +227,11 @@ class ConvPlan:
         # the float32 originals was measured and did not help (docs/speed.md).
         self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(
             self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
+        # Likewise the forward's bfloat16 weights for backward-data: one conversion of the
+        # float32 weights a step; where backward-data wants another layout, a bfloat16 ->
+        # bfloat16 relayout of that copy (half the bytes read of a conversion).
+        self.keep_w = bf16
+        self.w_shared = dnnl.lib.dnnl_memory_desc_equal(self.fwd["md"]["w"], self.bwd_data["md"]["w"]) == 1
         # Backward-weights reads the upstream gradient as backward-data does (one reorder) when so.
         self.dy_shared = dnnl.lib.dnnl_memory_desc_equal(
             self.bwd_weights["md"]["dy"], self.bwd_data["md"]["dy"]) == 1
@@ -241,13 +261,13 @@ class ConvPlan:
 
     def output(self, kind: str, md: int) -> paddle.Tensor:
         """The buffer a primitive writes ``kind`` into: the Paddle tensor itself where the layouts agree."""
-        return empty(self.shapes[kind]) if self.is_plain(kind, md) else self.dnnl.empty(md)
+        return empty(self.shapes[kind], self.dtypes[kind]) if self.is_plain(kind, md) else self.dnnl.empty(md)
 
     def from_pass(self, tensor: paddle.Tensor, kind: str, md: int) -> paddle.Tensor:
         """What :meth:`output` gave, as the Paddle tensor."""
         if self.is_plain(kind, md):
             return tensor
-        return self._reorder(tensor, md, self.plain[kind], empty(self.shapes[kind]))
+        return self._reorder(tensor, md, self.plain[kind], empty(self.shapes[kind], self.dtypes[kind]))
 
     def run(self, which: dict, **tensors: paddle.Tensor) -> None:
         args = {"x": _ARG_SRC, "w": _ARG_WEIGHTS, "b": _ARG_BIAS, "y": _ARG_DST,
@@ -255,26 +275,32 @@ class ConvPlan:
         self.dnnl.execute(which["primitive"], [(args[k], which["mem"][k], t) for k, t in tensors.items()])
 
     def forward(self, x: paddle.Tensor, w: paddle.Tensor, b: paddle.Tensor | None) -> tuple:
-        """(y, x_keep): the output and what :meth:`backward` takes as ``x`` (see ``keep_x``)."""
+        """(y, x_keep, w_keep): the output and what :meth:`backward` takes as ``x`` and ``w``
+        (see ``keep_x``, ``keep_w``)."""
         md = self.fwd["md"]
         y = self.output("y", md["y"])
         extra = {} if b is None else {"b": b}
-        x_pass = self.to_pass(x, "x", md["x"])
-        self.run(self.fwd, x=x_pass, w=self.to_pass(w, "w", md["w"]), y=y, **extra)
-        return self.from_pass(y, "y", md["y"]), x_pass if self.keep_x else x
+        x_pass, w_pass = self.to_pass(x, "x", md["x"]), self.to_pass(w, "w", md["w"])
+        self.run(self.fwd, x=x_pass, w=w_pass, y=y, **extra)
+        return (self.from_pass(y, "y", md["y"]), x_pass if self.keep_x else x,
+                w_pass if self.keep_w else w)
 
     def backward(self, x: paddle.Tensor, w: paddle.Tensor, dy: paddle.Tensor,
                  need_dx: bool, need_weights: bool) -> tuple:
         """(dx, dw, db): dx only if ``need_dx``, dw and db (None without bias) if ``need_weights``.
 
-        ``x`` is the forward's ``x_keep``.
+        ``x`` and ``w`` are the forward's ``x_keep`` and ``w_keep``.
         """
         dx = dw = db = None
         dy_data = self.to_pass(dy, "y", self.bwd_data["md"]["dy"])
         if need_dx:
             md = self.bwd_data["md"]
             dx = self.output("x", md["dx"])
-            self.run(self.bwd_data, dy=dy_data, w=self.to_pass(w, "w", md["w"]), dx=dx)
+            if not self.keep_w:
+                w = self.to_pass(w, "w", md["w"])
+            elif not self.w_shared:
+                w = self._reorder(w, self.fwd["md"]["w"], md["w"], self.dnnl.empty(md["w"]))
+            self.run(self.bwd_data, dy=dy_data, w=w, dx=dx)
             dx = self.from_pass(dx, "x", md["dx"])
         if need_weights:
             md = self.bwd_weights["md"]
@@ -292,14 +318,17 @@ class MaxPoolPlan:
     """Max-pool forward (with the argmax workspace) and backward, plain NCHW (or NHWC) in and out."""
 
     def __init__(self, dnnl: Dnnl, x_shape: list[int], kernel: tuple[int, int],
-                 stride: tuple[int, int], padding: tuple[int, int], nhwc: bool = False) -> None:
+                 stride: tuple[int, int], padding: tuple[int, int], nhwc: bool = False,
+                 bf16: bool = False) -> None:
         n, c, h, w = x_shape  # logical; with ``nhwc`` the tensors are [N, H, W, C]
         out_hw = [(size + 2 * p - k) // s + 1 for size, p, k, s in zip((h, w), padding, kernel, stride)]
         y_shape = [n, c, *out_hw]
         self.dnnl, self.x_shape, self.y_shape = dnnl, x_shape, y_shape
         if nhwc:
             self.x_shape, self.y_shape = [n, h, w, c], [n, *out_hw, c]
-        x, y = (C.c_void_p(dnnl.activation_desc(shape, nhwc)) for shape in (x_shape, y_shape))
+        dtype = _BF16 if bf16 else _F32
+        self.dtype = paddle_dtype(dtype)
+        x, y = (C.c_void_p(dnnl.activation_desc(shape, nhwc, dtype)) for shape in (x_shape, y_shape))
         geometry = (_dims(stride), _dims(kernel), _dims([0, 0]), _dims(padding), _dims(padding))
         lib, none = dnnl.lib, C.c_void_p(0)
         fwd, bwd = C.c_void_p(), C.c_void_p()
@@ -313,13 +342,13 @@ class MaxPoolPlan:
         self.implementation = impl_name(dnnl, fwd)
 
     def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
-        y, workspace = empty(self.y_shape), self.dnnl.empty(self.workspace_md)
+        y, workspace = empty(self.y_shape, self.dtype), self.dnnl.empty(self.workspace_md)
         self.dnnl.execute(self.fwd, [(_ARG_SRC, self.x, x), (_ARG_DST, self.y, y),
                                      (_ARG_WORKSPACE, self.workspace, workspace)])
         return y, workspace
 
     def backward(self, dy: paddle.Tensor, workspace: paddle.Tensor) -> paddle.Tensor:
-        dx = empty(self.x_shape)
+        dx = empty(self.x_shape, self.dtype)
         self.dnnl.execute(self.bwd, [(_ARG_DIFF_DST, self.y, dy), (_ARG_DIFF_SRC, self.x, dx),
                                      (_ARG_WORKSPACE, self.workspace, workspace)])
         return dx
@@ -332,13 +361,16 @@ class BatchNormPlan:
     them (the caller updates the running statistics); ``backward`` gives the gradients of
     the input, scale and shift (the ReLU's mask comes from the forward's workspace).
     Inference: ``infer`` normalises with given (running) statistics.
+    ``bf16``: the map and its gradients are bfloat16 (oneDNN reads and writes one data type
+    for both), the statistics, scale, shift and their gradients float32.
     """
 
-    def __init__(self, dnnl: Dnnl, shape: list[int], epsilon: float, relu: bool) -> None:
+    def __init__(self, dnnl: Dnnl, shape: list[int], epsilon: float, relu: bool, bf16: bool = False) -> None:
         n, h, w, c = shape
         self.dnnl, self.shape, self.channels = dnnl, shape, c
+        self.dtype = paddle.bfloat16 if bf16 else paddle.float32
         lib, none = dnnl.lib, C.c_void_p(0)
-        x = C.c_void_p(dnnl.activation_desc([n, c, h, w], nhwc=True))
+        x = C.c_void_p(dnnl.activation_desc([n, c, h, w], nhwc=True, dtype=_BF16 if bf16 else _F32))
         flags = _USE_SCALE | _USE_SHIFT | (_FUSE_NORM_RELU if relu else 0)
         fwd, bwd, inf = C.c_void_p(), C.c_void_p(), C.c_void_p()
         create = lib.dnnl_batch_normalization_forward_primitive_desc_create
@@ -364,14 +396,14 @@ class BatchNormPlan:
 
     def forward(self, x: paddle.Tensor, scale: paddle.Tensor, shift: paddle.Tensor) -> tuple:
         """(y, batch mean, batch biased variance, ReLU workspace or None)."""
-        y, mean, var = empty(self.shape), empty([self.channels]), empty([self.channels])
+        y, mean, var = empty(self.shape, self.dtype), empty([self.channels]), empty([self.channels])
         extra = {"ws": self.dnnl.empty(self.workspace_md)} if self.workspace_md else {}
         self.dnnl.execute(self.fwd, self._args(x=x, y=y, mean=mean, var=var, scale=scale, shift=shift, **extra))
         return y, mean, var, extra.get("ws")
 
     def backward(self, x, dy, mean, var, scale, workspace) -> tuple:
         """(dx, dscale, dshift)."""
-        dx = empty(self.shape)
+        dx = empty(self.shape, self.dtype)
         dscale, dshift = empty([self.channels]), empty([self.channels])
         extra = {"ws": workspace} if workspace is not None else {}
         self.dnnl.execute(self.bwd, self._args(x=x, dy=dy, mean=mean, var=var, scale=scale, dx=dx,
@@ -379,23 +411,24 @@ class BatchNormPlan:
         return dx, dscale, dshift
 
     def infer(self, x, mean, var, scale, shift) -> paddle.Tensor:
-        y = empty(self.shape)
+        y = empty(self.shape, self.dtype)
         self.dnnl.execute(self.inf, self._args(x=x, y=y, mean=mean, var=var, scale=scale, shift=shift))
         return y
 
 
 class AddReluPlan:
-    """``relu(a + b)`` of two float32 tensors of ``numel`` elements in the same memory order
+    """``relu(a + b)`` of two float32 (or, ``bf16``, two bfloat16) tensors of ``numel`` elements in the same memory order
     (any shape or layout: oneDNN sees them flat), and its backward ``dy * (y > 0)``.
 
     Forward: oneDNN's binary add with the ReLU as a post-op (one pass: read a and b, write y;
     Paddle's add then ReLU makes two). Backward: the ReLU's backward from its output.
     """
 
-    def __init__(self, dnnl: Dnnl, numel: int) -> None:
+    def __init__(self, dnnl: Dnnl, numel: int, bf16: bool = False) -> None:
         self.dnnl = dnnl
+        self.dtype = paddle.bfloat16 if bf16 else paddle.float32
         lib, none = dnnl.lib, C.c_void_p(0)
-        flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A))
+        flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A, _BF16 if bf16 else _F32))
         post_ops, attr = C.c_void_p(), C.c_void_p()
         dnnl.check(lib.dnnl_post_ops_create(C.byref(post_ops)))
         dnnl.check(lib.dnnl_post_ops_append_eltwise(post_ops, _ELTWISE_RELU, 0.0, 0.0))
@@ -413,16 +446,39 @@ class AddReluPlan:
         self.implementation = impl_name(dnnl, add)
 
     def forward(self, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
-        y = empty(a.shape)
+        y = empty(a.shape, self.dtype)
         self.dnnl.execute(self.fwd, [(_ARG_SRC, self.mem[0], a), (_ARG_SRC_1, self.mem[1], b),
                                      (_ARG_DST, self.mem[2], y)])
         return y
 
     def backward(self, y: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
-        dx = empty(y.shape)
+        dx = empty(y.shape, self.dtype)
         self.dnnl.execute(self.bwd, [(_ARG_DST, self.mem[0], y), (_ARG_DIFF_DST, self.mem[1], dy),
                                      (_ARG_DIFF_SRC, self.mem[2], dx)])
         return dx
+
+
+class AddPlan:
+    """``a + b`` of two tensors of ``numel`` elements and one dtype (float32 or, ``bf16``,
+    bfloat16) in the same memory order, on oneDNN's binary add (multithreaded, one pass):
+    the gradient sum of :func:`backend.onednn.fork`. ``out`` may be ``a``."""
+
+    def __init__(self, dnnl: Dnnl, numel: int, bf16: bool = False) -> None:
+        self.dnnl = dnnl
+        self.dtype = paddle.bfloat16 if bf16 else paddle.float32
+        flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A, _BF16 if bf16 else _F32))
+        add = C.c_void_p()
+        dnnl.check(dnnl.lib.dnnl_binary_primitive_desc_create(C.byref(add), dnnl.engine, _BINARY_ADD,
+                                                              flat, flat, flat, C.c_void_p(0)))
+        self.primitive = dnnl.primitive(add)
+        self.mem = [dnnl.memory(flat.value) for _ in range(3)]
+        self.implementation = impl_name(dnnl, add)
+
+    def __call__(self, a: paddle.Tensor, b: paddle.Tensor, out: paddle.Tensor | None = None) -> paddle.Tensor:
+        out = empty(a.shape, self.dtype) if out is None else out
+        self.dnnl.execute(self.primitive, [(_ARG_SRC, self.mem[0], a), (_ARG_SRC_1, self.mem[1], b),
+                                           (_ARG_DST, self.mem[2], out)])
+        return out
 
 
 def impl_name(dnnl: Dnnl, pd: C.c_void_p) -> str:

@@ -42,18 +42,26 @@ bfloat16 training (``train.amp=bf16`` on a CPU with ``amx_bf16`` or ``avx512_bf1
 :func:`set_bf16_training`). Paddle 3.3.1 has no CPU bfloat16 conv kernel and its autocast
 does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU autocast lists:
 
-- bfloat16 multiplies, float32 accumulation and outputs: the convolutions with at least
-  ``PLAIN_BELOW`` input channels and ``groups == 1``, forward, backward-data and
-  backward-weights. The reorders into the blocked layout convert input, weights and upstream
-  gradient (backward-weights reuses the forward's bfloat16 input where the layouts match);
-  the output, input gradient and weight gradient come back float32, so everything between
-  convolutions and every parameter stays float32.
-- float32, on purpose: the RGB stem (oneDNN's GEMM conv, a few percent of the step); depthwise
-  and grouped convs (memory-bound; PyTorch's bf16 MobileNetV2 trains slower than its fp32 here,
-  157 vs 180 img/s, docs/speed.md);
-  BatchNorm, ReLU, the residual add, pooling, SimAM and the other attention statistics,
-  softmax and the loss (reductions and exponentials that bfloat16's 8-bit mantissa would
-  bias; and Paddle 3.3.1 registers no CPU bfloat16 add, ReLU, pool or mean); the classifier's
+- bfloat16 multiplies, float32 accumulation: the convolutions with ``groups == 1`` and, in
+  NCHW, at least ``PLAIN_BELOW`` input channels (channels-last: the RGB stem too), forward,
+  backward-data and backward-weights. The weights are converted once a step (backward-data
+  relayouts the forward's bfloat16 copy); weight gradients come back float32.
+- bfloat16 chains (channels-last). A conv whose layer has ``bf16_chain`` set (the model says
+  its output goes only to this module's BN: TowerNet's BasicConv2d, ResNet's bottleneck)
+  writes bfloat16; the BN after it normalises bfloat16 maps with float32 statistics, scale
+  and shift (oneDNN's BN reads and writes one data type), the ReLU fused; the max-pool, the
+  residual add + ReLU (:func:`add_relu`), Inception's :func:`concat`, the gradient sums of
+  :func:`fork` and the next conv take it as it is, and the gradients flow back in bfloat16
+  the same way. So no activation or upstream gradient is converted between these ops (before,
+  every conv converted its input and upstream gradient and wrote float32). A chain ends, in
+  float32, wherever an op outside this module follows: attention modules
+  (``models.attention.attend``), the global pool before the classifier, BN + ReLU6, a frozen
+  BN, Paddle's own kernels (:func:`to_float32`: Paddle 3.3.1 registers no CPU bfloat16 add,
+  ReLU, pool, mean or concat backward).
+- float32, on purpose: depthwise and grouped convs (memory-bound; PyTorch's bf16 MobileNetV2
+  trains slower than its fp32 here, 157 vs 180 img/s, docs/speed.md), so MobileNetV2 has no
+  chains; batch statistics, SimAM and the other attention statistics, softmax and the loss
+  (reductions and exponentials that bfloat16's 8-bit mantissa would bias); the classifier's
   matmul (under 0.5% of a step at these class counts); the optimizer and its master weights.
 - Passes that record no gradient (evaluation, prediction, export) stay float32, so a bf16
   run's eval accuracy and checkpoints are float32 results.
@@ -68,6 +76,7 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.autograd import PyLayer
 
+from ._dnnl import AddPlan as _AddPlan
 from ._dnnl import AddReluPlan as _AddReluPlan
 from ._dnnl import BatchNormPlan as _BatchNormPlan
 from ._dnnl import ConvPlan as _ConvPlan
@@ -122,8 +131,8 @@ class _OneDnnConv2D(PyLayer):
         # A PyLayer must return None for every input that takes no gradient (frozen layers).
         ctx.plan, ctx.has_bias = plan, bias is not None
         ctx.needs = [not t.stop_gradient for t in (x, weight) + ((bias,) if ctx.has_bias else ())]
-        y, x_keep = plan.forward(x, weight, bias)
-        ctx.save_for_backward(x_keep, weight)
+        y, x_keep, w_keep = plan.forward(x, weight, bias)
+        ctx.save_for_backward(x_keep, w_keep)
         return y
 
     @staticmethod
@@ -161,28 +170,96 @@ def _logical_shape(x: paddle.Tensor, nhwc: bool) -> list[int]:
 
 
 def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None,
-           stride=1, padding=0, dilation=1, groups: int = 1, data_format: str = "NCHW") -> paddle.Tensor:
+           stride=1, padding=0, dilation=1, groups: int = 1, data_format: str = "NCHW",
+           bf16_out: bool = False) -> paddle.Tensor:
     """``F.conv2d`` for NCHW or NHWC float32 with symmetric int padding, on oneDNN when :func:`available`.
 
     NHWC activations stay channels-last inside oneDNN (no activation reorders). After
     ``set_bf16_training(True)``, convolutions that record gradients multiply in bfloat16
-    (see the module doc for which); evaluation (no grad) stays float32.
+    (see the module doc for which); evaluation (no grad) stays float32. There, a channels-last
+    conv also takes a bfloat16 ``x`` as it is, and with ``bf16_out`` (its output goes only to
+    ops of this module: a bfloat16 chain, see the module doc) writes a bfloat16 output.
     """
     geometry = _pair(stride), _pair(padding), _pair(dilation)
     plan = None
     nhwc = data_format == "NHWC"
-    if (available() and None not in geometry and x.dtype == paddle.float32 and data_format in ("NCHW", "NHWC")
-            and weight.dtype == paddle.float32 and x.ndim == 4 and x.place.is_cpu_place()):
+    x_bf16 = x.dtype == paddle.bfloat16
+    if (available() and None not in geometry and x.dtype in (paddle.float32, paddle.bfloat16)
+            and data_format in ("NCHW", "NHWC") and weight.dtype == paddle.float32 and x.ndim == 4
+            and x.place.is_cpu_place()):
         shape = _logical_shape(x, nhwc)
         blocked = shape[1] >= PLAIN_BELOW
-        bf16 = _BF16_TRAINING and blocked and groups == 1 and paddle.is_grad_enabled()
-        key = (tuple(shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16, nhwc)
+        bf16 = _BF16_TRAINING and (blocked or nhwc) and groups == 1 and paddle.is_grad_enabled()
+        chain = bf16 and nhwc
+        x_bf16, y_bf16 = x_bf16 and chain, bf16_out and chain
+        key = (tuple(shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16, x_bf16, y_bf16, nhwc)
         plan = _plan(key, _ConvPlan, shape, list(weight.shape), bias is not None,
-                     *geometry, groups, blocked, bf16, nhwc)
-    if plan is None:
-        return F.conv2d(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                        data_format=data_format)
+                     *geometry, groups, blocked, bf16, nhwc, x_bf16, y_bf16)
+    if plan is None or (x.dtype == paddle.bfloat16 and not x_bf16):
+        return F.conv2d(to_float32(x), weight, bias, stride=stride, padding=padding, dilation=dilation,
+                        groups=groups, data_format=data_format)
     return _OneDnnConv2D.apply(x.contiguous(), weight.contiguous(), bias, plan)
+
+
+def to_float32(x: paddle.Tensor) -> paddle.Tensor:
+    """``x`` as float32: the end of a bfloat16 chain, where an op outside this module takes over."""
+    return x.astype(paddle.float32) if x.dtype == paddle.bfloat16 else x
+
+
+class _Fork(PyLayer):
+    @staticmethod
+    def forward(ctx, x, n, plan):
+        ctx.plan = plan
+        # views of x's memory (no copy), each its own tensor (a reshape returns one object for all)
+        return tuple(x._slice(0, x.shape[0]) for _ in range(n))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grads = [g.contiguous() for g in grads if g is not None]
+        total = ctx.plan(grads[0], grads[1])
+        for g in grads[2:]:
+            ctx.plan(total, g, out=total)
+        return total
+
+
+@paddle.jit.not_to_static
+def fork(x: paddle.Tensor, n: int) -> tuple[paddle.Tensor, ...]:
+    """``x`` for ``n`` consumers (a residual block's two paths, Inception's four branches),
+    whose gradients are summed here on oneDNN. Paddle sums the gradients of a tensor that
+    feeds several ops itself, single-threaded (``TensorAdd``: ~9% of a ResNet-50 step);
+    here each consumer gets its own view of ``x`` (no copy) and the backward adds their
+    gradients with oneDNN's binary add. Same values; sums of more than two gradients may round
+    differently (another order). The consumers must not write into their input (none of this
+    module's ops do). No gradient, a static graph (export) or no oneDNN: ``x`` ``n`` times.
+    """
+    if (n > 1 and available() and not x.stop_gradient and paddle.is_grad_enabled()
+            and x.dtype in (paddle.float32, paddle.bfloat16) and x.place.is_cpu_place()):
+        numel = math.prod(x.shape)
+        bf16 = x.dtype == paddle.bfloat16
+        plan = _plan(("add", numel, bf16), _AddPlan, numel, bf16)
+        if plan is not None:
+            return _Fork.apply(x.contiguous(), n, plan)
+    return (x,) * n
+
+
+class _Concat(PyLayer):
+    @staticmethod
+    def forward(ctx, axis, *xs):
+        ctx.axis, ctx.sizes = axis, [x.shape[axis] for x in xs]
+        return paddle.concat(xs, axis=axis)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return tuple(paddle.split(dy, ctx.sizes, axis=ctx.axis))
+
+
+@paddle.jit.not_to_static
+def concat(xs: list[paddle.Tensor], axis: int) -> paddle.Tensor:
+    """``paddle.concat(xs, axis)``, also for bfloat16 maps in a chain (Paddle 3.3.1 registers a
+    CPU bfloat16 concat, but not its backward: here that is a split, which it has)."""
+    if all(x.dtype == paddle.bfloat16 for x in xs) and paddle.in_dynamic_mode():
+        return _Concat.apply(axis, *xs)
+    return paddle.concat([to_float32(x) for x in xs], axis=axis)
 
 
 def _plan(key: tuple, build, *args):
@@ -204,12 +281,14 @@ def max_pool2d(x: paddle.Tensor, kernel_size, stride=None, padding=0, data_forma
     geometry = _pair(kernel_size), _pair(kernel_size if stride is None else stride), _pair(padding)
     plan = None
     nhwc = data_format == "NHWC"
-    if (available() and None not in geometry and x.dtype == paddle.float32 and x.ndim == 4
+    bf16 = x.dtype == paddle.bfloat16  # inside a chain: pooled as it is
+    if (available() and None not in geometry and x.dtype in (paddle.float32, paddle.bfloat16) and x.ndim == 4
             and x.place.is_cpu_place() and data_format in ("NCHW", "NHWC")):
         shape = _logical_shape(x, nhwc)
-        plan = _plan(("maxpool", tuple(shape), *geometry, nhwc), _MaxPoolPlan, shape, *geometry, nhwc)
+        plan = _plan(("maxpool", tuple(shape), *geometry, bf16, nhwc), _MaxPoolPlan, shape, *geometry, nhwc, bf16)
     if plan is not None:
         return _OneDnnMaxPool2D.apply(x.contiguous(), plan)
+    x = to_float32(x)
     # Where gradients flow in dygraph, Paddle's argmax path: same values and gradient as the
     # plain pool, but its CPU backward scatters through saved indices instead of rescanning
     # each window. Static graphs (export), no-grad evaluation and NHWC (Paddle's argmax pool
@@ -250,15 +329,19 @@ def batch_norm(x: paddle.Tensor, bn: nn.BatchNorm2D, relu: bool = False, relu6: 
     in evaluation (or with ``use_global_stats``). Anything else takes ``bn`` and ``F.relu``.
     """
     plan = None
-    if (available() and bn._data_format == "NHWC" and x.ndim == 4 and x.dtype == paddle.float32
-            and x.place.is_cpu_place() and paddle.in_dynamic_mode() and bn.weight is not None
-            and bn.bias is not None):
-        plan = _plan(("bnorm", tuple(x.shape), float(bn._epsilon), relu), _BatchNormPlan,
-                     list(x.shape), float(bn._epsilon), relu)
+    bf16 = x.dtype == paddle.bfloat16  # from a chained conv: normalised in bfloat16, out bfloat16
     # Paddle's use_global_stats: None = batch statistics in training only; True = running
     # ones always (a frozen backbone); False = batch ones always (left to Paddle here).
     frozen = bn._use_global_stats is True or (bn._use_global_stats is None and not bn.training)
+    if bf16 and (frozen or relu6):  # the chain ends here: BN + ReLU6 and frozen BN are float32
+        x, bf16 = to_float32(x), False
+    if (available() and bn._data_format == "NHWC" and x.ndim == 4 and x.dtype in (paddle.float32, paddle.bfloat16)
+            and x.place.is_cpu_place() and paddle.in_dynamic_mode() and bn.weight is not None
+            and bn.bias is not None):
+        plan = _plan(("bnorm", tuple(x.shape), float(bn._epsilon), relu, bf16), _BatchNormPlan,
+                     list(x.shape), float(bn._epsilon), relu, bf16)
     if plan is None or bn._use_global_stats is False or (frozen and paddle.is_grad_enabled()):
+        x = to_float32(x)
         # Paddle's BN (also for frozen statistics with gradients: Grad-CAM, a frozen
         # backbone), by its forward: ``bn`` may be this module's BatchNorm2D, whose forward
         # is this function (no forward hooks either way, as on the oneDNN path)
@@ -310,14 +393,17 @@ def add_relu(a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
     conv) only arrives after the residual branch's backward has run. Elsewhere, and in static
     graphs (export), Paddle's add and ReLU.
     """
-    if (available() and a.dtype == paddle.float32 and b.dtype == paddle.float32 and a.shape == b.shape
+    if a.dtype != b.dtype:  # one from a bfloat16 chain, one not: added in float32
+        a, b = to_float32(a), to_float32(b)
+    bf16 = a.dtype == paddle.bfloat16
+    if (available() and a.dtype in (paddle.float32, paddle.bfloat16) and a.shape == b.shape
             and a.place.is_cpu_place() and b.place.is_cpu_place() and a.is_contiguous() and b.is_contiguous()
             and paddle.in_dynamic_mode()):
         numel = math.prod(a.shape)
-        plan = _plan(("add_relu", numel), _AddReluPlan, numel)
+        plan = _plan(("add_relu", numel, bf16), _AddReluPlan, numel, bf16)
         if plan is not None:
             return _OneDnnAddRelu.apply(a, b, plan)
-    return F.relu(a + b)
+    return F.relu(to_float32(a) + to_float32(b))
 
 
 class Conv2D(nn.Conv2D):
@@ -328,9 +414,11 @@ class Conv2D(nn.Conv2D):
     (:func:`convertible` admits only the layers for which that is ``nn.Conv2D.forward``).
     """
 
+    bf16_chain = False  # set by the model on a conv whose output goes only to ops of this module
+
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         return conv2d(x, self.weight, self.bias, self._stride, self._padding, self._dilation, self._groups,
-                      self._data_format)
+                      self._data_format, self.bf16_chain)
 
 
 class MaxPool2D(nn.MaxPool2D):

@@ -59,12 +59,16 @@ class AttentionBottleneck(BottleneckBlock):
         self.att = create_attention(attention, channels)
         self.position = position
         self.data_format = "NCHW"  # of the maps; :func:`channels_last` switches it
+        # Each conv's output goes only to a BN of backend.onednn (or to attend): bfloat16 chains
+        for conv in (self.conv1, self.conv2, self.conv3) + ((self.downsample[0],) if self.downsample is not None else ()):
+            conv.bf16_chain = True
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         # relu(bn(conv(x))) as batch_norm(conv(x), bn, relu=True): one pass on oneDNN when
         # channels-last, Paddle's BN and ReLU otherwise; the block end's add + ReLU likewise
         # (backend/onednn.py).
-        identity, f = x, self.data_format
+        f = self.data_format
+        x, identity = onednn.fork(x, 2)  # the two paths' gradients summed on oneDNN
         out = self.conv2(onednn.batch_norm(self.conv1(x), self.bn1, relu=True))
         if self.position == "conv2":
             out = attend(self.att, out, f)
@@ -72,7 +76,7 @@ class AttentionBottleneck(BottleneckBlock):
         if self.position == "bn3":
             out = attend(self.att, out, f)
         if self.downsample is not None:
-            identity = self.downsample(x)
+            identity = self.downsample(identity)
         out = onednn.add_relu(out, identity)  # self.relu(out + identity), fused on oneDNN
         return attend(self.att, out, f) if self.position == "out" else out
 
@@ -175,6 +179,8 @@ def channels_last(model: nn.Layer, data_format: str = "NHWC") -> nn.Layer:
         elif isinstance(layer, (AttentionBottleneck, AttentionInvertedResidual)):
             layer.data_format = "NHWC"
     model.data_format = "NHWC"
+    if isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2D):  # a bfloat16 chain ends there
+        model.avgpool.register_forward_pre_hook(lambda layer, inputs: (onednn.to_float32(inputs[0]),))
     model.register_forward_pre_hook(lambda layer, inputs: (_to_channels_last(inputs[0]), *inputs[1:]))
     return model
 

@@ -56,6 +56,7 @@ class BasicConv2d(nn.Sequential):
             nn.BatchNorm2D(out_channels, epsilon=1e-3, data_format=data_format),
             nn.ReLU(),
         )
+        self[0].bf16_chain = True  # its output goes only to onednn.batch_norm (backend/onednn.py)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         conv, bn, _ = self  # relu(bn(conv(x))); channels-last on oneDNN: BN and ReLU in one pass
@@ -76,7 +77,8 @@ class Inception(nn.Layer):
         self.p4 = nn.Sequential(nn.MaxPool2D(3, stride=1, padding=1, **f), BasicConv2d(in_channels, c4, 1, **f))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return paddle.concat([self.p1(x), self.p2(x), self.p3(x), self.p4(x)], axis=self.axis)
+        x1, x2, x3, x4 = onednn.fork(x, 4)  # the branches' gradients summed on oneDNN
+        return onednn.concat([self.p1(x1), self.p2(x2), self.p3(x3), self.p4(x4)], axis=self.axis)
 
 
 def _maxpool(data_format: str) -> nn.MaxPool2D:
@@ -123,5 +125,5 @@ class TowerNet(nn.Layer):
         x = attend(self.att4, self.b4(x), f)
         x = attend(self.att5a, self.pool1(self.inc1(x)), f)
         x = attend(self.att5b, self.pool2(self.inc2(x)), f)
-        x = self.avgpool(self.inc3(x)).flatten(1)
+        x = self.avgpool(onednn.to_float32(self.inc3(x))).flatten(1)
         return self.fc(self.drop(x) if self.drop is not None else x)

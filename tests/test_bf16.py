@@ -72,6 +72,95 @@ def test_no_grad_passes_stay_float32_while_bf16_training_is_on():
     assert not np.array_equal(trained, fp32)
 
 
+def chain(x, w1, w2, bn1, bn2, bf16):
+    """conv -> BN+ReLU -> max-pool -> conv -> BN+ReLU -> concat with itself, channels-last, as
+    TowerNet chains them; float32 at the end. Returns the output and every gradient."""
+    onednn.set_bf16_training(bf16)
+    try:
+        xt, w1t, w2t = (paddle.to_tensor(a, stop_gradient=False) for a in (x, w1, w2))
+        h = onednn.batch_norm(onednn.conv2d(xt, w1t, None, 1, 1, data_format="NHWC", bf16_out=True), bn1, relu=True)
+        inner = [h.dtype]
+        h = onednn.max_pool2d(h, 3, 2, 1, data_format="NHWC")
+        h = onednn.batch_norm(onednn.conv2d(h, w2t, None, 1, 1, data_format="NHWC", bf16_out=True), bn2, relu=True)
+        inner.append(h.dtype)
+        y = onednn.to_float32(onednn.concat([h, h], axis=3))
+        (y * paddle.to_tensor(np.linspace(-1, 1, y.size, dtype="float32").reshape(y.shape))).sum().backward()
+        grads = [t.grad.numpy() for t in (xt, w1t, w2t, bn1.weight, bn1.bias, bn2.weight, bn2.bias)]
+        for bn in (bn1, bn2):
+            bn.clear_gradients()
+        return y, inner, grads
+    finally:
+        onednn.set_bf16_training(False)
+
+
+@needs_bf16
+def test_bf16_chain_keeps_maps_bfloat16_between_backend_ops_and_matches_float32():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 16, 32)).astype("float32")  # NHWC
+    w1 = (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype("float32")
+    w2 = (rng.standard_normal((32, 64, 3, 3)) * 0.1).astype("float32")
+    bns = [paddle.nn.BatchNorm2D(c, data_format="NHWC") for c in (64, 32)]
+    y32, inner32, g32 = chain(x, w1, w2, *bns, bf16=False)
+    stats32 = [b._mean.numpy().copy() for b in bns]
+    y16, inner16, g16 = chain(x, w1, w2, *bns, bf16=True)
+    assert inner32 == [paddle.float32] * 2 and inner16 == [paddle.bfloat16] * 2
+    assert y16.dtype == paddle.float32 and all(g.dtype == np.float32 for g in g16)
+    error = np.abs(y16.numpy() - y32.numpy()).max() / np.abs(y32.numpy()).max()
+    assert 1e-6 < error < 3e-2
+    for name, a, c in zip(("dx", "dw1", "dw2", "dscale1", "dshift1", "dscale2", "dshift2"), g32, g16):
+        cosine = (a.ravel() @ c.ravel()) / np.linalg.norm(a) / np.linalg.norm(c)
+        assert cosine > 0.995, name  # 0.9976-0.9998 here, as with float32 maps between the convs
+    # the running statistics moved by the batch statistics (float32) both times
+    assert all(np.abs(b._mean.numpy() - s).max() > 0 for b, s in zip(bns, stats32))
+
+
+@needs_bf16
+def test_bf16_chain_ends_in_float32_wherever_an_op_outside_the_backend_follows():
+    a = paddle.randn([2, 4, 4, 16]).astype("bfloat16")
+    b = paddle.randn([2, 4, 4, 16])
+    assert onednn.add_relu(a, b).dtype == paddle.float32  # mixed: added in float32
+    assert onednn.add_relu(a, a).dtype == paddle.bfloat16
+    assert onednn.concat([a, b], axis=3).dtype == paddle.float32
+    bn = paddle.nn.BatchNorm2D(16, data_format="NHWC", use_global_stats=True)  # a frozen BN
+    assert onednn.batch_norm(a, bn, relu=True).dtype == paddle.float32
+    relu6 = paddle.nn.BatchNorm2D(16, data_format="NHWC")  # BN + ReLU6 has no bfloat16 kernel
+    assert onednn.batch_norm(a, relu6, relu6=True).dtype == paddle.float32
+    from models.attention import attend, create_attention
+    assert attend(create_attention("simam", 16), a, "NHWC").dtype == paddle.float32
+    # no bf16 training: a chained conv writes float32
+    w = paddle.randn([16, 16, 3, 3])
+    assert onednn.conv2d(b, w, None, 1, 1, data_format="NHWC", bf16_out=True).dtype == paddle.float32
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", ["towernet_simam", "towernet", "resnet50"])
+def test_bf16_chains_run_inside_the_models_and_every_gradient_is_float32(name):
+    from models import create_model
+    paddle.seed(0)
+    model = create_model(name, num_classes=4, data_format="NHWC")
+    seen = []
+    convs = [m for m in model.sublayers() if getattr(m, "bf16_chain", False)]
+    assert convs
+    hooks = [m.register_forward_post_hook(lambda layer, inputs, out: seen.append(out.dtype)) for m in convs]
+    x, label = paddle.randn([2, 3, 64, 64]), paddle.to_tensor([[1], [3]])
+    onednn.set_bf16_training(True)
+    try:
+        loss = paddle.nn.functional.cross_entropy(model(x), label)
+        loss.backward()
+    finally:
+        onednn.set_bf16_training(False)
+    assert seen.count(paddle.bfloat16) == len(convs) and np.isfinite(float(loss))  # the RGB stem too
+    assert all(p.grad is not None and p.grad.dtype == paddle.float32 and np.isfinite(p.grad.numpy()).all()
+               for p in model.parameters() if not p.stop_gradient)
+    seen.clear()
+    model.eval()
+    with paddle.no_grad():
+        assert model(x).dtype == paddle.float32
+    assert set(seen) == {paddle.float32}  # evaluation stays float32
+    for h in hooks:
+        h.remove()
+
+
 def small_run(root, out, amp, epochs=4, **extra):
     return load_config(model="towernet_simam", overrides=[
         ("data.root", str(root)), ("output.dir", str(out)), ("train.epochs", epochs),

@@ -117,7 +117,7 @@ def test_towernet_trains_through_onednn_and_matches_paddle_conv(monkeypatch):
     onednn._PLANS.clear()
     fast = net(x).numpy()
     kinds = {type(plan).__name__ for plan in onednn._PLANS.values()}
-    assert kinds == {"ConvPlan", "MaxPoolPlan"}  # the oneDNN path ran
+    assert kinds == {"ConvPlan", "MaxPoolPlan", "AddPlan"}  # the oneDNN path ran (AddPlan: fork's sums)
     monkeypatch.setenv("TOWERNET_ONEDNN", "0")
     slow = net(x).numpy()
     assert np.abs(fast - slow).max() <= 1e-4 * max(1.0, np.abs(slow).max())
@@ -391,3 +391,18 @@ def test_channels_last_models_train_on_paddles_kernels_too(monkeypatch, name):
     loss.backward()
     assert np.isfinite(float(loss))
     assert all(p.grad is not None for k, p in net.named_parameters() if k.endswith("weight") and "conv" in k)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_fork_sums_its_consumers_gradients_on_onednn_as_paddle_does(n):
+    rng = np.random.default_rng(n)
+    x = paddle.to_tensor(rng.standard_normal((2, 4, 4, 16)).astype(np.float32), stop_gradient=False)
+    weights = [paddle.to_tensor(rng.standard_normal((2, 4, 4, 16)).astype(np.float32)) for _ in range(n)]
+    h = x * 1.5
+    views = onednn.fork(h, n)
+    assert len({id(v) for v in views}) == n and all(v.data_ptr() == h.data_ptr() for v in views)  # no copies
+    sum((v * w).sum() for v, w in zip(views, weights)).backward()
+    want = 1.5 * sum(w.numpy() for w in weights)
+    np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-6)
+    with paddle.no_grad():  # nothing to sum: the tensor itself
+        assert all(v is h for v in onednn.fork(h, n))

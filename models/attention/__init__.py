@@ -11,6 +11,8 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
+from backend.onednn import to_float32
+
 from .ca import CoordAttention
 from .cbam import CBAM
 from .darknet_se import DarknetSE
@@ -72,7 +74,10 @@ def attend(attention: nn.Layer, x: paddle.Tensor, data_format: str = "NCHW") -> 
     hw = h * w
     if hw < getattr(attention, "min_hw", 1) or hw > getattr(attention, "max_hw", hw):
         return x
-    if nhwc and not isinstance(attention, nn.Identity):
+    if isinstance(attention, nn.Identity):
+        return x
+    x = to_float32(x)  # modules compute in float32: a bfloat16 chain (backend/onednn.py) ends here
+    if nhwc:
         return attention(x.transpose([0, 3, 1, 2])).transpose([0, 2, 3, 1])
     return attention(x)
 
