@@ -164,3 +164,15 @@ def test_budget_durations(text, seconds):
 def test_bad_budget_is_one_line(text):
     with pytest.raises(UserError, match="--budget"):
         parse_budget(text)
+
+
+def test_a_kfold_models_units_are_listed_by_seed_with_their_own_folds():
+    from app.study.report import _units_text
+    from app.study.summary import summarize
+    rng = np.random.default_rng(0)
+    runs = [{"model": model, "seed": seed, "fold": fold, "predictions": None,
+             "rows": [{"eval_acc": float(rng.uniform(0.8, 0.9)), "train_images_per_s": 100.0,
+                       "epoch_seconds": 10.0}]}
+            for model in ("towernet", "towernet_simam") for fold in (2, 0, 1) for seed in (1, 0)]
+    summary = summarize(runs, costs={})
+    assert [_units_text(m) for m in summary["models"]] == ["s0 f0,1,2; s1 f0,1,2"] * 2

@@ -24,12 +24,12 @@ def summarize(runs: list, costs: dict, margin: float = DEFAULT_MARGIN, plan: Pla
     base_runs = {(r["seed"], r["fold"]): r for r in by_model[baseline]}
     table = []
     for name in models:
-        rs = by_model[name]
+        rs = sorted(by_model[name], key=lambda r: (r["seed"], r["fold"] if r["fold"] is not None else -1))
         best = [max(row["eval_acc"] for row in r["rows"]) for r in rs]
         final = [r["rows"][-1]["eval_acc"] for r in rs]
         entry = {
-            "model": name, "seeds": sorted(r["seed"] for r in rs),
-            "folds": sorted(r["fold"] for r in rs) if kfold else None,
+            "model": name, "seeds": [r["seed"] for r in rs],  # (seed, fold) order: the two lists pair up
+            "folds": [r["fold"] for r in rs] if kfold else None,
             "epochs": [len(r["rows"]) for r in rs],
             "best_mean": float(np.mean(best)), "best_std": sample_std(best),
             "final_mean": float(np.mean(final)), "final_std": sample_std(final),
