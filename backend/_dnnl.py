@@ -417,8 +417,9 @@ class BatchNormPlan:
 
 
 class AddReluPlan:
-    """``relu(a + b)`` of two float32 (or, ``bf16``, two bfloat16) tensors of ``numel`` elements in the same memory order
-    (any shape or layout: oneDNN sees them flat), and its backward ``dy * (y > 0)``.
+    """``relu(a + b)`` of two float32 (or, ``bf16``, two bfloat16) tensors of ``numel`` elements
+    in the same memory order (any shape or layout: oneDNN sees them flat), and its backward
+    ``dy * (y > 0)``.
 
     Forward: oneDNN's binary add with the ReLU as a post-op (one pass: read a and b, write y;
     Paddle's add then ReLU makes two). Backward: the ReLU's backward from its output.

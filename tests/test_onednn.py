@@ -406,3 +406,10 @@ def test_fork_sums_its_consumers_gradients_on_onednn_as_paddle_does(n):
     np.testing.assert_allclose(x.grad.numpy(), want, rtol=1e-6)
     with paddle.no_grad():  # nothing to sum: the tensor itself
         assert all(v is h for v in onednn.fork(h, n))
+
+
+def test_fork_passes_the_gradient_of_its_only_used_view_on():
+    x = paddle.to_tensor(np.ones((2, 3, 3, 8), np.float32), stop_gradient=False)
+    a, _unused = onednn.fork(x * 2.0, 2)
+    (a * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.full((2, 3, 3, 8), 6.0, np.float32))
