@@ -60,7 +60,10 @@ class AttentionBottleneck(BottleneckBlock):
         self.position = position
         self.data_format = "NCHW"  # of the maps; :func:`channels_last` switches it
         # Each conv's output goes only to a BN of backend.onednn (or to attend): bfloat16 chains
-        for conv in (self.conv1, self.conv2, self.conv3) + ((self.downsample[0],) if self.downsample is not None else ()):
+        convs = [self.conv1, self.conv2, self.conv3]
+        if self.downsample is not None:
+            convs.append(self.downsample[0])
+        for conv in convs:
             conv.bf16_chain = True
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
