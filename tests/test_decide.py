@@ -176,3 +176,15 @@ def test_a_kfold_models_units_are_listed_by_seed_with_their_own_folds():
             for model in ("towernet", "towernet_simam") for fold in (2, 0, 1) for seed in (1, 0)]
     summary = summarize(runs, costs={})
     assert [_units_text(m) for m in summary["models"]] == ["s0 f0,1,2; s1 f0,1,2"] * 2
+
+
+def test_a_setting_of_the_baseline_model_is_decided_once():
+    from app.study.summary import summarize
+    rng = np.random.default_rng(1)
+    runs = [{"model": "towernet_simam" + (" bf16" if amp else ""), "seed": seed, "fold": None,
+             "predictions": None,
+             "rows": [{"epoch": 1, "eval_acc": float(rng.uniform(0.8, 0.9)),
+                       "train_images_per_s": 100.0, "epoch_seconds": 10.0}]}
+            for amp in (False, True) for seed in range(5)]
+    rows = [(d["model"], d["against"], d["kind"]) for d in summarize(runs, costs={}, margin=1.0)["decisions"]]
+    assert rows == [("towernet_simam bf16", "towernet_simam", "setting")]

@@ -67,7 +67,10 @@ def decisions(summary: dict, margin: float, plan: Plan) -> list:
     rows = {m["model"]: m for m in summary["models"]}
     compared = [(m["model"], summary["baseline"], m["vs_baseline"], "baseline")
                 for m in summary["models"] if "vs_baseline" in m]
-    compared += [(p["model"], p["plain"], p, "setting") for p in summary["one_change"]]
+    settings = [(p["model"], p["plain"], p, "setting") for p in summary["one_change"]]
+    pairs = {(model, against) for model, against, _, _ in settings}
+    # a model one setting away from the baseline is that setting's row, not a second one
+    compared = [c for c in compared if (c[0], c[1]) not in pairs] + settings
     out = []
     for model, against, stats, kind in compared:
         change = attention_change(model, against)
