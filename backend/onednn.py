@@ -57,7 +57,8 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
   float32, wherever an op outside this module follows: attention modules
   (``models.attention.attend``), the global pool before the classifier, BN + ReLU6, a frozen
   BN, Paddle's own kernels (:func:`to_float32`: Paddle 3.3.1 registers no CPU bfloat16 add,
-  ReLU, pool, mean or concat backward).
+  ReLU, pool, mean or concat backward). ``TOWERNET_BF16_CHAINS=0``: no chains and a float32
+  stem, the bf16 numerics before the chains (float32 maps between bf16 convolutions).
 - float32, on purpose: depthwise and grouped convs (memory-bound; PyTorch's bf16 MobileNetV2
   trains slower than its fp32 here, 157 vs 180 img/s, docs/speed.md), so MobileNetV2 has no
   chains; batch statistics, SimAM and the other attention statistics, softmax and the loss
@@ -189,8 +190,9 @@ def conv2d(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None =
             and x.place.is_cpu_place()):
         shape = _logical_shape(x, nhwc)
         blocked = shape[1] >= PLAIN_BELOW
-        bf16 = _BF16_TRAINING and (blocked or nhwc) and groups == 1 and paddle.is_grad_enabled()
-        chain = bf16 and nhwc
+        chains = nhwc and os.environ.get("TOWERNET_BF16_CHAINS", "1") != "0"
+        bf16 = _BF16_TRAINING and (blocked or chains) and groups == 1 and paddle.is_grad_enabled()
+        chain = bf16 and chains
         x_bf16, y_bf16 = x_bf16 and chain, bf16_out and chain
         key = (tuple(shape), tuple(weight.shape), bias is not None, *geometry, groups, bf16, x_bf16, y_bf16, nhwc)
         plan = _plan(key, _ConvPlan, shape, list(weight.shape), bias is not None,

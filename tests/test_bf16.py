@@ -241,3 +241,16 @@ def test_yaml_1_1_words_stay_words_in_overrides():
     assert parse_override("data.cache=false") == ("data.cache", False)
     assert parse_override("data.cache=True") == ("data.cache", True)
     assert load_config(model="towernet", overrides=[parse_override("train.amp=off")])["train"]["amp"] == "off"
+
+
+@needs_bf16
+def test_bf16_chains_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("TOWERNET_BF16_CHAINS", "0")
+    x, w = paddle.randn([2, 8, 8, 16]), paddle.randn([16, 16, 3, 3])
+    x.stop_gradient = False
+    onednn.set_bf16_training(True)
+    try:
+        y = onednn.conv2d(x, w, None, 1, 1, data_format="NHWC", bf16_out=True)
+    finally:
+        onednn.set_bf16_training(False)
+    assert y.dtype == paddle.float32
