@@ -416,70 +416,58 @@ class BatchNormPlan:
         return y
 
 
-class AddReluPlan:
-    """``relu(a + b)`` of two float32 (or, ``bf16``, two bfloat16) tensors of ``numel`` elements
-    in the same memory order (any shape or layout: oneDNN sees them flat), and its backward
-    ``dy * (y > 0)``.
+class AddPlan:
+    """``a + b`` of two tensors of ``numel`` elements and one dtype (float32 or, ``bf16``,
+    bfloat16) in the same memory order (any shape or layout: oneDNN sees them flat), on
+    oneDNN's binary add (multithreaded, one pass): the gradient sum of
+    :func:`backend.onednn.fork`. ``out`` may be ``a``."""
 
-    Forward: oneDNN's binary add with the ReLU as a post-op (one pass: read a and b, write y;
-    Paddle's add then ReLU makes two). Backward: the ReLU's backward from its output.
-    """
-
-    def __init__(self, dnnl: Dnnl, numel: int, bf16: bool = False) -> None:
+    def __init__(self, dnnl: Dnnl, numel: int, bf16: bool = False, attr: C.c_void_p | None = None) -> None:
         self.dnnl = dnnl
         self.dtype = paddle.bfloat16 if bf16 else paddle.float32
+        self.flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A, _BF16 if bf16 else _F32))
+        add = C.c_void_p()
+        dnnl.check(dnnl.lib.dnnl_binary_primitive_desc_create(C.byref(add), dnnl.engine, _BINARY_ADD, self.flat,
+                                                              self.flat, self.flat, attr or C.c_void_p(0)))
+        self.fwd = dnnl.primitive(add)
+        self.mem = [dnnl.memory(self.flat.value) for _ in range(3)]
+        self.implementation = impl_name(dnnl, add)
+
+    def __call__(self, a: paddle.Tensor, b: paddle.Tensor, out: paddle.Tensor | None = None) -> paddle.Tensor:
+        out = empty(a.shape, self.dtype) if out is None else out
+        self.dnnl.execute(self.fwd, [(_ARG_SRC, self.mem[0], a), (_ARG_SRC_1, self.mem[1], b),
+                                     (_ARG_DST, self.mem[2], out)])
+        return out
+
+
+class AddReluPlan(AddPlan):
+    """``relu(a + b)`` (:class:`AddPlan` with the ReLU as a post-op: one pass, read a and b,
+    write y; Paddle's add then ReLU makes two), and its backward ``dy * (y > 0)``, the ReLU's
+    backward from its output."""
+
+    def __init__(self, dnnl: Dnnl, numel: int, bf16: bool = False) -> None:
         lib, none = dnnl.lib, C.c_void_p(0)
-        flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A, _BF16 if bf16 else _F32))
         post_ops, attr = C.c_void_p(), C.c_void_p()
         dnnl.check(lib.dnnl_post_ops_create(C.byref(post_ops)))
         dnnl.check(lib.dnnl_post_ops_append_eltwise(post_ops, _ELTWISE_RELU, 0.0, 0.0))
         dnnl.check(lib.dnnl_primitive_attr_create(C.byref(attr)))
         dnnl.check(lib.dnnl_primitive_attr_set_post_ops(attr, post_ops))
-        add, relu, relu_bwd = C.c_void_p(), C.c_void_p(), C.c_void_p()
-        dnnl.check(lib.dnnl_binary_primitive_desc_create(C.byref(add), dnnl.engine, _BINARY_ADD,
-                                                         flat, flat, flat, attr))
+        super().__init__(dnnl, numel, bf16, attr)
+        flat, relu, relu_bwd = self.flat, C.c_void_p(), C.c_void_p()
         dnnl.check(lib.dnnl_eltwise_forward_primitive_desc_create(  # the backward's hint only
             C.byref(relu), dnnl.engine, _FORWARD_TRAINING, _ELTWISE_RELU_USE_DST, flat, flat, 0.0, 0.0, none))
         dnnl.check(lib.dnnl_eltwise_backward_primitive_desc_create(
             C.byref(relu_bwd), dnnl.engine, _ELTWISE_RELU_USE_DST, flat, flat, flat, 0.0, 0.0, relu, none))
-        self.fwd, self.bwd = dnnl.primitive(add), dnnl.primitive(relu_bwd)
-        self.mem = [dnnl.memory(flat.value) for _ in range(3)]
-        self.implementation = impl_name(dnnl, add)
+        self.bwd = dnnl.primitive(relu_bwd)
 
     def forward(self, a: paddle.Tensor, b: paddle.Tensor) -> paddle.Tensor:
-        y = empty(a.shape, self.dtype)
-        self.dnnl.execute(self.fwd, [(_ARG_SRC, self.mem[0], a), (_ARG_SRC_1, self.mem[1], b),
-                                     (_ARG_DST, self.mem[2], y)])
-        return y
+        return self(a, b)
 
     def backward(self, y: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
         dx = empty(y.shape, self.dtype)
         self.dnnl.execute(self.bwd, [(_ARG_DST, self.mem[0], y), (_ARG_DIFF_DST, self.mem[1], dy),
                                      (_ARG_DIFF_SRC, self.mem[2], dx)])
         return dx
-
-
-class AddPlan:
-    """``a + b`` of two tensors of ``numel`` elements and one dtype (float32 or, ``bf16``,
-    bfloat16) in the same memory order, on oneDNN's binary add (multithreaded, one pass):
-    the gradient sum of :func:`backend.onednn.fork`. ``out`` may be ``a``."""
-
-    def __init__(self, dnnl: Dnnl, numel: int, bf16: bool = False) -> None:
-        self.dnnl = dnnl
-        self.dtype = paddle.bfloat16 if bf16 else paddle.float32
-        flat = C.c_void_p(dnnl.memory_desc([numel], _TAG_A, _BF16 if bf16 else _F32))
-        add = C.c_void_p()
-        dnnl.check(dnnl.lib.dnnl_binary_primitive_desc_create(C.byref(add), dnnl.engine, _BINARY_ADD,
-                                                              flat, flat, flat, C.c_void_p(0)))
-        self.primitive = dnnl.primitive(add)
-        self.mem = [dnnl.memory(flat.value) for _ in range(3)]
-        self.implementation = impl_name(dnnl, add)
-
-    def __call__(self, a: paddle.Tensor, b: paddle.Tensor, out: paddle.Tensor | None = None) -> paddle.Tensor:
-        out = empty(a.shape, self.dtype) if out is None else out
-        self.dnnl.execute(self.primitive, [(_ARG_SRC, self.mem[0], a), (_ARG_SRC_1, self.mem[1], b),
-                                           (_ARG_DST, self.mem[2], out)])
-        return out
 
 
 def impl_name(dnnl: Dnnl, pd: C.c_void_p) -> str:

@@ -90,7 +90,7 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that mul
 
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
-_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | _AddReluPlan | None"] = {}  # None: oneDNN refused this geometry
+_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | _AddPlan | None"] = {}  # None: oneDNN refused this geometry
 _BF16_TRAINING = False
 
 
