@@ -9,6 +9,7 @@
   python eval.py --compare runs                       # table, compare.png, study report.md
   python eval.py --compare studies/scratch studies/finetune --out studies/both
   python eval.py --compare studies/cv5 --margin 1      # decide with a 1-point margin
+  python eval.py --compare studies/bf16 --margin 1 --max-units 15   # seeds added by hand, looked at
   python eval.py --gradcam 8 --runs runs/towernet runs/towernet_simam [--target true|pred]
 """
 import argparse
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
-from app.study.decide import parse_margin
+from app.study.decide import MIN_UNITS, parse_margin
 from app.util.errors import UserError, exit_on_user_error
 
 
@@ -37,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--margin", metavar="D",
                    help="--compare: decide each comparison with this margin, in points of "
                         "top-1 (default: the study's, else 2)")
+    p.add_argument("--max-units", type=int, metavar="N",
+                   help="--compare: decide as a study that looks after every unit from the 5th "
+                        "up to N (for seeds added by hand and looked at along the way; default: "
+                        "the study's own plan, else one look at all units)")
     p.add_argument("--data", help="split folder to evaluate on (default: the run's own)")
     p.add_argument("--image", nargs="+", help="predict these image files instead")
     p.add_argument("--topk", type=int, default=5, help="predictions shown per image")
@@ -148,6 +153,11 @@ def main(argv=None) -> int:
     margin = parse_margin(args.margin)
     if margin is not None and not args.compare:
         raise UserError("--margin decides the comparisons of --compare DIR")
+    if args.max_units is not None and not args.compare:
+        raise UserError("--max-units plans the looks of --compare DIR")
+    if args.max_units is not None and args.max_units < MIN_UNITS:
+        raise UserError(f"--max-units takes the most units the study may reach, at least "
+                        f"{MIN_UNITS} (a decision needs {MIN_UNITS}); got {args.max_units}")
     from app.build.device import select_device  # Paddle loads here, not for --help
     from app.inspect import evaluate, figures
     from app.study.report import write_report
@@ -158,7 +168,7 @@ def main(argv=None) -> int:
         out = Path(args.out or args.compare[0])
         make_out_dir(out)
         print(figures.write_comparison(runs, out))
-        write_report(args.compare, out, margin)
+        write_report(args.compare, out, margin, args.max_units)
         print(f"wrote {out / 'compare.png'}, {out / 'report.md'}, report.json, study_curves.png")
         return 0
     if args.topk < 1 or args.batch_size < 1:

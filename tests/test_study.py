@@ -8,6 +8,7 @@ import paddle
 import pytest
 import yaml
 
+from app.study.decide import critical_value
 from app.study.report import to_markdown
 from app.study.runs import mark_budgets
 from app.study.significance import paired_verdict
@@ -352,3 +353,31 @@ def test_one_change_pairs_an_attention_model_with_its_host_under_the_same_recipe
     simam = pairs[("towernet_simam +small_data", "towernet +small_data")]
     assert simam["change"] == "simam" and simam["diffs_pp"] == pytest.approx([3.0, 1.0])
     # mobilenet_v2_ca has no host run with its tags; towernet_simam vs towernet is the baseline section's
+
+
+def test_compare_max_units_decides_seeds_added_by_hand_with_the_sequential_looks(tmp_path):
+    # Eight seeds of a model 1 point ahead of its host, give or take 0.5, decided once at all
+    # eight (the t interval) and as a study that looked after every unit from the 5th up to 12.
+    gaps = [1.0, 1.5, 0.5, 1.2, 0.8, 1.4, 0.6, 1.0]
+    out = tmp_path / "s"
+    for seed, gap in enumerate(gaps):
+        for model, final in (("towernet", 0.7), ("towernet_simam", 0.7 + gap / 100)):
+            fake_run(out, model, seed, [0.5, 0.6, final])
+            (out / f"{model}-s{seed}" / "best.json").write_text(json.dumps({"model": model}))
+    run_cli("eval.py", "--compare", out, "--margin", "2", check=True)
+    once = json.loads((out / "report.json").read_text())["decisions"][0]
+    run_cli("eval.py", "--compare", out, "--margin", "2", "--max-units", "12", check=True)
+    report = json.loads((out / "report.json").read_text())
+    looked = report["decisions"][0]
+    assert report["decision_rule"]["max_units"] == 12
+    assert "a look after every unit from the 5th to the 12th" in (out / "report.md").read_text()
+    # One look: all 8 units, the t quantile; the plan: decided at its first look (5 units),
+    # with that look's wider c, the same verdict.
+    assert once["units"] == 8 and once["c"] == pytest.approx(2.365, abs=0.01)  # t(7)
+    assert looked["units"] == 5 and looked["c"] == pytest.approx(critical_value(5, 12, n=5))
+    assert looked["c"] > 3.5 and looked["verdict"] == once["verdict"] == "helps, by less than 2"
+    for bad, message in [(["--max-units", "4"], "at least 5"), (["--max-units", "x"], "invalid int")]:
+        proc = run_cli("eval.py", "--compare", out, *bad)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    proc = run_cli("eval.py", "--run", out / "towernet-s0", "--max-units", "8")
+    assert proc.returncode == 2 and "--max-units plans the looks of --compare" in proc.stderr

@@ -146,18 +146,21 @@ def to_markdown(summary: dict, runs: list) -> str:
     return "\n".join(lines)
 
 
-def write_report(roots, out=None, margin: float | None = None) -> dict:
+def write_report(roots, out=None, margin: float | None = None, max_units: int | None = None) -> dict:
     """Write report.md, report.json and study_curves.png for every run below ``roots`` (one
     folder or several, e.g. a from-scratch study and a fine-tuning study) into ``out``
     (default: the first folder). Decisions use ``margin`` (points; default: the study's
-    plan's, else DEFAULT_MARGIN) and the sequential plan of a single study run
-    ``--until-decided`` (study.json), else one look at all units."""
+    plan's, else DEFAULT_MARGIN) and a sequential plan: a look after every unit up to
+    ``max_units`` when given, else the plan of a single study run ``--until-decided``
+    (study.json), else one look at all units."""
     roots = as_roots(roots)
     everything = [r for folder in roots for r in read_runs(folder)]
     if not everything:
         raise UserError(f"no runs with metrics.csv below {', '.join(map(str, roots))}")
     plan, planned_margin = Ledger(roots[0]).plan() if len(roots) == 1 else (None, None)
     margin = margin if margin is not None else planned_margin
+    if max_units is not None:
+        plan = Plan(max_units)
     return write_runs_report(everything, roots, Path(out) if out is not None else roots[0],
                              DEFAULT_MARGIN if margin is None else margin, plan or Plan())
 
