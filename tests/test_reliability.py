@@ -4,6 +4,7 @@ One 3-epoch run is trained once; every case works on its own copy.
 """
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -337,3 +338,68 @@ def test_a_study_run_another_study_started_meanwhile_is_left_to_it(finished_run,
         trainer.train(cfg, exact_name=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["towernet-s0"]  # no -2, no temporary
     assert (run / "metrics.csv").read_bytes() == (finished_run / "metrics.csv").read_bytes()
+
+
+def _session(sid: int) -> list:
+    """The processes of session ``sid``, from /proc."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_study_whose_parent_alone_is_stopped_stops_its_runs(tiny_split, tmp_path, how):
+    # Ctrl-C reaches every process of the terminal's group; `kill -INT <pid>`, a scheduler's
+    # signal or a crash reach the study's parent only. Its --jobs workers used to train on.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    out = tmp_path / "study"
+    # SIGINT handled here, so default in the child, as from a terminal (a shell running this
+    # suite in the background hands it down ignored).
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "train.py", "--models", "towernet", "--seeds", "0,1", "--data", tiny_split,
+             "--epochs", "500", "--jobs", "2", "--output", out, *TINY], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)  # its workers are findable
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    runs = [out / "towernet-s0", out / "towernet-s1"]
+    try:
+        deadline = time.monotonic() + 300
+        while not all(len(RunFolder(r).read_metrics()) >= 1 for r in runs if r.is_dir()) \
+                or not all(r.is_dir() for r in runs):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.5)
+        proc.send_signal(getattr(signal, how))
+        _, stderr = proc.communicate(timeout=120)
+        deadline = time.monotonic() + 60
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _session(proc.pid) == [], "workers still running"
+    finally:
+        for pid in _session(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+    if how == "SIGINT":
+        assert proc.returncode == 130 and "study interrupted" in stderr, stderr[-2000:]
+    from app.run.lock import RunLock
+
+    for r in runs:
+        assert 1 <= len(RunFolder(r).read_metrics()) < 500
+        RunLock(r).release()  # nobody holds it any more: a re-run resumes it
+        if how == "SIGINT":  # stopped by its worker, which said so
+            assert RunFolder(r).read_state()["status"] == "interrupted"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -26,16 +28,17 @@ def run_side_by_side(pending: list, output: Path, jobs: int) -> int:
     by side trained 1.25x (reference recipe) to 1.39x (small_data) faster per epoch than one
     after the other on two cores (docs/speed.md). A run's thread count is recorded in its
     config.yaml. Ctrl-C stops every running run at its last finished epoch (re-running the
-    command resumes them).
+    command resumes them); so does SIGINT or SIGTERM sent to this process alone, or its death:
+    a worker whose study stops or whose parent is gone interrupts its own run.
     """
     logs = output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = max(1, available_cores() // jobs)
     started, finished, trained, errors = time.perf_counter(), 0, 0, []
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: Paddle is not fork-safe
-    stop = context.Event()  # set on Ctrl-C: runs already handed to a worker do not start
+    stop = context.Event()  # set on Ctrl-C: running runs stop, those handed to a worker do not start
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                                initargs=(stop,)) as pool:
+                                initargs=(stop, os.getpid())) as pool:
         futures = {}
         for name, cfg, run_dir in pending:
             log = logs / f"{name}.log"
@@ -76,19 +79,59 @@ def run_side_by_side(pending: list, output: Path, jobs: int) -> int:
 
 
 _STOP = None  # the study's stop event, in a worker process
+_TRAINING = threading.Event()  # set while the worker trains a run
+_INTERRUPTED = False
 BUSY = 75  # _run_one's code for a run that another process is training (EX_TEMPFAIL)
 
 
-def _worker_init(stop) -> None:
+def _worker_init(stop, parent: int) -> None:
+    """In a worker: SIGTERM, and SIGINT unless the shell started the study with it ignored,
+    stop the run at its last finished epoch, once (a second signal does not cut that short);
+    a watchdog sends SIGTERM when the study stops or its process is gone. Ctrl-C reaches every
+    process of the terminal's group, but ``kill -INT`` or ``kill`` reaches the parent only."""
     global _STOP
     _STOP = stop
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt_once)
+    threading.Thread(target=_watch, args=(stop, parent), daemon=True).start()
+
+
+def _interrupt_once(signum, frame) -> None:
+    global _INTERRUPTED
+    if _INTERRUPTED or not _TRAINING.is_set():
+        return
+    _INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
+def _watch(stop, parent: int) -> None:
+    """Interrupts the run (once) when the study stops or its process is gone; in that case
+    also ends the worker once the run has stopped: nobody would hand it another run, and its
+    queue would keep it waiting for ever."""
+    interrupted = False
+    while True:
+        orphan = os.getppid() != parent
+        if (orphan or stop.is_set()) and _TRAINING.is_set() and not interrupted:
+            os.kill(os.getpid(), signal.SIGTERM)
+            interrupted = True
+        if orphan and not _TRAINING.is_set():
+            os._exit(1)
+        time.sleep(1.0)
 
 
 def _run_one(cfg: dict, run_dir: str | None, log: str, threads: int) -> tuple[int, str]:
     """One study run in a worker process: (exit code, one line), never an exception."""
-    if _STOP is not None and _STOP.is_set():
+    if _INTERRUPTED or (_STOP is not None and _STOP.is_set()):
         return -1, "not started: the study is stopping"
+    _TRAINING.set()
+    try:
+        return _train_logged(cfg, run_dir, log, threads)
+    finally:
+        _TRAINING.clear()
 
+
+def _train_logged(cfg: dict, run_dir: str | None, log: str, threads: int) -> tuple[int, str]:
     with open(log, "a", buffering=1) as f:
         os.dup2(f.fileno(), 1)  # Paddle's C++ logs too
         os.dup2(f.fileno(), 2)
