@@ -366,11 +366,16 @@ def test_compare_max_units_decides_seeds_added_by_hand_with_the_sequential_looks
             (out / f"{model}-s{seed}" / "best.json").write_text(json.dumps({"model": model}))
     run_cli("eval.py", "--compare", out, "--margin", "2", check=True)
     once = json.loads((out / "report.json").read_text())["decisions"][0]
+    note = "only the Decisions table's intervals, widened for those looks, decide"
+    assert note not in (out / "report.md").read_text()
     run_cli("eval.py", "--compare", out, "--margin", "2", "--max-units", "12", check=True)
     report = json.loads((out / "report.json").read_text())
     looked = report["decisions"][0]
     assert report["decision_rule"]["max_units"] == 12
-    assert "a look after every unit from the 5th to the 12th" in (out / "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "a look after every unit from the 5th to the 12th" in text
+    # The sections with the plain intervals say that they do not decide.
+    assert note in text and text.index("## Against") < text.index(note)
     # One look: all 8 units, the t quantile; the plan: decided at its first look (5 units),
     # with that look's wider c, the same verdict.
     assert once["units"] == 8 and once["c"] == pytest.approx(2.365, abs=0.01)  # t(7)

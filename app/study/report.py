@@ -80,6 +80,16 @@ def _units_text(m: dict) -> str:
                      for seed, folds in sorted(by_seed.items()))
 
 
+def _single_look_note(summary: dict) -> list:
+    """Under the sections with plain intervals, when the study looked along the way."""
+    rule = summary.get("decision_rule") or {}
+    if rule.get("max_units") is None:
+        return []
+    return ["The intervals in this section are single 95% intervals at all units. This study "
+            "looked at its gaps after every unit, so only the Decisions table's intervals, "
+            "widened for those looks, decide; these are narrower and read as descriptions.", ""]
+
+
 def to_markdown(summary: dict, runs: list) -> str:
     kfold = summary.get("kfold", False)
     over, paired, each = (("seed x fold runs", "seed and fold", "per-run (seed, fold)") if kfold
@@ -97,7 +107,8 @@ def to_markdown(summary: dict, runs: list) -> str:
                      f"{m['final_mean']:.4f} ± {m['final_std']:.4f} | "
                      f"{m.get('params', 0):,} | {m.get('gmacs', 0):.3f} | "
                      f"{m['train_images_per_s']:.1f} | {m['epoch_seconds']:.1f} |")
-    lines += ["", f"## Against `{summary['baseline']}` (paired by {paired}, final top-1)", ""]
+    lines += ["", f"## Against `{summary['baseline']}` (paired by {paired}, final top-1)", "",
+              *_single_look_note(summary)]
     for m in summary["models"]:
         if "vs_baseline" in m:
             v = m["vs_baseline"]
@@ -120,7 +131,7 @@ def to_markdown(summary: dict, runs: list) -> str:
                   "recipe; and each attention model against its host with the same tags "
                   "(`towernet_simam +small_data` vs `towernet +small_data`). *Epoch reached*: "
                   "the first epoch at which the changed run's eval top-1 reached the plain "
-                  "run's final top-1 (— never).", "",
+                  "run's final top-1 (— never).", "", *_single_look_note(summary),
                   f"| model | against | {each} differences (points) | 95% t interval "
                   "| 95% bootstrap CI | epoch reached |", "|---|---|---|---|---|---|"]
         for p in summary["one_change"]:
