@@ -188,3 +188,19 @@ def test_a_setting_of_the_baseline_model_is_decided_once():
             for amp in (False, True) for seed in range(5)]
     rows = [(d["model"], d["against"], d["kind"]) for d in summarize(runs, costs={}, margin=1.0)["decisions"]]
     assert rows == [("towernet_simam bf16", "towernet_simam", "setting")]
+
+
+def test_going_past_a_finished_plan_raises_its_error_and_the_script_says_so():
+    # Each plan holds 5% on its own; the first spent it all by its last look, so looks added
+    # after it (under a longer plan) can only add false calls.
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from plan_extension import false_calls
+
+    rates = false_calls(8, 16, 40_000, seed=3)
+    bound = 3 * math.sqrt(0.05 * 0.95 / 40_000)
+    assert abs(rates["first"] - 0.05) < bound and abs(rates["last"] - 0.05) < bound
+    assert rates["joined"] > rates["first"] + bound
