@@ -35,6 +35,7 @@ def test_stops_at_max_units_then_resumes_until_decided(tiny_split, tmp_path):
     # stops at the first look, never starting a 6th unit.
     proc = study(tiny_split, out, "--max-units", "8", "--margin", "1000")
     assert "stopped: decided" in proc.stdout and "unit 2: finished earlier" in proc.stdout
+    assert "note:" not in proc.stdout  # the 2-unit plan had no look: nothing was seen
     assert len(runs_of(out)) == 10 and "towernet-s5" not in runs_of(out)
     (decision,) = json.loads((out / "report.json").read_text())["decisions"]
     assert decision["decided"] and decision["units"] == 5

@@ -368,7 +368,8 @@ def test_compare_max_units_decides_seeds_added_by_hand_with_the_sequential_looks
     once = json.loads((out / "report.json").read_text())["decisions"][0]
     note = "only the Decisions table's intervals, widened for those looks, decide"
     assert note not in (out / "report.md").read_text()
-    run_cli("eval.py", "--compare", out, "--margin", "2", "--max-units", "12", check=True)
+    proc = run_cli("eval.py", "--compare", out, "--margin", "2", "--max-units", "12", check=True)
+    assert "note:" not in proc.stdout  # no plan recorded: nothing changed
     report = json.loads((out / "report.json").read_text())
     looked = report["decisions"][0]
     assert report["decision_rule"]["max_units"] == 12
@@ -381,6 +382,14 @@ def test_compare_max_units_decides_seeds_added_by_hand_with_the_sequential_looks
     assert once["units"] == 8 and once["c"] == pytest.approx(2.365, abs=0.01)  # t(7)
     assert looked["units"] == 5 and looked["c"] == pytest.approx(critical_value(5, 12, n=5))
     assert looked["c"] > 3.5 and looked["verdict"] == once["verdict"] == "helps, by less than 2"
+    # A study that recorded a plan (--until-decided) read past it: a line says what that costs.
+    from app.study.ledger import Ledger
+
+    Ledger(out).start({"margin_pp": 2.0, "min_units": 5, "max_units": 8, "confidence": 0.95})
+    proc = run_cli("eval.py", "--compare", out, "--max-units", "12", check=True)
+    assert ("note: this study planned its looks to 8 units (study.json); deciding it with looks "
+            "to 12 changes that plan") in proc.stdout and "plan_extension.py 8 12" in proc.stdout
+    assert "note:" not in run_cli("eval.py", "--compare", out, "--max-units", "8", check=True).stdout
     for bad, message in [(["--max-units", "4"], "at least 5"), (["--max-units", "x"], "invalid int")]:
         proc = run_cli("eval.py", "--compare", out, *bad)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

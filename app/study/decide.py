@@ -106,6 +106,19 @@ class Plan:
                 f"gap of D \"cannot help by D\" at most {50 * (1 - self.confidence):g}%")
 
 
+def plan_change_note(recorded: Plan | None, max_units: int) -> str | None:
+    """One line when a study that recorded a sequential plan with looks is read or continued
+    under another: a plan changed after its looks were seen no longer holds its 5%."""
+    if (recorded is None or recorded.max_units is None or recorded.max_units == max_units
+            or recorded.max_units < recorded.min_units):
+        return None
+    return (f"note: this study planned its looks to {recorded.max_units} units (study.json); "
+            f"deciding it with looks to {max_units} changes that plan, and if its looks were "
+            f"seen its false-call rate is no longer 5% (docs/studies.md, 'Going past the "
+            f"plan'; experiments/plan_extension.py {min(recorded.max_units, max_units)} "
+            f"{max(recorded.max_units, max_units)})")
+
+
 @functools.lru_cache(maxsize=64)
 def critical_values(min_units: int, max_units: int, confidence: float = CONFIDENCE) -> tuple:
     """``c`` at each look n = min_units..max_units (a tuple, first entry for min_units).

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.inspect import figures
-from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan
+from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan, plan_change_note
 from app.study.ledger import Ledger
 from app.study.runs import as_roots, mark_budgets, read_runs, report_dir_name
 from app.study.summary import model_costs, summarize
@@ -171,6 +171,9 @@ def write_report(roots, out=None, margin: float | None = None, max_units: int | 
     plan, planned_margin = Ledger(roots[0]).plan() if len(roots) == 1 else (None, None)
     margin = margin if margin is not None else planned_margin
     if max_units is not None:
+        note = plan_change_note(plan, max_units)
+        if note:
+            print(note, flush=True)
         plan = Plan(max_units)
     return write_runs_report(everything, roots, Path(out) if out is not None else roots[0],
                              DEFAULT_MARGIN if margin is None else margin, plan or Plan())

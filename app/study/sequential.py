@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config.load import load_config
-from app.study.decide import Plan
+from app.study.decide import Plan, plan_change_note
 from app.study.ledger import Ledger, unit_estimate
 from app.study.report import decisions_table, write_report
 from app.study.runner import plan_study, train_planned
@@ -49,6 +49,9 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
     output = Path(load_config(config_file, models[0], overrides, recipe)["output"]["dir"])
     plan = Plan(max_units)
     ledger = Ledger(output)
+    note = plan_change_note(ledger.plan()[0], max_units)
+    if note:
+        print(note, flush=True)
     ledger.start({"margin_pp": margin, "min_units": plan.min_units, "max_units": max_units,
                   "confidence": plan.confidence, "folds": folds, "models": list(models),
                   "budget_seconds": budget})
