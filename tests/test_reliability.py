@@ -381,8 +381,7 @@ def test_a_study_whose_parent_alone_is_stopped_stops_its_runs(tiny_split, tmp_pa
     runs = [out / "towernet-s0", out / "towernet-s1"]
     try:
         deadline = time.monotonic() + 300
-        while not all(len(RunFolder(r).read_metrics()) >= 1 for r in runs if r.is_dir()) \
-                or not all(r.is_dir() for r in runs):
+        while not all(r.is_dir() and RunFolder(r).read_metrics() for r in runs):  # an epoch each
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.5)
         proc.send_signal(getattr(signal, how))

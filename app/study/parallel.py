@@ -40,11 +40,12 @@ def run_side_by_side(pending: list, output: Path, jobs: int) -> int:
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                                 initargs=(stop, os.getpid())) as pool:
         futures = {}
-        for name, cfg, run_dir in pending:
-            log = logs / f"{name}.log"
-            futures[pool.submit(_run_one, cfg, run_dir and str(run_dir), str(log), threads)] = name
-            print(f"== {name} ({'resumed, ' if run_dir else ''}log: {log})", flush=True)
         try:
+            for name, cfg, run_dir in pending:
+                log = logs / f"{name}.log"
+                future = pool.submit(_run_one, cfg, run_dir and str(run_dir), str(log), threads)
+                futures[future] = name
+                print(f"== {name} ({'resumed, ' if run_dir else ''}log: {log})", flush=True)
             for future in cf.as_completed(futures):
                 name = futures[future]
                 code, message = future.result()
