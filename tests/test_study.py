@@ -315,8 +315,9 @@ def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():
 
     by_model = {
         "towernet": [run("towernet", 0, [0.5, 0.7, 0.8]), run("towernet", 1, [0.5, 0.6, 0.7])],
-        "towernet @pre": [run("towernet @pre", 0, [0.6, 0.85, 0.9]),
-                          run("towernet @pre", 1, [0.7, 0.75, 0.72])],
+        # read in folder order (s1 before s0 here, as s10 before s2): both columns in unit order
+        "towernet @pre": [run("towernet @pre", 1, [0.7, 0.75, 0.72]),
+                          run("towernet @pre", 0, [0.6, 0.85, 0.9])],
         "towernet_simam": [run("towernet_simam", 0, [0.5, 0.8])],
         "towernet_simam bf16": [run("towernet_simam bf16", 0, [0.4, 0.7])],
         "towernet_se": [run("towernet_se", 0, [0.9])],  # nothing to pair with

@@ -116,8 +116,8 @@ def one_change_pairs(by_model: dict, unit: str, baseline: str | None = None) -> 
         if base not in by_model:
             continue
         plain = {(r["seed"], r["fold"]): r for r in by_model[base]}
-        matched = [(r, plain[(r["seed"], r["fold"])]) for r in by_model[label]
-                   if (r["seed"], r["fold"]) in plain]
+        matched = [(r, plain[(r["seed"], r["fold"])]) for r in sorted(by_model[label], key=unit_key)
+                   if (r["seed"], r["fold"]) in plain]  # in unit order, as the differences are
         if not matched:
             continue
         reach = [next((row["epoch"] for row in r["rows"]
