@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.study.decide import MIN_UNITS, critical_values  # noqa: E402
+from app.study.decide import MIN_UNITS, abs_t_at_looks, critical_values  # noqa: E402
 
 
 def false_calls(first: int, last: int, studies: int, seed: int = 0) -> dict:
@@ -27,14 +27,10 @@ def false_calls(first: int, last: int, studies: int, seed: int = 0) -> dict:
     c_first = np.array(critical_values(MIN_UNITS, first))
     c_last = np.array(critical_values(MIN_UNITS, last))
     joined = np.concatenate([c_first, c_last[first - MIN_UNITS + 1:]])
-    rng, n = np.random.default_rng(seed), np.arange(1, last + 1)
+    rng = np.random.default_rng(seed)
     hits = {"first": 0, "last": 0, "joined": 0}
     for size in [20_000] * (studies // 20_000) + [studies % 20_000]:
-        x = rng.standard_normal((size, last))
-        mean = np.cumsum(x, axis=1) / n
-        squares = np.cumsum(x * x, axis=1)
-        sd = np.sqrt(np.maximum(squares - n * mean ** 2, 1e-300) / np.maximum(n - 1, 1))
-        t = (np.abs(mean) / (sd / np.sqrt(n)))[:, MIN_UNITS - 1:]
+        t = abs_t_at_looks(rng.standard_normal((size, last)), MIN_UNITS)
         hits["first"] += int((t[:, :len(c_first)] > c_first).any(axis=1).sum())
         hits["last"] += int((t > c_last).any(axis=1).sum())
         hits["joined"] += int((t > joined).any(axis=1).sum())

@@ -119,6 +119,23 @@ def plan_change_note(recorded: Plan | None, max_units: int) -> str | None:
             f"{max(recorded.max_units, max_units)})")
 
 
+def running_mean_sd(gaps: np.ndarray, floor: float = 0.0) -> tuple:
+    """Mean and sample sd of the first n unit gaps of each study, for every n: [studies,
+    units] -> two [studies, units] (the variance held at ``floor`` or above)."""
+    n = np.arange(1, gaps.shape[1] + 1)
+    mean = np.cumsum(gaps, axis=1) / n
+    squares = np.cumsum(gaps * gaps, axis=1)
+    return mean, np.sqrt(np.maximum(squares - n * mean ** 2, floor) / np.maximum(n - 1, 1))
+
+
+def abs_t_at_looks(gaps: np.ndarray, min_units: int) -> np.ndarray:
+    """|t| of the one-sample t statistic (mean 0) after each unit from ``min_units`` on, for
+    studies given as rows of unit gaps: [studies, units] -> [studies, looks]."""
+    mean, sd = running_mean_sd(gaps, floor=1e-300)
+    n = np.arange(1, gaps.shape[1] + 1)
+    return (np.abs(mean) / (sd / np.sqrt(n)))[:, min_units - 1:]
+
+
 @functools.lru_cache(maxsize=64)
 def critical_values(min_units: int, max_units: int, confidence: float = CONFIDENCE) -> tuple:
     """``c`` at each look n = min_units..max_units (a tuple, first entry for min_units).
@@ -134,14 +151,10 @@ def critical_values(min_units: int, max_units: int, confidence: float = CONFIDEN
     if min_units < 2 or max_units < min_units:
         raise ValueError(f"looks from {min_units} to {max_units} units")
     rng = np.random.default_rng(20_240_601)
-    n = np.arange(1, max_units + 1)
     chunks = []  # |t| at the looks, [studies, looks], drawn 20,000 studies at a time
     for _ in range(_SIMULATIONS // _CHUNK):
         x = rng.standard_normal((_CHUNK, max_units), dtype=np.float32).astype(np.float64)
-        total, squares = np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)
-        mean = total / n
-        sd = np.sqrt(np.maximum(squares - n * mean ** 2, 1e-300) / np.maximum(n - 1, 1))
-        chunks.append((np.abs(mean) / (sd / np.sqrt(n)))[:, min_units - 1:].astype(np.float32))
+        chunks.append(abs_t_at_looks(x, min_units).astype(np.float32))
     t = np.concatenate(chunks)
     del chunks
     # Each look's |t| as its upper tail probability (its rank among the simulated studies);

@@ -110,12 +110,10 @@ def _watch(stop, parent: int) -> None:
     """Interrupts the run (once) when the study stops or its process is gone; in that case
     also ends the worker once the run has stopped: nobody would hand it another run, and its
     queue would keep it waiting for ever."""
-    interrupted = False
     while True:
         orphan = os.getppid() != parent
-        if (orphan or stop.is_set()) and _TRAINING.is_set() and not interrupted:
-            os.kill(os.getpid(), signal.SIGTERM)
-            interrupted = True
+        if (orphan or stop.is_set()) and _TRAINING.is_set() and not _INTERRUPTED:
+            os.kill(os.getpid(), signal.SIGTERM)  # _interrupt_once: the run stops, once
         if orphan and not _TRAINING.is_set():
             os._exit(1)
         time.sleep(1.0)

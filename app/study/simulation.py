@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.study.decide import Plan, classify
+from app.study.decide import Plan, classify, running_mean_sd
 
 
 @dataclass(frozen=True)
@@ -82,12 +82,8 @@ def unit_images(model: UnitModel, gap_pp: float, units: int, rng) -> tuple:
 
 def intervals(gaps: np.ndarray, plan: Plan) -> tuple:
     """(looks, mean, lo, hi), each [studies, looks], of gaps [studies, units] under ``plan``."""
-    n_units = gaps.shape[1]
-    looks = plan.looks(n_units)
-    n = np.arange(1, n_units + 1)
-    total, squares = np.cumsum(gaps, axis=1), np.cumsum(gaps * gaps, axis=1)
-    mean = total / n
-    sd = np.sqrt(np.maximum(squares - n * mean ** 2, 0.0) / np.maximum(n - 1, 1))
+    looks = plan.looks(gaps.shape[1])
+    mean, sd = running_mean_sd(gaps)
     idx = np.array(looks) - 1
     c = np.array([plan.critical_value(k) for k in looks])
     half = c * sd[:, idx] / np.sqrt(np.array(looks))
