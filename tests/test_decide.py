@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.study.decide import (Plan, classify, critical_value, critical_values, decide,
-                              p_outperform, parse_margin)
+                              p_outperform, parse_margin, running_mean_sd)
 from app.study.ledger import Ledger, parse_budget, unit_estimate
 from app.study.simulation import (UnitModel, fit, outcome, run_fixed, run_sequential,
                                   unit_gaps, unit_images)
@@ -117,6 +117,33 @@ def test_the_looks_keep_their_error_bounds_on_generated_studies():
     for n in every_look.looks(12):
         naive |= np.array([outcome(v) in ("helps", "hurts") for v in run_fixed(zero, 2.0, n)])
     assert naive.mean() > 0.08
+
+
+def test_a_loss_of_d_is_ruled_out_wrongly_at_most_half_the_level():
+    """The mirror of "cannot help by D": a true gap of -D has its interval's lower end above -D
+    at some look at most 2.5% of the time, so an undecided report may say a loss of D is ruled
+    out."""
+    rng, plan, studies = np.random.default_rng(12), Plan(12), 4000
+    gaps = unit_gaps(UnitModel(), -2.0, studies, 12, rng)
+    mean, sd = running_mean_sd(gaps)
+    looks = np.arange(5, 13)
+    c = np.array([plan.critical_value(n) for n in looks])
+    lower = mean[:, looks - 1] - c * sd[:, looks - 1] / np.sqrt(looks)
+    assert (lower > -2.0).any(axis=1).mean() <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / studies)
+
+
+@pytest.mark.parametrize("lo, said", [(-0.7, True), (-1.0, False), (-1.4, False)])
+def test_an_undecided_row_says_when_a_loss_of_d_is_ruled_out(lo, said):
+    from app.study.report import decisions_table
+    row = {"model": "towernet_simam bf16", "against": "towernet_simam", "kind": "setting",
+           "verdict": "undecided", "decided": False, "mean_pp": 0.3, "interval_pp": [lo, 1.3],
+           "more_units": 28, "units": 27, "p_outperform": {"p": 0.59, "ci": [0.41, 0.75],
+                                                           "units": 27},
+           "cost": {"train_images_per_s": 1.74, "params": 1.0, "gmacs": 1.0}}
+    rule = {"margin_pp": 1.0, "min_units": 5}
+    line = decisions_table({"decision_rule": rule, "decisions": [row]})[2]
+    assert "undecided: ~28 more units" in line
+    assert ("; a loss of 1 point or more ruled out" in line) == said
 
 
 def test_generated_images_carry_the_gap_and_the_fit_recovers_the_noise():

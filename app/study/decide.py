@@ -17,7 +17,9 @@ and with the margin ``D`` (the smallest gain that would matter) it reads, in thi
                             +-D" when it also lies above -D)
     undecided               otherwise: it reaches both 0 and D
 
-A comparison is decided when its interval lies above 0 or below D. No decision comes from
+An undecided interval that lies above -D also rules out a loss of D or more (the report says
+so; the mirror of "cannot help by D", with the same error bound). A comparison is decided when
+its interval lies above 0 or below D. No decision comes from
 fewer than ``MIN_UNITS`` units: the spread of four numbers is too uncertain to bound anything.
 
 Repeated looks. A study run ``--until-decided`` looks after every unit from the

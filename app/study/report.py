@@ -43,6 +43,9 @@ def decisions_table(summary: dict) -> list:
         if not d["decided"]:
             verdict += (f": ~{d['more_units']} more units" if d["mean_pp"] is not None
                         and d["interval_pp"] else f": needs {rule['min_units']} units")
+            if d["interval_pp"] and d["interval_pp"][0] > -rule["margin_pp"]:
+                unit = "point" if rule["margin_pp"] == 1 else "points"
+                verdict += f"; a loss of {margin} {unit} or more ruled out"
         marker = "" if d["kind"] == "attention" else " †" if d["kind"] == "setting" else " ‡"
         c = d["cost"]
         lines.append(f"| {d['model']} | {d['against']}{marker} | {verdict} | {gap} | {p} | "
@@ -60,7 +63,10 @@ def decisions_section(summary: dict) -> list:
             f"*helps by D or more* (above D), *helps, by less than D* (between 0 and D), *helps* "
             f"(above 0, reaching past D), *cannot help by D* (below D, reaching 0 or below; "
             f"*equivalent within ±D* when also above -D), else *undecided*, with about how many "
-            f"more units would decide at the present mean and spread. At least "
+            f"more units would decide at the present mean and spread (and *a loss of D or more "
+            f"ruled out* when the interval lies above -D, for a change you want to be harmless "
+            f"rather than helpful; it is wrong at most 2.5% of the time, as *cannot help by D* "
+            f"is). At least "
             f"{rule['min_units']} units; the interval is mean ± c·sd/√n over the units, with "
             f"{rule['looks']}. P(model > against): the share of units the model won (ties "
             f"half), Wilson interval; not given below {rule['min_units']} units. Costs are "
