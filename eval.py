@@ -160,7 +160,7 @@ def main(argv=None) -> int:
                         f"{MIN_UNITS} (a decision needs {MIN_UNITS}); got {args.max_units}")
     from app.build.device import select_device  # Paddle loads here, not for --help
     from app.inspect import evaluate, figures
-    from app.study.report import write_report
+    from app.study.report import decisions_table, write_report
     from app.study.runs import collect_runs
 
     if args.compare:
@@ -168,7 +168,9 @@ def main(argv=None) -> int:
         out = Path(args.out or args.compare[0])
         make_out_dir(out)
         print(figures.write_comparison(runs, out))
-        write_report(args.compare, out, margin, args.max_units)
+        summary = write_report(args.compare, out, margin, args.max_units)
+        if summary["decisions"]:
+            print("\n".join(["", *decisions_table(summary), ""]))
         print(f"wrote {out / 'compare.png'}, {out / 'report.md'}, report.json, study_curves.png")
         return 0
     if args.topk < 1 or args.batch_size < 1:

@@ -371,6 +371,8 @@ def test_compare_max_units_decides_seeds_added_by_hand_with_the_sequential_looks
     assert note not in (out / "report.md").read_text()
     proc = run_cli("eval.py", "--compare", out, "--margin", "2", "--max-units", "12", check=True)
     assert "note:" not in proc.stdout  # no plan recorded: nothing changed
+    # The console shows the decision, not only the runs table.
+    assert "| towernet_simam | towernet | **helps, by less than 2** |" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     looked = report["decisions"][0]
     assert report["decision_rule"]["max_units"] == 12
