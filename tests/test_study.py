@@ -398,3 +398,11 @@ def test_compare_max_units_decides_seeds_added_by_hand_with_the_sequential_looks
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     proc = run_cli("eval.py", "--run", out / "towernet-s0", "--max-units", "8")
     assert proc.returncode == 2 and "--max-units plans the looks of --compare" in proc.stderr
+
+
+def test_the_compare_table_lists_seeds_in_number_order(tmp_path):
+    from app.study.runs import collect_runs
+    for seed in (10, 2, 1):
+        fake_run(tmp_path, "towernet", seed, [0.5, 0.6, 0.7])
+        (tmp_path / f"towernet-s{seed}" / "best.json").write_text(json.dumps({"model": "towernet"}))
+    assert [r["run"] for r in collect_runs(tmp_path)] == ["towernet-s1", "towernet-s2", "towernet-s10"]

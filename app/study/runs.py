@@ -1,6 +1,7 @@
 """The runs of a study: their names and report labels, and every run below a folder, read."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -108,6 +109,12 @@ def report_dir_name(run_dir: Path, roots: list) -> str:
     return rel if len(roots) == 1 else f"{root.name}/{rel}"
 
 
+def _natural(name: str) -> list:
+    """A sort key that puts ``-s2`` before ``-s10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name)]
+
+
 def collect_runs(roots) -> list:
     """Every run folder below ``roots`` (one folder or several) with a best.json and
     metrics.csv, as dicts (the table of ``eval.py --compare``)."""
@@ -130,6 +137,7 @@ def collect_runs(roots) -> list:
             "train_images_per_s": float(np.median([row["train_images_per_s"] for row in rows])),
             "curve": [(row["epoch"], row["eval_acc"]) for row in rows],
         })
+    runs.sort(key=lambda r: _natural(r["run"]))
     if not runs:
         raise UserError(f"no finished runs (best.json + metrics.csv) below "
                         f"{', '.join(map(str, roots))}")
