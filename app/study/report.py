@@ -91,9 +91,10 @@ def _single_look_note(summary: dict) -> list:
     rule = summary.get("decision_rule") or {}
     if rule.get("max_units") is None:
         return []
-    return ["The intervals in this section are single 95% intervals at all units. This study "
-            "looked at its gaps after every unit, so only the Decisions table's intervals, "
-            "widened for those looks, decide; these are narrower and read as descriptions.", ""]
+    return ["The intervals in this section are single 95% intervals at all units. This study's "
+            f"plan looks at its gaps after every unit from the {rule['min_units']}th to the "
+            f"{rule['max_units']}th, so only the Decisions table's intervals, widened for those "
+            "looks, decide; these are narrower and read as descriptions.", ""]
 
 
 def to_markdown(summary: dict, runs: list) -> str:
