@@ -6,7 +6,9 @@ under LAST's plan (``eval.py --compare --max-units LAST``).
 
 Prints, for a true gap of 0 and normal unit gaps (the t statistic does not depend on their
 spread), how often some look calls "helps" or "hurts": under FIRST's plan alone, LAST's plan
-alone (each 5% by construction), and the two joined. The joined rate is above 5%: FIRST's plan
+alone (each 5% by construction), and the two joined; then one side of it, the error of an
+equivalence or "cannot help by D" claim (a true gap of D whose interval ends below D at some
+look: 2.5% by construction for each plan alone). The joined rate is above 5%: FIRST's plan
 spent its whole 5% by its last look.
 """
 from __future__ import annotations
@@ -28,12 +30,15 @@ def false_calls(first: int, last: int, studies: int, seed: int = 0) -> dict:
     c_last = np.array(critical_values(MIN_UNITS, last))
     joined = np.concatenate([c_first, c_last[first - MIN_UNITS + 1:]])
     rng = np.random.default_rng(seed)
-    hits = {"first": 0, "last": 0, "joined": 0}
+    hits = {"first": 0, "last": 0, "joined": 0, "first_one_side": 0, "last_one_side": 0,
+            "joined_one_side": 0}
     for size in [20_000] * (studies // 20_000) + [studies % 20_000]:
-        t = abs_t_at_looks(rng.standard_normal((size, last)), MIN_UNITS)
-        hits["first"] += int((t[:, :len(c_first)] > c_first).any(axis=1).sum())
-        hits["last"] += int((t > c_last).any(axis=1).sum())
-        hits["joined"] += int((t > joined).any(axis=1).sum())
+        gaps = rng.standard_normal((size, last))
+        t = abs_t_at_looks(gaps, MIN_UNITS)
+        below = t * (gaps.cumsum(axis=1)[:, MIN_UNITS - 1:] < 0)  # |t| where the mean is below 0
+        for name, c in (("first", c_first), ("last", c_last), ("joined", joined)):
+            hits[name] += int((t[:, :len(c)] > c).any(axis=1).sum())
+            hits[name + "_one_side"] += int((below[:, :len(c)] > c).any(axis=1).sum())
     return {k: v / studies for k, v in hits.items()}
 
 
@@ -54,6 +59,9 @@ def main(argv=None) -> int:
             (joined, rates["joined"])]
     for label, rate in rows:
         print(f"  {label:<50} {100 * rate:5.2f}%")
+    print("one side (a true gap of D called \"cannot help by D\"; of -D, a loss of D ruled out)")
+    for (label, _), key in zip(rows, ("first", "last", "joined")):
+        print(f"  {label:<50} {100 * rates[key + '_one_side']:5.2f}%")
     return 0
 
 

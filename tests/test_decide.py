@@ -231,3 +231,7 @@ def test_going_past_a_finished_plan_raises_its_error_and_the_script_says_so():
     bound = 3 * math.sqrt(0.05 * 0.95 / 40_000)
     assert abs(rates["first"] - 0.05) < bound and abs(rates["last"] - 0.05) < bound
     assert rates["joined"] > rates["first"] + bound
+    one_side = 3 * math.sqrt(0.025 * 0.975 / 40_000)
+    assert abs(rates["first_one_side"] - 0.025) < one_side
+    assert abs(rates["last_one_side"] - 0.025) < one_side
+    assert rates["joined_one_side"] > rates["first_one_side"] + one_side
