@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.study.decide import (Plan, classify, critical_value, critical_values, decide,
-                              p_outperform, parse_margin, running_mean_sd)
+                              ordinal, p_outperform, parse_margin, running_mean_sd)
 from app.study.ledger import Ledger, parse_budget, unit_estimate
 from app.study.simulation import (UnitModel, fit, outcome, run_fixed, run_sequential,
                                   unit_gaps, unit_images)
@@ -28,6 +28,12 @@ from app.util.errors import UserError
 ])
 def test_an_interval_reads_as_one_decision_in_order(lo, hi, verdict):
     assert classify(lo, hi, 2.0) == verdict
+
+
+def test_looks_are_named_in_english():
+    assert [ordinal(n) for n in (5, 11, 12, 13, 21, 22, 23, 40, 111)] == \
+        ["5th", "11th", "12th", "13th", "21st", "22nd", "23rd", "40th", "111th"]
+    assert "from the 5th to the 21st" in Plan(21).describe()
 
 
 def test_no_decision_from_fewer_than_five_units():

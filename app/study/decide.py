@@ -19,8 +19,8 @@ and with the margin ``D`` (the smallest gain that would matter) it reads, in thi
 
 An undecided interval that lies above -D also rules out a loss of D or more (the report says
 so; the mirror of "cannot help by D", with the same error bound). A comparison is decided when
-its interval lies above 0 or below D. No decision comes from
-fewer than ``MIN_UNITS`` units: the spread of four numbers is too uncertain to bound anything.
+its interval lies above 0 or below D. No decision comes from fewer than ``MIN_UNITS`` units:
+the spread of four numbers is too uncertain to bound anything.
 
 Repeated looks. A study run ``--until-decided`` looks after every unit from the
 ``MIN_UNITS``-th to its planned maximum and stops when it can; checking a plain 95% t interval
@@ -56,6 +56,12 @@ DEFAULT_MARGIN = 2.0  # points of top-1
 DEFAULT_MAX_UNITS = 20
 CONFIDENCE = 0.95
 _SIMULATIONS, _CHUNK = 200_000, 20_000
+
+
+def ordinal(n: int) -> str:
+    """5th, 21st, 22nd, 23rd, 111th."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def parse_margin(text) -> float | None:
@@ -100,7 +106,8 @@ class Plan:
             return (f"no look: at most {self.max_units} units, fewer than the "
                     f"{self.min_units} a decision needs")
         first, last = (self.critical_value(n) for n in (self.min_units, self.max_units))
-        return (f"a look after every unit from the {self.min_units}th to the {self.max_units}th, "
+        return (f"a look after every unit from the {ordinal(self.min_units)} to the "
+                f"{ordinal(self.max_units)}, "
                 f"c from {first:.2f} (at {self.min_units} units) to {last:.2f} (at "
                 f"{self.max_units}): each look at the same nominal level (Pocock), calibrated "
                 f"by simulation so that over all looks a true gap of 0 is called \"helps\" or "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.inspect import figures
-from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan, plan_change_note
+from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan, ordinal, plan_change_note
 from app.study.ledger import Ledger
 from app.study.runs import as_roots, mark_budgets, read_runs, report_dir_name
 from app.study.summary import model_costs, summarize
@@ -92,8 +92,8 @@ def _single_look_note(summary: dict) -> list:
     if rule.get("max_units") is None:
         return []
     return ["The intervals in this section are single 95% intervals at all units. This study's "
-            f"plan looks at its gaps after every unit from the {rule['min_units']}th to the "
-            f"{rule['max_units']}th, so only the Decisions table's intervals, widened for those "
+            f"plan looks at its gaps after every unit from the {ordinal(rule['min_units'])} to "
+            f"the {ordinal(rule['max_units'])}, so only the Decisions table's intervals, widened for those "
             "looks, decide; these are narrower and read as descriptions.", ""]
 
 
