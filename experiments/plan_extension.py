@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,7 @@ def false_calls(first: int, last: int, studies: int, seed: int = 0) -> dict:
     c_last = np.array(critical_values(MIN_UNITS, last))
     joined = np.concatenate([c_first, c_last[first - MIN_UNITS + 1:]])
     rng = np.random.default_rng(seed)
-    hits = {"first": 0, "last": 0, "joined": 0, "first_one_side": 0, "last_one_side": 0,
-            "joined_one_side": 0}
+    hits = Counter()
     for size in [20_000] * (studies // 20_000) + [studies % 20_000]:
         gaps = rng.standard_normal((size, last))
         t = abs_t_at_looks(gaps, MIN_UNITS)

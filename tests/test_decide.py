@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from app.study.decide import (Plan, classify, critical_value, critical_values, decide,
-                              ordinal, p_outperform, parse_margin, running_mean_sd)
+                              ordinal, p_outperform, parse_margin)
 from app.study.ledger import Ledger, parse_budget, unit_estimate
-from app.study.simulation import (UnitModel, fit, outcome, run_fixed, run_sequential,
-                                  unit_gaps, unit_images)
+from app.study.simulation import (UnitModel, fit, intervals, outcome, run_fixed,
+                                  run_sequential, unit_gaps, unit_images)
 from app.util.errors import UserError
 
 
@@ -130,11 +130,7 @@ def test_a_loss_of_d_is_ruled_out_wrongly_at_most_half_the_level():
     at some look at most 2.5% of the time, so an undecided report may say a loss of D is ruled
     out."""
     rng, plan, studies = np.random.default_rng(12), Plan(12), 4000
-    gaps = unit_gaps(UnitModel(), -2.0, studies, 12, rng)
-    mean, sd = running_mean_sd(gaps)
-    looks = np.arange(5, 13)
-    c = np.array([plan.critical_value(n) for n in looks])
-    lower = mean[:, looks - 1] - c * sd[:, looks - 1] / np.sqrt(looks)
+    _, _, lower, _ = intervals(unit_gaps(UnitModel(), -2.0, studies, 12, rng), plan)
     assert (lower > -2.0).any(axis=1).mean() <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / studies)
 
 

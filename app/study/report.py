@@ -93,8 +93,8 @@ def _single_look_note(summary: dict) -> list:
         return []
     return ["The intervals in this section are single 95% intervals at all units. This study's "
             f"plan looks at its gaps after every unit from the {ordinal(rule['min_units'])} to "
-            f"the {ordinal(rule['max_units'])}, so only the Decisions table's intervals, widened for those "
-            "looks, decide; these are narrower and read as descriptions.", ""]
+            f"the {ordinal(rule['max_units'])}, so only the Decisions table's intervals, widened "
+            "for those looks, decide; these are narrower and read as descriptions.", ""]
 
 
 def to_markdown(summary: dict, runs: list) -> str:
