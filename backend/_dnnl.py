@@ -27,6 +27,7 @@ _ELTWISE_RELU, _ELTWISE_RELU_USE_DST, _BINARY_ADD = 0x20, 0x100, 0x1FFF0
 _ARG_SRC_1 = 2
 
 _Dims = C.c_int64 * 12
+MATMUL_PIXELS = 4096  # ConvPlan: 1x1 bf16 weight gradients on oneDNN's matmul up to this many N*H*W
 
 
 class _ExecArg(C.Structure):
@@ -60,6 +61,7 @@ class Dnnl:
         lib.dnnl_batch_normalization_backward_primitive_desc_create.argtypes = [
             C.c_void_p, C.c_void_p, C.c_int, C.c_void_p, C.c_void_p, C.c_void_p, C.c_float, C.c_uint,
             C.c_void_p, C.c_void_p]
+        lib.dnnl_matmul_primitive_desc_create.argtypes = [C.c_void_p] * 7
         lib.dnnl_post_ops_append_eltwise.argtypes = [C.c_void_p, C.c_int, C.c_float, C.c_float]
         lib.dnnl_eltwise_forward_primitive_desc_create.argtypes = [
             C.c_void_p, C.c_void_p, C.c_int, C.c_int, C.c_void_p, C.c_void_p, C.c_float, C.c_float, C.c_void_p]
@@ -84,10 +86,13 @@ class Dnnl:
         """Logical [N, C, H, W] ``shape`` in plain NCHW memory, or channels-last (``acdb``)."""
         if not nhwc:
             return self.memory_desc(shape, _TAG_NCHW, dtype)
-        n, c, h, w = shape
+        _, c, h, w = shape
+        return self.strided_desc(shape, [h * w * c, 1, w * c, c], dtype)
+
+    def strided_desc(self, shape: list[int], strides: list[int], dtype: int) -> int:
         md = C.c_void_p()
         self.check(self.lib.dnnl_memory_desc_create_with_strides(
-            C.byref(md), 4, _dims(shape), dtype, _dims([h * w * c, 1, w * c, c])))
+            C.byref(md), len(shape), _dims(shape), dtype, _dims(strides)))
         return md.value
 
     def primitive(self, pd: C.c_void_p) -> C.c_void_p:
@@ -219,14 +224,30 @@ class ConvPlan:
                                                     "dy": query(bwd_weights, _Q_DIFF_DST, 0),
                                                     "db": self.plain["b"]})
         self.implementation = impl_name(dnnl, fwd)
+        # A 1x1 stride-1 bf16 channels-last convolution's weight gradient is one matrix product,
+        # dW[co, ci] = dy[M, co]^T @ x[M, ci] over the M = N*H*W pixels. Where oneDNN has no
+        # brgemm backward-weights kernel for this CPU (AVX512-BF16: its older JIT one, which also
+        # writes a blocked gradient to be reordered) and the maps are small, its brgemm matmul
+        # computes it, straight into Paddle's [co, ci, 1, 1] layout, from the bfloat16 input and
+        # upstream gradient the other two passes already hold. On larger maps the JIT kernel is
+        # the faster one (docs/speed.md: ResNet-50's 1x1 convs).
+        self.weights_matmul = None
+        m = n * h * w
+        if (bf16 and nhwc and not bias and groups == 1 and (kh, kw) == (1, 1) and stride == (1, 1)
+                and padding == (0, 0) and m <= MATMUL_PIXELS
+                and impl_name(dnnl, bwd_weights).startswith("jit_bf16")):
+            mds = {"dy": dnnl.strided_desc([co, m], [1, co], _BF16),
+                   "x": dnnl.strided_desc([m, ci_g], [ci_g, 1], _BF16),
+                   "dw": dnnl.strided_desc([co, ci_g], [ci_g, 1], _F32)}
+            self.weights_matmul = self._pass(_matmul(dnnl, mds["dy"], mds["x"], mds["dw"]), mds)
         self._reorders: dict[tuple[int, int], _Reorder] = {}
         self._plain_cache: dict[tuple[str, int], bool] = {}
         # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
         # the same layout (one converting reorder less, and half the memory of the float32 input
         # it replaces). Deriving every bfloat16 layout from the forward's copies instead of from
         # the float32 originals was measured and did not help (docs/speed.md).
-        self.keep_x = bf16 and dnnl.lib.dnnl_memory_desc_equal(
-            self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1
+        self.keep_x = bf16 and (self.weights_matmul is not None or dnnl.lib.dnnl_memory_desc_equal(
+            self.fwd["md"]["x"], self.bwd_weights["md"]["x"]) == 1)
         # Likewise the forward's bfloat16 weights for backward-data: one conversion of the
         # float32 weights a step; where backward-data wants another layout, a bfloat16 ->
         # bfloat16 relayout of that copy (half the bytes read of a conversion).
@@ -302,7 +323,11 @@ class ConvPlan:
                 w = self._reorder(w, self.fwd["md"]["w"], md["w"], self.dnnl.empty(md["w"]))
             self.run(self.bwd_data, dy=dy_data, w=w, dx=dx)
             dx = self.from_pass(dx, "x", md["dx"])
-        if need_weights:
+        if need_weights and self.weights_matmul is not None:
+            dw, mem = empty(self.shapes["w"]), self.weights_matmul["mem"]
+            self.dnnl.execute(self.weights_matmul["primitive"], [
+                (_ARG_SRC, mem["dy"], dy_data), (_ARG_WEIGHTS, mem["x"], x), (_ARG_DST, mem["dw"], dw)])
+        elif need_weights:
             md = self.bwd_weights["md"]
             dw = self.output("w", md["dw"])
             extra = {}
@@ -312,6 +337,14 @@ class ConvPlan:
                      dy=dy_data if self.dy_shared else self.to_pass(dy, "y", md["dy"]), **extra)
             dw = self.from_pass(dw, "w", md["dw"])
         return dx, dw, db
+
+
+def _matmul(dnnl: Dnnl, a: int, b: int, c: int) -> C.c_void_p:
+    """The primitive descriptor of ``c = a @ b`` for these memory descriptors (no bias)."""
+    pd = C.c_void_p()
+    dnnl.check(dnnl.lib.dnnl_matmul_primitive_desc_create(
+        C.byref(pd), dnnl.engine, C.c_void_p(a), C.c_void_p(b), C.c_void_p(0), C.c_void_p(c), C.c_void_p(0)))
+    return pd
 
 
 class MaxPoolPlan:

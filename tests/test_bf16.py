@@ -132,6 +132,45 @@ def test_bf16_chain_ends_in_float32_wherever_an_op_outside_the_backend_follows()
     assert onednn.conv2d(b, w, None, 1, 1, data_format="NHWC", bf16_out=True).dtype == paddle.float32
 
 
+def bf16_rounded(a):
+    return paddle.to_tensor(a).astype("bfloat16").astype("float32").numpy().astype("float64")
+
+
+@needs_bf16
+@pytest.mark.parametrize("k,stride,x_bf16", [(1, 1, True), (1, 1, False), (1, 2, True), (3, 1, True)])
+def test_bf16_channels_last_weight_gradient_is_the_bfloat16_product_summed_in_float32(k, stride, x_bf16):
+    """Whichever kernel computes it (oneDNN's convolution, or its matmul for 1x1 stride-1
+    convolutions where the CPU has no brgemm backward-weights kernel), a bf16 weight gradient is
+    the exact product of the bfloat16-rounded input and upstream gradient, summed in float32."""
+    rng = np.random.default_rng(k + stride)
+    n, ci, co, hw = 4, 96, 64, 8
+    x = rng.standard_normal((n, hw, hw, ci)).astype("float32")  # NHWC
+    w = (rng.standard_normal((co, ci, k, k)) * 0.1).astype("float32")
+    onednn.set_bf16_training(True)
+    try:
+        xt = paddle.to_tensor(x).astype("bfloat16") if x_bf16 else paddle.to_tensor(x)
+        xt.stop_gradient = False
+        wt = paddle.to_tensor(w, stop_gradient=False)
+        y = onednn.conv2d(xt, wt, None, stride, k // 2, data_format="NHWC", bf16_out=True)
+        dy = paddle.to_tensor(rng.standard_normal(y.shape).astype("float32")).astype("bfloat16")
+        (y.astype("float32") * dy.astype("float32")).sum().backward()
+    finally:
+        onednn.set_bf16_training(False)
+    assert y.dtype == paddle.bfloat16 and wt.grad.dtype == paddle.float32
+    if (k, stride) == (1, 1) and "amx_bf16" not in onednn.cpu_bf16_flags():  # no brgemm backward-weights
+        assert any(getattr(p, "weights_matmul", None) is not None for p in onednn._PLANS.values())
+    xs, dys = bf16_rounded(x), dy.astype("float32").numpy().astype("float64")
+    pad = np.pad(xs, ((0, 0), (k // 2,) * 2, (k // 2,) * 2, (0, 0)))
+    out = y.shape[1]
+    expected = np.empty((co, ci, k, k))
+    for i in range(k):
+        for j in range(k):
+            window = pad[:, i:i + stride * out:stride, j:j + stride * out:stride, :]
+            expected[:, :, i, j] = np.einsum("nhwo,nhwc->oc", dys, window)
+    error = np.abs(wt.grad.numpy() - expected).max() / np.abs(expected).max()
+    assert error < 1e-5  # float32 sums (~1e-7 here); a bfloat16-rounded sum would be ~1e-3
+
+
 @needs_bf16
 @pytest.mark.parametrize("name", ["towernet_simam", "towernet", "resnet50"])
 def test_bf16_chains_run_inside_the_models_and_every_gradient_is_float32(name):
