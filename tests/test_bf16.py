@@ -158,7 +158,8 @@ def test_bf16_channels_last_weight_gradient_is_the_bfloat16_product_summed_in_fl
         onednn.set_bf16_training(False)
     assert y.dtype == paddle.bfloat16 and wt.grad.dtype == paddle.float32
     if (k, stride) == (1, 1) and "amx_bf16" not in onednn.cpu_bf16_flags():  # no brgemm backward-weights
-        assert any(getattr(p, "weights_matmul", None) is not None for p in onednn._PLANS.values())
+        assert any(getattr(p, "weights_matmul", None) is not None and p.shapes["w"] == [co, ci, 1, 1]
+                   for p in onednn._PLANS.values())
     xs, dys = bf16_rounded(x), dy.astype("float32").numpy().astype("float64")
     pad = np.pad(xs, ((0, 0), (k // 2,) * 2, (k // 2,) * 2, (0, 0)))
     out = y.shape[1]
