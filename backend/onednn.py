@@ -449,6 +449,22 @@ class BatchNormReLU6(nn.BatchNorm2D):
         return batch_norm(x, self, relu6=True)
 
 
+class BatchNormReLU(nn.BatchNorm2D):
+    """A channels-last ``nn.BatchNorm2D`` and the ``nn.ReLU`` after it, in one (:func:`batch_norm`
+    with ``relu``); that ReLU becomes :class:`AppliedBefore`. Same state. A model that knows
+    the pair (ResNet's stem: ``models.baselines.channels_last``) swaps the classes itself."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return batch_norm(x, self, relu=True)
+
+
+class AppliedBefore(nn.ReLU):
+    """An ``nn.ReLU`` whose work the :class:`BatchNormReLU` before it does: passes its input on."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        return x
+
+
 class ClippedBefore(nn.ReLU6):
     """An ``nn.ReLU6`` whose clip the :class:`BatchNormReLU6` before it applies: passes its input on."""
 

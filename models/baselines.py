@@ -182,6 +182,11 @@ def channels_last(model: nn.Layer, data_format: str = "NHWC") -> nn.Layer:
         elif isinstance(layer, (AttentionBottleneck, AttentionInvertedResidual)):
             layer.data_format = "NHWC"
     model.data_format = "NHWC"
+    if isinstance(model, ResNet) and type(model.bn1) is nn.BatchNorm2D and type(model.relu) is nn.ReLU:
+        # The stem conv -> BN -> ReLU -> max-pool as a bfloat16 chain, BN and ReLU in one op
+        # (Paddle's float32 ReLU on the 64x64 map and its backward cost more than the BN).
+        model.conv1.bf16_chain = True
+        model.bn1.__class__, model.relu.__class__ = onednn.BatchNormReLU, onednn.AppliedBefore
     if isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2D):  # a bfloat16 chain ends there
         model.avgpool.register_forward_pre_hook(lambda layer, inputs: (onednn.to_float32(inputs[0]),))
     model.register_forward_pre_hook(lambda layer, inputs: (_to_channels_last(inputs[0]), *inputs[1:]))

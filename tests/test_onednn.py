@@ -3,6 +3,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
+from paddle import nn
 
 from backend import onednn
 from models import create_model
@@ -303,6 +304,23 @@ def test_channels_last_models_compute_what_the_nchw_ones_do():
         assert twin.data_format == "NCHW" and not twin.training
         with paddle.no_grad():
             np.testing.assert_allclose(twin(paddle.to_tensor(x)).numpy(), e1, rtol=1e-3, atol=1e-4)
+
+
+def test_resnet_stem_runs_bn_and_relu_as_one_op_in_channels_last(monkeypatch):
+    """ResNet's stem conv -> BN -> ReLU -> pool: channels-last, the BN applies the ReLU (no
+    separate activation runs) and the conv may write a bfloat16 chain; NCHW keeps Paddle's."""
+    fast = create_model("resnet50_se", num_classes=3, data_format="NHWC")
+    plain = create_model("resnet50_se", num_classes=3)
+    assert (type(fast.bn1), type(fast.relu)) == (onednn.BatchNormReLU, onednn.AppliedBefore)
+    assert (type(plain.bn1), type(plain.relu)) == (nn.BatchNorm2D, nn.ReLU)
+    assert fast.conv1.bf16_chain and not getattr(plain.conv1, "bf16_chain", False)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    calls = []
+    relu = F.relu
+    monkeypatch.setattr(onednn.F, "relu", lambda x, *a, **k: calls.append(x.shape) or relu(x, *a, **k))
+    fast.train()
+    fast(paddle.randn([2, 3, 64, 64]))
+    assert [2, 32, 32, 64] not in calls  # the stem's map (SE's own small ReLUs may run)
 
 
 def test_channels_last_setting_resolves_per_model_and_device(monkeypatch):
