@@ -42,8 +42,8 @@ class _Version(C.Structure):
 class Dnnl:
     """The loaded library, one CPU engine and one stream."""
 
-    def __init__(self, path: str) -> None:
-        lib = self.lib = C.CDLL(path)
+    def __init__(self, path: str, mode: int = C.DEFAULT_MODE) -> None:
+        lib = self.lib = C.CDLL(path, mode=mode)
         lib.dnnl_version.restype = C.POINTER(_Version)
         version = lib.dnnl_version().contents
         if version.major != 3:
@@ -224,6 +224,8 @@ class ConvPlan:
                                                     "dy": query(bwd_weights, _Q_DIFF_DST, 0),
                                                     "db": self.plain["b"]})
         self.implementation = impl_name(dnnl, fwd)
+        self.implementations = {"forward": self.implementation, "backward_data": impl_name(dnnl, bwd_data),
+                                "backward_weights": impl_name(dnnl, bwd_weights)}
         # A 1x1 stride-1 bf16 channels-last convolution's weight gradient is one matrix product,
         # dW[co, ci] = dy[M, co]^T @ x[M, ci] over the M = N*H*W pixels. Where oneDNN has no
         # brgemm backward-weights kernel for this CPU (AVX512-BF16: its older JIT one, which also
@@ -235,11 +237,12 @@ class ConvPlan:
         m = n * h * w
         if (bf16 and nhwc and not bias and groups == 1 and (kh, kw) == (1, 1) and stride == (1, 1)
                 and padding == (0, 0) and m <= MATMUL_PIXELS
-                and impl_name(dnnl, bwd_weights).startswith("jit_bf16")):
+                and self.implementations["backward_weights"].startswith("jit_bf16")):
             mds = {"dy": dnnl.strided_desc([co, m], [1, co], _BF16),
                    "x": dnnl.strided_desc([m, ci_g], [ci_g, 1], _BF16),
                    "dw": dnnl.strided_desc([co, ci_g], [ci_g, 1], _F32)}
             self.weights_matmul = self._pass(_matmul(dnnl, mds["dy"], mds["x"], mds["dw"]), mds)
+            self.implementations["backward_weights"] = "matmul " + impl_name(dnnl, self.weights_matmul["pd"])
         self._reorders: dict[tuple[int, int], _Reorder] = {}
         self._plain_cache: dict[tuple[str, int], bool] = {}
         # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
@@ -258,7 +261,7 @@ class ConvPlan:
             self.bwd_weights["md"]["dy"], self.bwd_data["md"]["dy"]) == 1
 
     def _pass(self, pd: C.c_void_p, mds: dict[str, int]) -> dict:
-        return {"primitive": self.dnnl.primitive(pd), "md": mds,
+        return {"primitive": self.dnnl.primitive(pd), "md": mds, "pd": pd,
                 "mem": {k: self.dnnl.memory(md) for k, md in mds.items()}}
 
     def _reorder(self, tensor: paddle.Tensor, src_md: int, dst_md: int, out: paddle.Tensor) -> paddle.Tensor:

@@ -49,7 +49,7 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
   ones on small maps from oneDNN's matmul where the CPU has no brgemm backward-weights kernel:
   ``_dnnl.ConvPlan``).
 - bfloat16 chains (channels-last). A conv whose layer has ``bf16_chain`` set (the model says
-  its output goes only to this module's BN: TowerNet's BasicConv2d, ResNet's bottleneck)
+  its output goes only to this module's BN: TowerNet's BasicConv2d, ResNet's bottleneck and stem)
   writes bfloat16; the BN after it normalises bfloat16 maps with float32 statistics, scale
   and shift (oneDNN's BN reads and writes one data type), the ReLU fused; the max-pool, the
   residual add + ReLU (:func:`add_relu`), Inception's :func:`concat`, the gradient sums of

@@ -79,6 +79,29 @@ def test_kernels_bench_runs():
     assert rows and "distinct geometries, summed" in proc.stdout
 
 
+def test_onednn_kernels_bench_names_each_pass_and_compares_libraries(tmp_path):
+    from backend import onednn
+
+    if not onednn.available():
+        pytest.skip("this Paddle build has no usable libdnnl")
+    wheel = onednn._DNNL.lib._name
+    proc = run_cli("bench/onednn_kernels.py", "--model", "towernet", "--image-size", "32", "--batch-size", "2",
+                   "--library", wheel)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    geometries = [i for i, line in enumerate(out) if " on " in line and "(batch 2)" in line]
+    assert len(geometries) > 3
+    for i in geometries:  # the wheel's choice, then the other library's: here the same file
+        wheel_row, other_row = out[i + 1].split(": ", 1), out[i + 2].split(": ", 1)
+        assert wheel_row[0].strip() == "wheel" and wheel_row[1] == other_row[1]
+        assert wheel_row[1].count(" | ") == 2  # forward | backward-data | backward-weights
+    assert sum("passes by implementation" in line for line in out) == 2
+    proc = run_cli("bench/onednn_kernels.py", "--model", "towernet", "--image-size", "32", "--batch-size", "2",
+                   "--library", str(tmp_path / "libnothing.so"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "--library" in errors[0] and "Traceback" not in proc.stderr
+
+
 def test_kernels_bench_times_the_fused_bn_relu6_layers():
     proc = run_cli("bench/kernels.py", "--bn-relu6", "--image-size", "32", "--batch-size", "2", "--repeats", "1")
     if proc.returncode == 2:  # no oneDNN, or the kernel did not build: said in one line
