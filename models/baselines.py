@@ -184,7 +184,7 @@ def channels_last(model: nn.Layer, data_format: str = "NHWC") -> nn.Layer:
     model.data_format = "NHWC"
     if isinstance(model, ResNet) and type(model.bn1) is nn.BatchNorm2D and type(model.relu) is nn.ReLU:
         # The stem conv -> BN -> ReLU -> max-pool as a bfloat16 chain, BN and ReLU in one op
-        # (Paddle's float32 ReLU on the 64x64 map and its backward cost more than the BN).
+        # (no Paddle float32 ReLU and backward on the 64x64 map: -3% of a bf16 step, docs/speed.md).
         model.conv1.bf16_chain = True
         model.bn1.__class__, model.relu.__class__ = onednn.BatchNormReLU, onednn.AppliedBefore
     if isinstance(getattr(model, "avgpool", None), nn.AdaptiveAvgPool2D):  # a bfloat16 chain ends there
