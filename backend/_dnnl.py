@@ -223,9 +223,9 @@ class ConvPlan:
                                                     "dw": query(bwd_weights, _Q_DIFF_WEIGHTS, 0),
                                                     "dy": query(bwd_weights, _Q_DIFF_DST, 0),
                                                     "db": self.plain["b"]})
-        self.implementation = impl_name(dnnl, fwd)
-        self.implementations = {"forward": self.implementation, "backward_data": impl_name(dnnl, bwd_data),
+        self.implementations = {"forward": impl_name(dnnl, fwd), "backward_data": impl_name(dnnl, bwd_data),
                                 "backward_weights": impl_name(dnnl, bwd_weights)}
+        self.implementation = self.implementations["forward"]
         # A 1x1 stride-1 bf16 channels-last convolution's weight gradient is one matrix product,
         # dW[co, ci] = dy[M, co]^T @ x[M, ci] over the M = N*H*W pixels. Where oneDNN has no
         # brgemm backward-weights kernel for this CPU (AVX512-BF16: its older JIT one, which also
@@ -241,8 +241,9 @@ class ConvPlan:
             mds = {"dy": dnnl.strided_desc([co, m], [1, co], _BF16),
                    "x": dnnl.strided_desc([m, ci_g], [ci_g, 1], _BF16),
                    "dw": dnnl.strided_desc([co, ci_g], [ci_g, 1], _F32)}
-            self.weights_matmul = self._pass(_matmul(dnnl, mds["dy"], mds["x"], mds["dw"]), mds)
-            self.implementations["backward_weights"] = "matmul " + impl_name(dnnl, self.weights_matmul["pd"])
+            matmul = _matmul(dnnl, mds["dy"], mds["x"], mds["dw"])
+            self.weights_matmul = self._pass(matmul, mds)
+            self.implementations["backward_weights"] = "matmul " + impl_name(dnnl, matmul)
         self._reorders: dict[tuple[int, int], _Reorder] = {}
         self._plain_cache: dict[tuple[str, int], bool] = {}
         # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
@@ -261,7 +262,7 @@ class ConvPlan:
             self.bwd_weights["md"]["dy"], self.bwd_data["md"]["dy"]) == 1
 
     def _pass(self, pd: C.c_void_p, mds: dict[str, int]) -> dict:
-        return {"primitive": self.dnnl.primitive(pd), "md": mds, "pd": pd,
+        return {"primitive": self.dnnl.primitive(pd), "md": mds,
                 "mem": {k: self.dnnl.memory(md) for k, md in mds.items()}}
 
     def _reorder(self, tensor: paddle.Tensor, src_md: int, dst_md: int, out: paddle.Tensor) -> paddle.Tensor:
