@@ -225,7 +225,6 @@ class ConvPlan:
                                                     "db": self.plain["b"]})
         self.implementations = {"forward": impl_name(dnnl, fwd), "backward_data": impl_name(dnnl, bwd_data),
                                 "backward_weights": impl_name(dnnl, bwd_weights)}
-        self.implementation = self.implementations["forward"]
         # A 1x1 stride-1 bf16 channels-last convolution's weight gradient is one matrix product,
         # dW[co, ci] = dy[M, co]^T @ x[M, ci] over the M = N*H*W pixels. Where oneDNN has no
         # brgemm backward-weights kernel for this CPU (AVX512-BF16: its older JIT one, which also
