@@ -69,6 +69,22 @@ def test_a_sequential_projection_uses_the_plans_own_later_looks():
     assert k < math.ceil((d.c * sd / room) ** 2)  # the 5th look's c would overstate it
 
 
+def test_an_open_loss_is_projected_on_its_own_and_sooner():
+    gaps = [2.5, 0.0, 3.3, 2.5, -0.3, -2.7, -1.9]  # seven real bf16 - float32 units
+    plan = Plan(40)
+    d = decide(gaps, margin=1.0, plan=plan)
+    assert d.verdict == "undecided" and d.lo < -1.0
+    sd, room = np.std(gaps, ddof=1), np.mean(gaps) + 1.0
+    k = 7 + d.more_units_no_loss
+    assert plan.critical_value(k) * sd / math.sqrt(k) < room
+    assert plan.critical_value(k - 1) * sd / math.sqrt(k - 1) >= room
+    assert d.more_units_no_loss < d.more_units
+    ruled_out = decide([2.0, -0.5, 1.5, -0.8, 1.0, 0.0], margin=1.0)
+    assert ruled_out.verdict == "undecided" and ruled_out.lo > -1.0
+    assert ruled_out.more_units_no_loss is None
+    assert decide([-2.0, -1.5, 1.0, -3.0, 0.5], margin=1.0).more_units_no_loss is None  # mean -1
+
+
 def test_one_look_is_the_t_interval_and_many_looks_widen_it():
     assert critical_value(5, 5) == pytest.approx(2.776, abs=0.02)
     assert critical_value(10, 10) == pytest.approx(2.262, abs=0.02)
@@ -134,18 +150,22 @@ def test_a_loss_of_d_is_ruled_out_wrongly_at_most_half_the_level():
     assert (lower > -2.0).any(axis=1).mean() <= 0.025 + 3 * math.sqrt(0.025 * 0.975 / studies)
 
 
-@pytest.mark.parametrize("lo, said", [(-0.7, True), (-1.0, False), (-1.4, False)])
-def test_an_undecided_row_says_when_a_loss_of_d_is_ruled_out(lo, said):
+@pytest.mark.parametrize("lo, no_loss, said", [
+    (-0.7, None, "; a loss of 1 point or more ruled out"),
+    (-1.0, 4, "; ~4 more units would rule out a loss of 1 point"),
+    (-1.4, 15, "; ~15 more units (past the plan's 40) would rule out a loss of 1 point")])
+def test_an_undecided_row_says_where_a_loss_of_d_stands(lo, no_loss, said):
     from app.study.report import decisions_table
     row = {"model": "towernet_simam bf16", "against": "towernet_simam", "kind": "setting",
            "verdict": "undecided", "decided": False, "mean_pp": 0.3, "interval_pp": [lo, 1.3],
-           "more_units": 28, "units": 27, "p_outperform": {"p": 0.59, "ci": [0.41, 0.75],
-                                                           "units": 27},
+           "more_units": 28, "more_units_no_loss": no_loss, "units": 27,
+           "p_outperform": {"p": 0.59, "ci": [0.41, 0.75], "units": 27},
            "cost": {"train_images_per_s": 1.74, "params": 1.0, "gmacs": 1.0}}
-    rule = {"margin_pp": 1.0, "min_units": 5}
+    rule = {"margin_pp": 1.0, "min_units": 5, "max_units": 40}
     line = decisions_table({"decision_rule": rule, "decisions": [row]})[2]
-    assert "undecided: ~28 more units" in line
-    assert ("; a loss of 1 point or more ruled out" in line) == said
+    assert "undecided: ~28 more units (past the plan's 40)" + said + " |" in line
+    one_look = decisions_table({"decision_rule": dict(rule, max_units=None), "decisions": [row]})
+    assert "past the plan" not in one_look[2]
 
 
 def test_generated_images_carry_the_gap_and_the_fit_recovers_the_noise():

@@ -18,7 +18,9 @@ and with the margin ``D`` (the smallest gain that would matter) it reads, in thi
     undecided               otherwise: it reaches both 0 and D
 
 An undecided interval that lies above -D also rules out a loss of D or more (the report says
-so; the mirror of "cannot help by D", with the same error bound). A comparison is decided when
+so; the mirror of "cannot help by D", with the same error bound); one that does not yet is
+projected both ways: the units that would decide, and the fewer that would rule out the loss,
+the question for a change meant to be harmless (a faster precision, a cheaper recipe). A comparison is decided when
 its interval lies above 0 or below D. No decision comes from fewer than ``MIN_UNITS`` units:
 the spread of four numbers is too uncertain to bound anything.
 
@@ -209,6 +211,8 @@ class Decision:
     hi: float | None
     c: float | None
     more_units: int | None  # undecided: about how many more units would decide it
+    more_units_no_loss: int | None = None  # undecided, a loss of D not yet ruled out: about
+    #                                        how many more units would rule it out
 
     @property
     def decided(self) -> bool:
@@ -218,7 +222,7 @@ class Decision:
         interval = None if self.lo is None else [self.lo, self.hi]
         return {"verdict": self.verdict, "decided": self.decided, "units": self.units,
                 "mean_pp": self.mean, "interval_pp": interval, "c": self.c,
-                "more_units": self.more_units}
+                "more_units": self.more_units, "more_units_no_loss": self.more_units_no_loss}
 
 
 def decide(gaps_pp, margin: float, plan: Plan = Plan()) -> Decision:
@@ -240,16 +244,26 @@ def decide(gaps_pp, margin: float, plan: Plan = Plan()) -> Decision:
     mean, sd = float(gaps[:n].mean()), float(gaps[:n].std(ddof=1))
     c = plan.critical_value(n)
     half = c * sd / math.sqrt(n)
+    no_loss = None
+    if mean - half <= -margin:
+        no_loss = units_until(sd, n, mean + margin, plan)
     return Decision("undecided", n, mean, mean - half, mean + half, c,
-                    more_units_needed(mean, sd, n, margin, plan))
+                    more_units_needed(mean, sd, n, margin, plan), no_loss)
 
 
-def more_units_needed(mean: float, sd: float, n: int, margin: float, plan: Plan) -> int:
+def more_units_needed(mean: float, sd: float, n: int, margin: float, plan: Plan) -> int | None:
     """Units beyond ``n`` after which the interval would be decided if the mean and spread
-    stayed as they are: its half-width c_k * sd / sqrt(k) must fall below
-    max(mean, margin - mean). A sequential plan's own c_k are used up to its last look,
-    beyond it (and for a one-look study) the c of the last look, a slight overestimate."""
-    room = max(mean, margin - mean)
+    stayed as they are: its half-width must fall below max(mean, margin - mean)."""
+    return units_until(sd, n, max(mean, margin - mean), plan)
+
+
+def units_until(sd: float, n: int, room: float, plan: Plan) -> int | None:
+    """Units beyond ``n`` after which the half-width c_k * sd / sqrt(k) falls below ``room``
+    (None when no number does: ``room`` is 0 or less). A sequential plan's own c_k are used up
+    to its last look, beyond it (and for a one-look study) the c of the last look, a slight
+    overestimate."""
+    if room <= 0:
+        return None
     if plan.max_units is not None:
         for k in range(n + 1, plan.max_units + 1):
             if plan.critical_value(k) * sd / math.sqrt(k) < room:

@@ -41,17 +41,33 @@ def decisions_table(summary: dict) -> list:
              else f"— ({po['units']} units)")
         verdict = f"**{d['verdict']}**" if d["decided"] else "undecided"
         if not d["decided"]:
-            verdict += (f": ~{d['more_units']} more units" if d["mean_pp"] is not None
-                        and d["interval_pp"] else f": needs {rule['min_units']} units")
-            if d["interval_pp"] and d["interval_pp"][0] > -rule["margin_pp"]:
-                unit = "point" if rule["margin_pp"] == 1 else "points"
-                verdict += f"; a loss of {margin} {unit} or more ruled out"
+            verdict += _projection(d, rule)
         marker = "" if d["kind"] == "attention" else " †" if d["kind"] == "setting" else " ‡"
         c = d["cost"]
         lines.append(f"| {d['model']} | {d['against']}{marker} | {verdict} | {gap} | {p} | "
                      f"{d['units']} | {_ratio(c['train_images_per_s'])} | {_ratio(c['params'])} "
                      f"| {_ratio(c['gmacs'])} |")
     return lines
+
+
+def _projection(d: dict, rule: dict) -> str:
+    """What an undecided row adds: the units that would decide it (and whether that passes
+    the plan's last look), and a loss of D ruled out, or the units that would rule it out."""
+    if d["mean_pp"] is None or not d["interval_pp"]:
+        return f": needs {rule['min_units']} units"
+    last = rule.get("max_units")
+
+    def units(more: int) -> str:
+        past = last is not None and d["units"] + more > last
+        return f"~{more} more units" + (f" (past the plan's {last})" if past else "")
+
+    margin = f"{rule['margin_pp']:g} point" + ("" if rule["margin_pp"] == 1 else "s")
+    text = f": {units(d['more_units'])}" if d["more_units"] is not None else ""
+    if d["interval_pp"][0] > -rule["margin_pp"]:
+        return text + f"; a loss of {margin} or more ruled out"
+    if d.get("more_units_no_loss") is not None:
+        return text + f"; {units(d['more_units_no_loss'])} would rule out a loss of {margin}"
+    return text
 
 
 def decisions_section(summary: dict) -> list:
@@ -66,7 +82,7 @@ def decisions_section(summary: dict) -> list:
             f"more units would decide at the present mean and spread (and *a loss of D or more "
             f"ruled out* when the interval lies above -D, for a change you want to be harmless "
             f"rather than helpful; it is wrong at most 2.5% of the time, as *cannot help by D* "
-            f"is). At least "
+            f"is; until then, about how many more units would rule it out). At least "
             f"{rule['min_units']} units; the interval is mean ± c·sd/√n over the units, with "
             f"{rule['looks']}. P(model > against): the share of units the model won (ties "
             f"half), Wilson interval; not given below {rule['min_units']} units. Costs are "
