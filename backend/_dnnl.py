@@ -375,7 +375,6 @@ class MaxPoolPlan:
         self.workspace_md = lib.dnnl_primitive_desc_query_md(fwd, _Q_WORKSPACE, 0)
         self.fwd, self.bwd = dnnl.primitive(fwd), dnnl.primitive(bwd)
         self.x, self.y, self.workspace = dnnl.memory(x.value), dnnl.memory(y.value), dnnl.memory(self.workspace_md)
-        self.implementation = impl_name(dnnl, fwd)
 
     def forward(self, x: paddle.Tensor) -> tuple[paddle.Tensor, paddle.Tensor]:
         y, workspace = empty(self.y_shape, self.dtype), self.dnnl.empty(self.workspace_md)
@@ -422,7 +421,6 @@ class BatchNormPlan:
         self.mem.update({k: dnnl.memory(vec) for k in ("mean", "var", "scale", "shift", "dscale", "dshift")})
         if relu:
             self.mem["ws"] = dnnl.memory(self.workspace_md)
-        self.implementation = impl_name(dnnl, fwd)
 
     def _args(self, **tensors: paddle.Tensor) -> list:
         ids = {"x": _ARG_SRC, "y": _ARG_DST, "dx": _ARG_DIFF_SRC, "dy": _ARG_DIFF_DST, "mean": _ARG_MEAN,
@@ -467,7 +465,6 @@ class AddPlan:
                                                               self.flat, self.flat, attr or C.c_void_p(0)))
         self.fwd = dnnl.primitive(add)
         self.mem = [dnnl.memory(self.flat.value) for _ in range(3)]
-        self.implementation = impl_name(dnnl, add)
 
     def __call__(self, a: paddle.Tensor, b: paddle.Tensor, out: paddle.Tensor | None = None) -> paddle.Tensor:
         out = empty(a.shape, self.dtype) if out is None else out
