@@ -49,11 +49,16 @@ def parse_args(argv=None):
     p.add_argument("--folds", type=int, metavar="K",
                    help="study: K-fold cross-validation over the split's pooled images, a new "
                         "stratified partition per seed (--seeds 0,1,2,3,4 --folds 2 = 5x2cv)")
+    p.add_argument("--versus", metavar="KEY=VALUE",
+                   help="study: also train every model with this one change and decide it: "
+                        "train.amp=bf16, recipe=small_data (or a recipe file), "
+                        "pretrained=imagenet|PATH")
     p.add_argument("--until-decided", action="store_true",
                    help="study: train whole units (every model at one seed x fold) one after "
                         "another and stop when each attention module is decided against its "
-                        "host (helps / cannot help by --margin / hurts), at --max-units or "
-                        "before the next unit would pass --budget")
+                        "host (and the --versus change against none; helps / cannot help by "
+                        "--margin / hurts), at --max-units or before the next unit would pass "
+                        "--budget")
     p.add_argument("--margin", metavar="D",
                    help="study: the smallest gain in points of top-1 that would matter "
                         f"(default {DEFAULT_MARGIN:g}); decisions read their interval against 0 and D")
@@ -85,7 +90,8 @@ def main(argv=None) -> int:
     from app.run.folder import RunFolder
     from app.train import trainer  # Paddle loads here, not for --help or --list-models
 
-    if args.models or args.seeds or args.folds is not None or args.until_decided:
+    if (args.models or args.seeds or args.folds is not None or args.until_decided
+            or args.versus is not None):
         return study(args, overrides)
     if args.jobs != 1:
         raise UserError("--jobs runs a study's runs side by side: give --models and/or --seeds")
@@ -114,10 +120,11 @@ def _int_list(text: str, flag: str) -> list:
 
 
 def study(args, overrides) -> int:
-    """``--models a,b --seeds 0,1,2``: every model x seed into OUTPUT/<model>-s<seed>/;
-    ``--until-decided``: units until the study is decided (app/study/sequential.py)."""
+    """``--models a,b --seeds 0,1,2``: every model x seed into OUTPUT/<model>-s<seed>/
+    (``--versus``: and each with one change); ``--until-decided``: units until the study is
+    decided (app/study/sequential.py)."""
     from app.study.ledger import parse_budget
-    from app.study.runner import run_study
+    from app.study.runner import parse_versus, run_study
     from app.study.sequential import run_until_decided
     from app.train import trainer
 
@@ -126,7 +133,8 @@ def study(args, overrides) -> int:
                         "by themselves; drop --resume/--name")
     models = [m.strip() for m in (args.models or args.model or "").split(",") if m.strip()]
     if not models:
-        raise UserError("a study (--seeds, --folds, --until-decided) needs --model or --models")
+        raise UserError("a study (--seeds, --folds, --versus, --until-decided) needs --model or "
+                        "--models")
     margin = parse_margin(args.margin)
     if not args.until_decided and (args.max_units is not None or args.budget is not None):
         raise UserError("--max-units and --budget limit a study run --until-decided")
@@ -136,15 +144,16 @@ def study(args, overrides) -> int:
     budget = parse_budget(args.budget) if args.budget is not None else None
     seeds = _int_list(args.seeds, "--seeds") if args.seeds else [args.seed or 0]
     overrides = [(k, v) for k, v in overrides if k not in ("train.seed", "output.name")]
+    versus = None if args.versus is None else parse_versus(args.versus, overrides, args.recipe)
     try:
         if args.until_decided:
             run_until_decided(args.config, models, overrides, args.folds, args.recipe, args.jobs,
                               DEFAULT_MARGIN if margin is None else margin,
                               DEFAULT_MAX_UNITS if args.max_units is None else args.max_units,
-                              budget)
+                              budget, versus)
         else:
             run_study(args.config, models, seeds, overrides, args.folds, args.recipe, args.jobs,
-                      margin)
+                      margin, versus)
     except trainer.RunStopped as e:  # Ctrl-C: the runs stopped at their last epoch
         print(e, file=sys.stderr)
         return e.exit_code

@@ -13,29 +13,24 @@
 # pair takes ~80 min on 2 cores, so this part is a long, resumable study.
 # Needs a CPU with amx_bf16 or avx512_bf16. The two precisions train side by side, one thread
 # each.
-# Resumable: re-running skips finished runs and resumes interrupted ones.
+# Resumable: re-running skips finished runs and resumes interrupted ones. The run folders are
+# the study (a report alone cannot be continued); a report reads only their small files
+# (config.yaml, state.json, metrics.csv, predictions.csv, best.json), so those are what to
+# keep when a study moves to another machine.
 #   bash experiments/bf16_accuracy.sh [OUTPUT_DIR]       (default: studies)
 # Results: experiments/results/bf16_accuracy_towernet_simam, bf16_accuracy_resnet50.
 . "$(dirname "$0")/common.sh"
 split_c16
 
+# A unit is one seed: the float32 and the bf16 run side by side (--jobs 2, one thread each).
+# --until-decided looks after every unit from the 5th to the 40th and stops at the first look
+# that decides the bf16 change; the hand-run loop these studies began with did the same.
 t=$out/bf16_towernet
-report=$RESULTS/bf16_accuracy_towernet_simam
-for seed in $(seq 0 39); do
-  $P train.py --models towernet_simam --seeds $seed $C16 -o train.threads=1 --output $t &
-  $P train.py --models towernet_simam --seeds $seed $C16 -o train.threads=1 -o train.amp=bf16 --output $t
-  wait
-  [ $seed -lt 4 ] && continue
-  $P eval.py --compare $t --margin 1 --max-units 40 --out $report
-  grep -q '"decided": true' $report/report.json && break
-done
+$P train.py --model towernet_simam --versus train.amp=bf16 --until-decided --margin 1 \
+  --max-units 40 $C16 --jobs 2 -o train.threads=1 --output $t
+$P eval.py --compare $t --margin 1 --max-units 40 --out $RESULTS/bf16_accuracy_towernet_simam
 
 r=$out/bf16_resnet50
-report=$RESULTS/bf16_accuracy_resnet50
-for seed in $(seq 0 39); do
-  $P train.py --models resnet50 --seeds $seed $C16 -o train.threads=1 --output $r &
-  $P train.py --models resnet50 --seeds $seed $C16 -o train.threads=1 -o train.amp=bf16 --output $r
-  wait
-  $P eval.py --compare $r --margin 1 --max-units 40 --out $report
-  grep -q '"decided": true' $report/report.json && break
-done
+$P train.py --model resnet50 --versus train.amp=bf16 --until-decided --margin 1 \
+  --max-units 40 $C16 --jobs 2 -o train.threads=1 --output $r
+$P eval.py --compare $r --margin 1 --max-units 40 --out $RESULTS/bf16_accuracy_resnet50

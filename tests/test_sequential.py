@@ -135,3 +135,41 @@ def test_until_decided_refuses_what_it_cannot_honour(tiny_split, tmp_path):
         assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "s").exists()
     proc = run_cli("train.py", "--model", "towernet", "--max-units", "3", "--data", tiny_split)
     assert proc.returncode == 2 and "--until-decided" in proc.stderr
+
+
+def test_versus_trains_each_model_with_and_without_the_change_and_waits_for_it(tiny_split,
+                                                                                tmp_path):
+    out = tmp_path / "study"
+    proc = run_cli("train.py", "--models", "towernet", "--versus", "recipe=small_data",
+                   "--until-decided", "--max-units", "2", "--data", tiny_split,
+                   "--output", out, *TINY, check=True)
+    assert runs_of(out) == ["towernet+small_data-s0", "towernet+small_data-s1",
+                            "towernet-s0", "towernet-s1"]
+    assert "stopped: max units (2)" in proc.stdout
+    (decision,) = json.loads((out / "report.json").read_text())["decisions"]
+    assert (decision["model"], decision["against"], decision["kind"]) == \
+        ("towernet +small_data", "towernet", "setting")
+    ledger = json.loads((out / "study.json").read_text())
+    assert ledger["plan"]["versus"] == {"overrides": [], "recipe": "small_data"}
+
+    # The change is waited for as an attention module is: a margin any interval meets
+    # decides it at the first look (5 units), and the study stops there.
+    proc = study(tiny_split, out, "--max-units", "8", "--margin", "1000", "--versus",
+                 "recipe=small_data")
+    assert "stopped: decided" in proc.stdout
+    decisions = {(d["model"], d["against"]): d
+                 for d in json.loads((out / "report.json").read_text())["decisions"]}
+    waited = [("towernet_simam", "towernet"), ("towernet +small_data", "towernet"),
+              ("towernet_simam +small_data", "towernet_simam"),
+              ("towernet_simam +small_data", "towernet +small_data")]
+    assert all(decisions[pair]["decided"] and decisions[pair]["units"] == 5 for pair in waited)
+    assert "towernet_simam+small_data-s4" in runs_of(out) and "towernet-s5" not in runs_of(out)
+
+
+def test_versus_refuses_a_change_the_runs_names_do_not_show(tiny_split, tmp_path):
+    for change in ("optimizer.lr=0.1", "train.amp=off", "recipe", "no-equals"):
+        proc = run_cli("train.py", "--models", "towernet", "--versus", change, "--seeds", "0",
+                       "--data", tiny_split, "--output", tmp_path / "s", *TINY)
+        assert proc.returncode == 2, (change, proc.stderr)
+        assert proc.stderr.strip().count("\n") == 0 and "--versus" in proc.stderr
+    assert not (tmp_path / "s").exists()

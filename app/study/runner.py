@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from app.build.network import check_model_name
-from app.config.load import load_config
+from app.config.load import load_config, parse_override
 from app.config.resume import changed_keys
 from app.data.folds import write_fold_split
 from app.data.split import split_mismatch
@@ -18,14 +18,14 @@ from app.run.folder import RunFolder
 from app.run.lock import RunBusy
 from app.study.parallel import run_side_by_side
 from app.study.report import to_markdown, write_report
-from app.study.runs import read_runs, resumed_config, study_run_name
+from app.study.runs import read_runs, resumed_config, run_label, study_run_name
 from app.train import trainer
 from app.util.errors import UserError
 
 
 def run_study(config_file, models: list, seeds: list, overrides: list,
               folds: int | None = None, recipe: str | None = None, jobs: int = 1,
-              margin: float | None = None) -> Path:
+              margin: float | None = None, versus: tuple | None = None) -> Path:
     """Train every model x seed into OUTPUT/<model>-s<seed>/, then write the report.
 
     With ``folds`` K, the split's train and eval images are pooled and every seed is a new
@@ -36,10 +36,11 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
     it is complete. The ETA is printed after the first run trained here.
 
     ``jobs`` > 1 trains that many runs at once, each in a process of its own with its share
-    of the cores (app/study/parallel.py).
+    of the cores (app/study/parallel.py). ``versus`` (:func:`parse_versus`) trains every run
+    a second time with one change, so that the report decides the change.
     """
     units = [(seed, fold) for seed in seeds for fold in (range(folds) if folds else [None])]
-    output, plan = plan_study(config_file, models, units, overrides, folds, recipe, jobs)
+    output, plan = plan_study(config_file, models, units, overrides, folds, recipe, jobs, versus)
     train_planned(plan, output, jobs)
     summary = write_report(output, margin=margin)
     print(to_markdown(summary, read_runs(output)))
@@ -47,38 +48,71 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
     return output
 
 
+def parse_versus(text: str, overrides: list, recipe: str | None) -> tuple:
+    """``--versus`` as (overrides, recipe) of the changed runs: ``recipe=NAME`` (a recipe or
+    a recipe file), ``pretrained=SOURCE``, or any ``section.key=value``. What a change
+    may be is checked against the runs' labels by :func:`plan_study`."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not value.strip():
+        raise UserError(f"--versus takes one change as key=value (train.amp=bf16, "
+                        f"recipe=small_data, pretrained=imagenet); got {text!r}")
+    if key == "recipe":
+        return list(overrides), value.strip()
+    change = ("model.pretrained", value.strip()) if key == "pretrained" else parse_override(text)
+    return [(k, v) for k, v in overrides if k != change[0]] + [change], recipe
+
+
 def plan_study(config_file, models: list, units: list, overrides: list, folds: int | None,
-               recipe: str | None, jobs: int = 1) -> tuple:
+               recipe: str | None, jobs: int = 1, versus: tuple | None = None) -> tuple:
     """(output folder, [(name, cfg, run folder, state), ...]): every run of ``units``
     ((seed, fold) pairs, fold None on the fixed split) in that order (seed-major: a study cut
     short still has complete pairs to compare), each existing one checked against this
-    command before any trains."""
+    command before any trains. With ``versus`` ((overrides, recipe) from
+    :func:`parse_versus`) each unit also holds every model with that change, after the
+    models as they are."""
     for model in models:
         check_model_name(model)
     if folds is not None and folds < 2:
         raise UserError(f"--folds must be at least 2, got {folds}")
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
+    sides = [(list(overrides), recipe)] + ([versus] if versus else [])
+    if versus:
+        _check_versus(config_file, models[0], sides)
     output, plan = None, []
     for seed, fold in units:
-        for model in models:
-            cfg = load_config(config_file, model, list(overrides) + [("train.seed", seed)], recipe)
-            name = study_run_name(model, seed, cfg, fold)
-            cfg["output"]["name"] = name
-            if fold is not None:
-                split_dir = write_fold_split(cfg["data"]["root"],
-                                             Path(cfg["output"]["dir"]) / "folds" / f"s{seed}-f{fold}",
-                                             folds, fold, seed)
-                cfg["data"].update(root=str(split_dir), fold=fold, folds=folds)
-            output = Path(cfg["output"]["dir"])
-            run = RunFolder(output / name)
-            state = run.read_state()
-            if run.path.exists() and not state:
-                raise UserError(f"{run} exists but is not a run folder; move it away")
-            if state:
-                _check_same_settings(run, cfg, state)
-            plan.append((name, cfg, run, state))
+        for side_overrides, side_recipe in sides:
+            for model in models:
+                cfg = load_config(config_file, model, side_overrides + [("train.seed", seed)],
+                                  side_recipe)
+                name = study_run_name(model, seed, cfg, fold)
+                cfg["output"]["name"] = name
+                if fold is not None:
+                    split_dir = write_fold_split(cfg["data"]["root"],
+                                                 Path(cfg["output"]["dir"]) / "folds" / f"s{seed}-f{fold}",
+                                                 folds, fold, seed)
+                    cfg["data"].update(root=str(split_dir), fold=fold, folds=folds)
+                output = Path(cfg["output"]["dir"])
+                run = RunFolder(output / name)
+                state = run.read_state()
+                if run.path.exists() and not state:
+                    raise UserError(f"{run} exists but is not a run folder; move it away")
+                if state:
+                    _check_same_settings(run, cfg, state)
+                plan.append((name, cfg, run, state))
     return output, plan
+
+
+def _check_versus(config_file, model: str, sides: list) -> None:
+    """A change must tell its runs apart in their names and the report (precision, recipe,
+    pretrained source); any other would train over the runs it is compared with."""
+    base, changed = (run_label(load_config(config_file, model, o, r)) for o, r in sides)
+    if base == changed:
+        raise UserError(f"--versus changes nothing a run's name shows ({model} either way): "
+                        f"it takes a change of precision (train.amp=bf16), recipe "
+                        f"(recipe=small_data) or starting weights (pretrained=imagenet); "
+                        f"compare other settings as two studies (eval.py --compare A B)")
 
 
 def train_planned(plan: list, output: Path, jobs: int = 1) -> int:

@@ -5,8 +5,9 @@ It trains whole units one after another -- unit u is every model at seed u // K,
 Before each unit it re-decides (app/study/decide.py) on the units every model has finished,
 and stops when
 
-- every comparison of an attention module with its host is decided (other comparisons are
-  reported, not waited for; a study without such a pair waits for all of its comparisons),
+- every comparison of an attention module with its host is decided, and with ``--versus``
+  every comparison of a model with and without the change (other comparisons are reported,
+  not waited for; a study with neither waits for all of its comparisons),
 - the planned maximum of units is reached, or
 - the next unit would not fit the budget: machine time recorded in the study's ledger
   (app/study/ledger.py) across every invocation and process, the next unit estimated from the
@@ -41,7 +42,7 @@ def unit_of(index: int, folds: int | None) -> tuple:
 
 def run_until_decided(config_file, models: list, overrides: list, folds: int | None,
                       recipe: str | None, jobs: int, margin: float, max_units: int,
-                      budget: float | None) -> Path:
+                      budget: float | None, versus: tuple | None = None) -> Path:
     """Train units until the study is decided, out of units or out of budget; write the
     report and print the decisions. Returns the output folder."""
     if max_units < 1:
@@ -54,14 +55,14 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
         print(note, flush=True)
     ledger.start({"margin_pp": margin, "min_units": plan.min_units, "max_units": max_units,
                   "confidence": plan.confidence, "folds": folds, "models": list(models),
-                  "budget_seconds": budget})
+                  "budget_seconds": budget, "versus": _versus_record(versus, overrides, recipe)})
     reason = None
     for index in range(max_units):
-        if _decided(output, margin, plan):
+        if _decided(output, margin, plan, versus is not None):
             reason = "decided"
             break
         _, runs = plan_study(config_file, models, [unit_of(index, folds)], overrides, folds,
-                             recipe, jobs)
+                             recipe, jobs, versus)
         todo = [run for run in runs if run[3].get("status") != "finished"]
         if not todo:
             print(f"unit {index + 1}: finished earlier, skipped", flush=True)
@@ -80,7 +81,8 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
         finally:  # an interrupted unit's time counts too
             ledger.add_unit(index, time.perf_counter() - started, trained, len(todo))
     if reason is None:
-        reason = "decided" if _decided(output, margin, plan) else f"max units ({max_units})"
+        reason = ("decided" if _decided(output, margin, plan, versus is not None)
+                  else f"max units ({max_units})")
     summary = write_report(output, margin=margin)
     print("\n".join(["", *decisions_table(summary), ""]))
     spent = ledger.read().get("spent_seconds", 0.0)
@@ -96,10 +98,20 @@ def current_decisions(output: Path, margin: float, plan: Plan) -> list:
     return summarize(runs, {}, margin, plan)["decisions"] if runs else []
 
 
-def _decided(output: Path, margin: float, plan: Plan) -> bool:
+def _decided(output: Path, margin: float, plan: Plan, versus: bool = False) -> bool:
     decisions = current_decisions(output, margin, plan)
-    waited = [d for d in decisions if d["kind"] == "attention"] or decisions
+    kinds = ("attention", "setting") if versus else ("attention",)
+    waited = [d for d in decisions if d["kind"] in kinds] or decisions
     return bool(waited) and all(d["decided"] for d in waited)
+
+
+def _versus_record(versus: tuple | None, overrides: list, recipe: str | None) -> dict | None:
+    """What study.json records of ``--versus``: the changed runs' recipe and overrides that
+    differ from the rest's."""
+    if versus is None:
+        return None
+    changed = [f"{k}={v}" for k, v in versus[0] if (k, v) not in overrides]
+    return {"overrides": changed, "recipe": versus[1] if versus[1] != recipe else None}
 
 
 def _cost(ledger: Ledger, output: Path, jobs: int) -> tuple:
