@@ -59,6 +59,10 @@ def parse_args(argv=None):
                         "host (and the --versus change against none; helps / cannot help by "
                         "--margin / hurts), at --max-units or before the next unit would pass "
                         "--budget")
+    p.add_argument("--harmless", action="store_true",
+                   help="--until-decided --versus: also stop once a loss of --margin or more "
+                        "is ruled out for the change (for a change meant to cost nothing, "
+                        "such as bf16)")
     p.add_argument("--margin", metavar="D",
                    help="study: the smallest gain in points of top-1 that would matter "
                         f"(default {DEFAULT_MARGIN:g}); decisions read their interval against 0 and D")
@@ -138,6 +142,9 @@ def study(args, overrides) -> int:
     margin = parse_margin(args.margin)
     if not args.until_decided and (args.max_units is not None or args.budget is not None):
         raise UserError("--max-units and --budget limit a study run --until-decided")
+    if args.harmless and not (args.until_decided and args.versus):
+        raise UserError("--harmless is a stopping rule for the change of a study run "
+                        "--until-decided --versus KEY=VALUE")
     if args.until_decided and args.seeds:
         raise UserError("--until-decided numbers its units itself (seed 0, then 1, ...; with "
                         "--folds K each seed's K folds in turn): drop --seeds")
@@ -150,7 +157,7 @@ def study(args, overrides) -> int:
             run_until_decided(args.config, models, overrides, args.folds, args.recipe, args.jobs,
                               DEFAULT_MARGIN if margin is None else margin,
                               DEFAULT_MAX_UNITS if args.max_units is None else args.max_units,
-                              budget, versus)
+                              budget, versus, args.harmless)
         else:
             run_study(args.config, models, seeds, overrides, args.folds, args.recipe, args.jobs,
                       margin, versus)

@@ -173,3 +173,26 @@ def test_versus_refuses_a_change_the_runs_names_do_not_show(tiny_split, tmp_path
         assert proc.returncode == 2, (change, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0 and "--versus" in proc.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_harmless_also_stops_on_a_ruled_out_loss_of_the_change_only():
+    from app.study.sequential import answered
+    attention = {"kind": "attention", "decided": True, "interval_pp": [-3.0, 1.0]}
+    open_change = {"kind": "setting", "decided": False, "interval_pp": [-0.8, 1.6]}
+    lossy_change = {"kind": "setting", "decided": False, "interval_pp": [-1.2, 1.6]}
+    assert answered([attention, open_change], 1.0) == "decided"  # settings not waited for
+    assert answered([attention, open_change], 1.0, versus=True) is None
+    assert answered([attention, open_change], 1.0, versus=True, harmless=True) == \
+        "decided, or a loss of 1 point ruled out"
+    assert answered([attention, lossy_change], 1.0, versus=True, harmless=True) is None
+    open_attention = dict(attention, decided=False, interval_pp=[-0.5, 2.0])
+    assert answered([open_attention, open_change], 1.0, versus=True, harmless=True) is None
+    assert answered([], 1.0, versus=True, harmless=True) is None
+    assert answered([dict(open_change, interval_pp=None)], 1.0, True, True) is None
+
+
+def test_harmless_needs_a_versus_study_run_until_decided(tiny_split, tmp_path):
+    proc = run_cli("train.py", "--models", "towernet", "--until-decided", "--harmless",
+                   "--data", tiny_split, "--output", tmp_path / "s", *TINY)
+    assert proc.returncode == 2 and "--harmless" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "s").exists()

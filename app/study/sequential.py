@@ -7,7 +7,8 @@ and stops when
 
 - every comparison of an attention module with its host is decided, and with ``--versus``
   every comparison of a model with and without the change (other comparisons are reported,
-  not waited for; a study with neither waits for all of its comparisons),
+  not waited for; a study with neither waits for all of its comparisons); with
+  ``--harmless`` the change's comparisons are also answered once a loss of D is ruled out,
 - the planned maximum of units is reached, or
 - the next unit would not fit the budget: machine time recorded in the study's ledger
   (app/study/ledger.py) across every invocation and process, the next unit estimated from the
@@ -42,7 +43,8 @@ def unit_of(index: int, folds: int | None) -> tuple:
 
 def run_until_decided(config_file, models: list, overrides: list, folds: int | None,
                       recipe: str | None, jobs: int, margin: float, max_units: int,
-                      budget: float | None, versus: tuple | None = None) -> Path:
+                      budget: float | None, versus: tuple | None = None,
+                      harmless: bool = False) -> Path:
     """Train units until the study is decided, out of units or out of budget; write the
     report and print the decisions. Returns the output folder."""
     if max_units < 1:
@@ -55,11 +57,13 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
         print(note, flush=True)
     ledger.start({"margin_pp": margin, "min_units": plan.min_units, "max_units": max_units,
                   "confidence": plan.confidence, "folds": folds, "models": list(models),
-                  "budget_seconds": budget, "versus": _versus_record(versus, overrides, recipe)})
+                  "budget_seconds": budget, "versus": _versus_record(versus, overrides, recipe),
+                  "harmless": harmless})
+    waits = (versus is not None, harmless)
     reason = None
     for index in range(max_units):
-        if _decided(output, margin, plan, versus is not None):
-            reason = "decided"
+        reason = answered(current_decisions(output, margin, plan), margin, *waits)
+        if reason:
             break
         _, runs = plan_study(config_file, models, [unit_of(index, folds)], overrides, folds,
                              recipe, jobs, versus)
@@ -81,8 +85,8 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
         finally:  # an interrupted unit's time counts too
             ledger.add_unit(index, time.perf_counter() - started, trained, len(todo))
     if reason is None:
-        reason = ("decided" if _decided(output, margin, plan, versus is not None)
-                  else f"max units ({max_units})")
+        reason = (answered(current_decisions(output, margin, plan), margin, *waits)
+                  or f"max units ({max_units})")
     summary = write_report(output, margin=margin)
     print("\n".join(["", *decisions_table(summary), ""]))
     spent = ledger.read().get("spent_seconds", 0.0)
@@ -98,11 +102,24 @@ def current_decisions(output: Path, margin: float, plan: Plan) -> list:
     return summarize(runs, {}, margin, plan)["decisions"] if runs else []
 
 
-def _decided(output: Path, margin: float, plan: Plan, versus: bool = False) -> bool:
-    decisions = current_decisions(output, margin, plan)
+def answered(decisions: list, margin: float, versus: bool = False,
+             harmless: bool = False) -> str | None:
+    """Why the study can stop (None: it cannot yet). It waits for the attention modules
+    against their hosts, with ``versus`` for the setting rows too (else, with neither, for
+    every row); ``harmless`` also takes a setting row whose interval rules out a loss of
+    ``margin``."""
     kinds = ("attention", "setting") if versus else ("attention",)
     waited = [d for d in decisions if d["kind"] in kinds] or decisions
-    return bool(waited) and all(d["decided"] for d in waited)
+
+    def no_loss(d: dict) -> bool:
+        return (harmless and d["kind"] == "setting" and bool(d["interval_pp"])
+                and d["interval_pp"][0] > -margin)
+
+    if not waited or not all(d["decided"] or no_loss(d) for d in waited):
+        return None
+    if all(d["decided"] for d in waited):
+        return "decided"
+    return f"decided, or a loss of {margin:g} point{'' if margin == 1 else 's'} ruled out"
 
 
 def _versus_record(versus: tuple | None, overrides: list, recipe: str | None) -> dict | None:
