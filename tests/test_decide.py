@@ -257,3 +257,18 @@ def test_going_past_a_finished_plan_raises_its_error_and_the_script_says_so():
     assert abs(rates["first_one_side"] - 0.025) < one_side
     assert abs(rates["last_one_side"] - 0.025) < one_side
     assert rates["joined_one_side"] > rates["first_one_side"] + one_side
+
+
+def test_a_running_study_prints_each_look_as_one_line():
+    from app.study.report import decision_line
+    gaps = [2.5, 0.0, 3.3, 2.5, -0.3, -2.7, -1.9]
+    d = {"model": "resnet50 bf16", "against": "resnet50",
+         **decide(gaps, margin=1.0, plan=Plan(40)).as_dict()}
+    rule = {"margin_pp": 1.0, "min_units": 5, "max_units": 40}
+    assert d["more_units"] > 33 and d["more_units_no_loss"] <= 33
+    assert decision_line(d, rule) == (
+        f"after 7 units: resnet50 bf16 vs resnet50: +0.5 (-3.1 to +4.1), undecided: "
+        f"~{d['more_units']} more units (past the plan's 40); ~{d['more_units_no_loss']} more "
+        f"units would rule out a loss of 1 point")
+    d = {"model": "a", "against": "b", **decide([0.1, -0.2, 0.0, 0.2, -0.1], 2.0).as_dict()}
+    assert decision_line(d, dict(rule, margin_pp=2.0)).endswith(", equivalent within ±2")

@@ -70,6 +70,13 @@ def _projection(d: dict, rule: dict) -> str:
     return text
 
 
+def decision_line(d: dict, rule: dict) -> str:
+    """One decision as a line of a running study's output."""
+    gap = f"{d['mean_pp']:+.1f} ({d['interval_pp'][0]:+.1f} to {d['interval_pp'][1]:+.1f})"
+    verdict = d["verdict"] if d["decided"] else "undecided" + _projection(d, rule)
+    return f"after {d['units']} units: {d['model']} vs {d['against']}: {gap}, {verdict}"
+
+
 def decisions_section(summary: dict) -> list:
     rule = summary["decision_rule"]
     return ["## Decisions", "", *decisions_table(summary), "",

@@ -29,7 +29,7 @@ import numpy as np
 from app.config.load import load_config
 from app.study.decide import Plan, plan_change_note
 from app.study.ledger import Ledger, unit_estimate
-from app.study.report import decisions_table, write_report
+from app.study.report import decision_line, decisions_table, write_report
 from app.study.runner import plan_study, train_planned
 from app.study.runs import mark_budgets, read_runs
 from app.study.summary import summarize
@@ -61,8 +61,10 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
                   "harmless": harmless})
     waits = (versus is not None, harmless)
     reason = None
+    rule = {"margin_pp": margin, "min_units": plan.min_units, "max_units": max_units}
     for index in range(max_units):
-        reason = answered(current_decisions(output, margin, plan), margin, *waits)
+        decisions = current_decisions(output, margin, plan)
+        reason = answered(decisions, margin, *waits)
         if reason:
             break
         _, runs = plan_study(config_file, models, [unit_of(index, folds)], overrides, folds,
@@ -77,6 +79,9 @@ def run_until_decided(config_file, models: list, overrides: list, folds: int | N
                 reason = (f"budget: {spent / 3600:.2f} h spent, the next unit needs about "
                           f"{estimate / 3600:.2f} h of the {budget / 3600:.2f} h budget")
                 break
+        for d in decisions:
+            if d["interval_pp"]:
+                print(decision_line(d, rule), flush=True)
         print(f"== unit {index + 1} of at most {max_units} (seed {unit_of(index, folds)[0]}"
               f"{'' if folds is None else f', fold {unit_of(index, folds)[1]}'})", flush=True)
         started, trained = time.perf_counter(), 0
