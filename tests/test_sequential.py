@@ -172,6 +172,11 @@ def test_versus_refuses_a_change_the_runs_names_do_not_show(tiny_split, tmp_path
                        "--data", tiny_split, "--output", tmp_path / "s", *TINY)
         assert proc.returncode == 2, (change, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0 and "--versus" in proc.stderr
+    # starting weights a run could not load are refused before the first run trains
+    for change in ("pretrained=imagenet", f"pretrained={tmp_path / 'missing.pdparams'}"):
+        proc = run_cli("train.py", "--models", "towernet", "--versus", change, "--seeds", "0",
+                       "--data", tiny_split, "--output", tmp_path / "s", *TINY)
+        assert proc.returncode == 2 and "--pretrained" in proc.stderr, proc.stderr
     assert not (tmp_path / "s").exists()
 
 

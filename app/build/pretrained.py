@@ -44,6 +44,15 @@ def imagenet_url(model_name: str) -> tuple[str, str]:
     return urls[host]
 
 
+def check_source(source: str, model_name: str) -> None:
+    """What :func:`resolve_source` would refuse before it downloads anything: a study checks
+    every run's source before the first run trains."""
+    if source == "imagenet":
+        imagenet_url(model_name)
+    elif not Path(source).is_file():
+        raise UserError(f"--pretrained {source}: file not found")
+
+
 def resolve_source(source: str, model_name: str) -> Path:
     """The local file behind ``source`` (``imagenet`` is downloaded through Paddle, once)."""
     if source != "imagenet":

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from app.build.network import check_model_name
+from app.build.pretrained import check_source
 from app.config.load import load_config, parse_override
 from app.config.resume import changed_keys
 from app.data.folds import write_fold_split
@@ -100,6 +101,8 @@ def plan_study(config_file, models: list, units: list, overrides: list, folds: i
                     raise UserError(f"{run} exists but is not a run folder; move it away")
                 if state:
                     _check_same_settings(run, cfg, state)
+                if cfg["model"]["pretrained"] and state.get("status") != "finished":
+                    check_source(cfg["model"]["pretrained"], model)
                 plan.append((name, cfg, run, state))
     return output, plan
 
