@@ -28,7 +28,8 @@ def decisions_table(summary: dict) -> list:
     """The decisions as markdown lines: the table every report and study opens with."""
     rule = summary["decision_rule"]
     margin = f"{rule['margin_pp']:g}"
-    lines = [f"| model | against | decision (D = {margin} points) | gap, points (interval) "
+    points = "point" if rule["margin_pp"] == 1 else "points"
+    lines = [f"| model | against | decision (D = {margin} {points}) | gap, points (interval) "
              "| P(model > against) | units | train img/s | params | GMACs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for d in summary["decisions"]:
@@ -38,7 +39,7 @@ def decisions_table(summary: dict) -> list:
         po = d["p_outperform"]
         enough = po["units"] >= rule["min_units"]
         p = (f"{po['p']:.2f} ({po['ci'][0]:.2f}-{po['ci'][1]:.2f})" if enough
-             else f"— ({po['units']} units)")
+             else f"— ({po['units']} unit{'' if po['units'] == 1 else 's'})")
         verdict = f"**{d['verdict']}**" if d["decided"] else "undecided"
         if not d["decided"]:
             verdict += _projection(d, rule)
