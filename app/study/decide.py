@@ -20,8 +20,8 @@ and with the margin ``D`` (the smallest gain that would matter) it reads, in thi
 An undecided interval that lies above -D also rules out a loss of D or more (the report says
 so; the mirror of "cannot help by D", with the same error bound); one that does not yet is
 projected both ways: the units that would decide, and the fewer that would rule out the loss,
-the question for a change meant to be harmless (a faster precision, a cheaper recipe). A comparison is decided when
-its interval lies above 0 or below D. No decision comes from fewer than ``MIN_UNITS`` units:
+the question for a change meant to be harmless (a faster precision, a cheaper recipe). A
+comparison is decided when its interval lies above 0 or below D. No decision comes from fewer than ``MIN_UNITS`` units:
 the spread of four numbers is too uncertain to bound anything.
 
 Repeated looks. A study run ``--until-decided`` looks after every unit from the
