@@ -175,6 +175,23 @@ def test_study_follows_moved_data_and_refuses_another_split(tiny_split, tmp_path
     assert (out / "towernet-s0" / "last.pdparams").stat().st_mtime_ns == before
 
 
+def test_a_study_moved_without_its_checkpoints_is_skipped_and_reported(tiny_split, tmp_path):
+    """A study's finished runs need only their small files on another machine: the same
+    command skips them and reports them as before."""
+    out, moved = tmp_path / "study", tmp_path / "moved"
+    args = ["train.py", "--models", "towernet", "--seeds", "0,1", "--epochs", "1",
+            "--data", tiny_split, *FAST_TRAIN, "-o", "log.images=false"]
+    run_cli(*args, "--output", out, check=True)
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("*.pdparams", "*.pdopt",
+                                                              "vdlrecords*", "logs"))
+    assert not list(moved.rglob("*.pdparams"))
+    proc = run_cli(*args, "--output", moved, check=True)
+    assert proc.stdout.count("finished earlier, skipped") == 2 and "== towernet" not in proc.stdout
+    before, after = (json.loads((d / "report.json").read_text())["models"] for d in (out, moved))
+    assert [m["final_mean"] for m in after] == [m["final_mean"] for m in before]
+    assert after[0]["seeds"] == [0, 1]
+
+
 def test_study_flag_errors_exit_2(tiny_split, tmp_path):
     for args in (["--models", "towernet,nope", "--seeds", "0"], ["--seeds", "a,b"], ["--jobs", "2"],
                  ["--seeds", "0", "--jobs", "0"]):
