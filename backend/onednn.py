@@ -93,6 +93,7 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that mul
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
 _PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | _AddPlan | None"] = {}  # None: oneDNN refused this geometry
+_PLAN_ARGS: dict[tuple, tuple] = {}  # what each plan was built from (bench/onednn_kernels.py rebuilds it elsewhere)
 _BF16_TRAINING = False
 
 
@@ -271,6 +272,7 @@ def concat(xs: list[paddle.Tensor], axis: int) -> paddle.Tensor:
 def _plan(key: tuple, build, *args):
     """The cached plan for ``key``, built on first use; None if oneDNN refuses the geometry."""
     if key not in _PLANS:
+        _PLAN_ARGS[key] = args
         try:
             _PLANS[key] = build(_DNNL, *args)
         except RuntimeError:  # a status other than success: leave this shape to Paddle

@@ -37,10 +37,8 @@ def conv_geometries() -> dict[tuple, _dnnl.ConvPlan]:
 
 
 def rebuild(dnnl: _dnnl.Dnnl, key: tuple) -> _dnnl.ConvPlan:
-    """The plan for ``key`` (``onednn.conv2d``'s cache key) on another loaded library."""
-    shape, w_shape, bias, stride, padding, dilation, groups, bf16, x_bf16, y_bf16, nhwc = key
-    return _dnnl.ConvPlan(dnnl, list(shape), list(w_shape), bias, stride, padding, dilation, groups,
-                          shape[1] >= onednn.PLAIN_BELOW, bf16, nhwc, x_bf16, y_bf16)
+    """The plan for ``key`` built again, from the same arguments, on another loaded library."""
+    return _dnnl.ConvPlan(dnnl, *onednn._PLAN_ARGS[key])
 
 
 def describe(key: tuple) -> str:
