@@ -274,7 +274,7 @@ def test_pretrained_runs_get_their_own_rows_and_folders():
     assert run_label(cfg) == "mobilenet_v2_ca @MobileNetV2_pretrained"
 
 
-def fake_run(root, model, seed, accs, epochs=3, image_size=32, name=None):
+def fake_run(root, model, seed, accs, epochs=3, image_size=32, name=None, overrides=()):
     """A run folder with a config.yaml and a metrics.csv of these eval accuracies."""
     from app.config.load import dump, load_config
     from app.run.folder import RunFolder
@@ -282,7 +282,7 @@ def fake_run(root, model, seed, accs, epochs=3, image_size=32, name=None):
     run = root / (name or f"{model}-s{seed}")
     run.mkdir(parents=True)
     cfg = load_config(model=model, overrides=[("train.epochs", epochs), ("train.seed", seed),
-                                              ("data.image_size", image_size)])
+                                              ("data.image_size", image_size), *overrides])
     (run / "config.yaml").write_text(dump(cfg))
     RunFolder(run).write_metrics([
         {"epoch": i + 1, "train_loss": 1.0, "train_acc": 0.5, "eval_loss": 1.0, "eval_acc": a,
@@ -323,6 +323,29 @@ def test_report_keeps_one_model_at_two_budgets_apart(tmp_path):
     # Two budgets equally common: the smaller is the plain one.
     assert [r["model"] for r in mark_budgets(
         [{"model": "m", "epochs": e, "image_size": 8} for e in (6, 3)])] == ["m 6ep", "m"]
+
+
+def test_runs_of_one_model_under_other_settings_are_never_pooled(tmp_path):
+    """Two studies of one model with another learning rate, read as one report: two rows,
+    the less common setting tagged and paired as one change; keys that say where a run ran
+    or which unit it is (data root, threads, seed) and keys an older config lacks are not
+    settings."""
+    from app.study.report import write_report
+
+    for seed in (0, 1):
+        fake_run(tmp_path / "a", "towernet", seed, [0.5, 0.7], epochs=2,
+                 overrides=[("data.root", f"/elsewhere/{seed}"), ("train.threads", seed + 1)])
+        fake_run(tmp_path / "b", "towernet", seed, [0.5, 0.6 + seed / 100], epochs=2,
+                 overrides=[("optimizer.lr", 0.05)])
+    old = tmp_path / "a" / "towernet-s1" / "config.yaml"  # written before the key existed
+    old.write_text(old.read_text().replace("  nesterov: false\n", ""))
+    summary = write_report([tmp_path / "a", tmp_path / "b"], tmp_path)
+    rows = {m["model"]: m for m in summary["models"]}
+    assert set(rows) == {"towernet", "towernet optimizer.lr=0.05"}
+    assert rows["towernet"]["seeds"] == [0, 1] and rows["towernet"]["final_mean"] == 0.7
+    assert rows["towernet optimizer.lr=0.05"]["final_mean"] == pytest.approx(0.605)
+    (pair,) = summary["one_change"]
+    assert (pair["model"], pair["plain"]) == ("towernet optimizer.lr=0.05", "towernet")
 
 
 def test_one_change_pairs_fine_tuned_with_scratch_and_bf16_with_fp32():

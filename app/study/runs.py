@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config.load import check_name
-from app.config.resume import complete_run_config
+from app.config.resume import changed_keys, complete_run_config
 from app.run.folder import RunFolder, read_json
 from app.util.errors import UserError
 
@@ -65,7 +65,7 @@ def read_runs(root) -> list:
         hint = f"restore it or move the run folder out of {root}"
         state = read_json(run.state_file, hint) if run.state_file.is_file() else {}
         best = run.read_best(hint) if run.best_file.is_file() else {}
-        runs.append({"dir": run.path, "model": label, **fields,
+        runs.append({"dir": run.path, "model": label, **fields, "config": cfg,
                      "predictions": run.read_predictions(),
                      "rows": rows, "num_classes": best.get("num_classes", 16), "meta": best,
                      "finished": state.get("status") == "finished"})
@@ -85,7 +85,8 @@ def mark_budgets(runs: list) -> list:
     """``runs`` with the label of each run trained for another number of epochs or at another
     image size than most of them tagged with it (``towernet +small_data 60ep``, ``... 160px``),
     so that one model at two budgets is two rows, never pooled, and :func:`one_change_pairs`
-    pairs them like any other tag. Of two values equally common, the smaller is the plain one."""
+    pairs them like any other tag. Of two values equally common, the smaller is the plain one.
+    Then :func:`mark_settings`."""
     runs = [dict(r) for r in runs]
     for key, unit in (("epochs", "ep"), ("image_size", "px")):
         counts = Counter(r[key] for r in runs)
@@ -93,6 +94,40 @@ def mark_budgets(runs: list) -> list:
         for r in runs:
             if r[key] != plain:
                 r["model"] = f"{r['model']} {r[key]}{unit}"
+    return mark_settings(runs)
+
+
+# Keys that tell runs of one study apart or say where they ran, not what they compute; the
+# label, the budget tags and changed_keys' own exclusions cover the rest.
+_NOT_SETTINGS = {"train.seed", "data.fold", "data.folds", "train.epochs", "data.image_size"}
+
+
+def mark_settings(runs: list) -> list:
+    """``runs`` with the label of each run whose config differs from the others of its label
+    (a report over two studies with another learning rate, say) tagged with the keys where it
+    differs from the most common value (``towernet optimizer.lr=0.05``), so that runs of other
+    settings are never pooled as one model's seeds. Keys some runs do not have (configs
+    written by another version) are not compared."""
+    by_label: dict = {}
+    for r in runs:
+        by_label.setdefault(r["model"], []).append(r)
+    for group in by_label.values():
+        configs = [r.get("config") for r in group]
+        if len(group) < 2 or not all(isinstance(c, dict) for c in configs):
+            continue
+        keys = set()
+        for c in configs[1:]:
+            keys.update(changed_keys(configs[0], c))
+        for key in sorted(keys - _NOT_SETTINGS):
+            section, _, name = key.partition(".")
+            if not all(name in c.get(section, {}) for c in configs):
+                continue
+            values = [repr(c[section][name]) for c in configs]
+            counts = Counter(values)
+            plain = max(sorted(counts), key=counts.get)
+            for r, c, value in zip(group, configs, values):
+                if value != plain:
+                    r["model"] = f"{r['model']} {key}={c[section][name]}"
     return runs
 
 
