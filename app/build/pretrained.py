@@ -55,11 +55,9 @@ def check_source(source: str, model_name: str) -> None:
 
 def resolve_source(source: str, model_name: str) -> Path:
     """The local file behind ``source`` (``imagenet`` is downloaded through Paddle, once)."""
+    check_source(source, model_name)
     if source != "imagenet":
-        path = Path(source)
-        if not path.is_file():
-            raise UserError(f"--pretrained {source}: file not found")
-        return path
+        return Path(source)
     from paddle.utils import download
 
     url, md5 = imagenet_url(model_name)

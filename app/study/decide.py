@@ -21,8 +21,8 @@ An undecided interval that lies above -D also rules out a loss of D or more (the
 so; the mirror of "cannot help by D", with the same error bound); one that does not yet is
 projected both ways: the units that would decide, and the fewer that would rule out the loss,
 the question for a change meant to be harmless (a faster precision, a cheaper recipe). A
-comparison is decided when its interval lies above 0 or below D. No decision comes from fewer than ``MIN_UNITS`` units:
-the spread of four numbers is too uncertain to bound anything.
+comparison is decided when its interval lies above 0 or below D. No decision comes from
+fewer than ``MIN_UNITS`` units: the spread of four numbers is too uncertain to bound anything.
 
 Repeated looks. A study run ``--until-decided`` looks after every unit from the
 ``MIN_UNITS``-th to its planned maximum and stops when it can; checking a plain 95% t interval
@@ -186,6 +186,16 @@ def critical_value(min_units: int, max_units: int, confidence: float = CONFIDENC
     return values[(max_units if n is None else n) - min_units]
 
 
+def points(value: float) -> str:
+    """A margin in words: ``1 point``, ``2 points``, ``0.5 points``."""
+    return f"{value:g} point{'' if value == 1 else 's'}"
+
+
+def loss_ruled_out(decision: dict, margin: float) -> bool:
+    """Whether an undecided decision's interval (``as_dict``) lies above ``-margin``."""
+    return bool(decision["interval_pp"]) and decision["interval_pp"][0] > -margin
+
+
 def classify(lo: float, hi: float, margin: float) -> str:
     """The decision an interval [lo, hi] (points) reads as, with the margin (module doc)."""
     d = f"{margin:g}"
@@ -244,24 +254,18 @@ def decide(gaps_pp, margin: float, plan: Plan = Plan()) -> Decision:
     mean, sd = float(gaps[:n].mean()), float(gaps[:n].std(ddof=1))
     c = plan.critical_value(n)
     half = c * sd / math.sqrt(n)
-    no_loss = None
-    if mean - half <= -margin:
-        no_loss = units_until(sd, n, mean + margin, plan)
+    # Decided once the half-width falls below max(mean, margin - mean); a loss of D ruled
+    # out once it falls below mean + margin.
+    no_loss = units_until(sd, n, mean + margin, plan) if mean - half <= -margin else None
     return Decision("undecided", n, mean, mean - half, mean + half, c,
-                    more_units_needed(mean, sd, n, margin, plan), no_loss)
-
-
-def more_units_needed(mean: float, sd: float, n: int, margin: float, plan: Plan) -> int | None:
-    """Units beyond ``n`` after which the interval would be decided if the mean and spread
-    stayed as they are: its half-width must fall below max(mean, margin - mean)."""
-    return units_until(sd, n, max(mean, margin - mean), plan)
+                    units_until(sd, n, max(mean, margin - mean), plan), no_loss)
 
 
 def units_until(sd: float, n: int, room: float, plan: Plan) -> int | None:
-    """Units beyond ``n`` after which the half-width c_k * sd / sqrt(k) falls below ``room``
-    (None when no number does: ``room`` is 0 or less). A sequential plan's own c_k are used up
-    to its last look, beyond it (and for a one-look study) the c of the last look, a slight
-    overestimate."""
+    """Units beyond ``n`` after which the half-width c_k * sd / sqrt(k) would fall below
+    ``room`` if the spread stayed as it is (None when no number does: ``room`` is 0 or less).
+    A sequential plan's own c_k are used up to its last look, beyond it (and for a one-look
+    study) the c of the last look, a slight overestimate."""
     if room <= 0:
         return None
     if plan.max_units is not None:

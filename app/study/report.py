@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.inspect import figures
-from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan, ordinal, plan_change_note
+from app.study.decide import (DEFAULT_MARGIN, MIN_UNITS, Plan, loss_ruled_out, ordinal,
+                               plan_change_note, points)
 from app.study.ledger import Ledger
 from app.study.runs import as_roots, mark_budgets, read_runs, report_dir_name
 from app.study.summary import model_costs, summarize
@@ -27,25 +28,18 @@ def _p_text(po: dict, model: str, baseline: str) -> str:
 def decisions_table(summary: dict) -> list:
     """The decisions as markdown lines: the table every report and study opens with."""
     rule = summary["decision_rule"]
-    margin = f"{rule['margin_pp']:g}"
-    points = "point" if rule["margin_pp"] == 1 else "points"
-    lines = [f"| model | against | decision (D = {margin} {points}) | gap, points (interval) "
-             "| P(model > against) | units | train img/s | params | GMACs |",
+    lines = [f"| model | against | decision (D = {points(rule['margin_pp'])}) "
+             "| gap, points (interval) | P(model > against) | units | train img/s | params | GMACs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for d in summary["decisions"]:
-        gap = "—" if d["mean_pp"] is None else f"{d['mean_pp']:+.1f}"
-        if d["interval_pp"]:
-            gap += f" ({d['interval_pp'][0]:+.1f} to {d['interval_pp'][1]:+.1f})"
         po = d["p_outperform"]
         enough = po["units"] >= rule["min_units"]
         p = (f"{po['p']:.2f} ({po['ci'][0]:.2f}-{po['ci'][1]:.2f})" if enough
              else f"— ({po['units']} unit{'' if po['units'] == 1 else 's'})")
-        verdict = f"**{d['verdict']}**" if d["decided"] else "undecided"
-        if not d["decided"]:
-            verdict += _projection(d, rule)
         marker = "" if d["kind"] == "attention" else " †" if d["kind"] == "setting" else " ‡"
         c = d["cost"]
-        lines.append(f"| {d['model']} | {d['against']}{marker} | {verdict} | {gap} | {p} | "
+        lines.append(f"| {d['model']} | {d['against']}{marker} | {_verdict(d, rule, bold=True)} "
+                     f"| {_gap(d)} | {p} | "
                      f"{d['units']} | {_ratio(c['train_images_per_s'])} | {_ratio(c['params'])} "
                      f"| {_ratio(c['gmacs'])} |")
     return lines
@@ -62,20 +56,33 @@ def _projection(d: dict, rule: dict) -> str:
         past = last is not None and d["units"] + more > last
         return f"~{more} more units" + (f" (past the plan's {last})" if past else "")
 
-    margin = f"{rule['margin_pp']:g} point" + ("" if rule["margin_pp"] == 1 else "s")
+    margin = points(rule["margin_pp"])
     text = f": {units(d['more_units'])}" if d["more_units"] is not None else ""
-    if d["interval_pp"][0] > -rule["margin_pp"]:
+    if loss_ruled_out(d, rule["margin_pp"]):
         return text + f"; a loss of {margin} or more ruled out"
     if d.get("more_units_no_loss") is not None:
         return text + f"; {units(d['more_units_no_loss'])} would rule out a loss of {margin}"
     return text
 
 
+def _gap(d: dict) -> str:
+    """The gap and its interval in points: ``+0.5 (-3.1 to +4.1)``."""
+    gap = "—" if d["mean_pp"] is None else f"{d['mean_pp']:+.1f}"
+    if d["interval_pp"]:
+        gap += f" ({d['interval_pp'][0]:+.1f} to {d['interval_pp'][1]:+.1f})"
+    return gap
+
+
+def _verdict(d: dict, rule: dict, bold: bool = False) -> str:
+    """The decision in words, an undecided one with its projection."""
+    if d["decided"]:
+        return f"**{d['verdict']}**" if bold else d["verdict"]
+    return "undecided" + _projection(d, rule)
+
+
 def decision_line(d: dict, rule: dict) -> str:
     """One decision as a line of a running study's output."""
-    gap = f"{d['mean_pp']:+.1f} ({d['interval_pp'][0]:+.1f} to {d['interval_pp'][1]:+.1f})"
-    verdict = d["verdict"] if d["decided"] else "undecided" + _projection(d, rule)
-    return f"after {d['units']} units: {d['model']} vs {d['against']}: {gap}, {verdict}"
+    return f"after {d['units']} units: {d['model']} vs {d['against']}: {_gap(d)}, {_verdict(d, rule)}"
 
 
 def decisions_section(summary: dict) -> list:

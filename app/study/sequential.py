@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from app.config.load import load_config
-from app.study.decide import Plan, plan_change_note
+from app.study.decide import Plan, loss_ruled_out, plan_change_note, points
 from app.study.ledger import Ledger, unit_estimate
 from app.study.report import decision_line, decisions_table, write_report
 from app.study.runner import plan_study, train_planned
@@ -117,14 +117,13 @@ def answered(decisions: list, margin: float, versus: bool = False,
     waited = [d for d in decisions if d["kind"] in kinds] or decisions
 
     def no_loss(d: dict) -> bool:
-        return (harmless and d["kind"] == "setting" and bool(d["interval_pp"])
-                and d["interval_pp"][0] > -margin)
+        return harmless and d["kind"] == "setting" and loss_ruled_out(d, margin)
 
     if not waited or not all(d["decided"] or no_loss(d) for d in waited):
         return None
     if all(d["decided"] for d in waited):
         return "decided"
-    return f"decided, or a loss of {margin:g} point{'' if margin == 1 else 's'} ruled out"
+    return f"decided, or a loss of {points(margin)} ruled out"
 
 
 def _versus_record(versus: tuple | None, overrides: list, recipe: str | None) -> dict | None:
