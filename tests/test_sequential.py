@@ -167,7 +167,7 @@ def test_versus_trains_each_model_with_and_without_the_change_and_waits_for_it(t
 
 
 def test_versus_refuses_a_change_the_runs_names_do_not_show(tiny_split, tmp_path):
-    for change in ("optimizer.lr=0.1", "train.amp=off", "recipe", "no-equals"):
+    for change in ("optimizer.lr=0.1", "train.amp=off", "recipe", "no-equals", "lr=0.1"):
         proc = run_cli("train.py", "--models", "towernet", "--versus", change, "--seeds", "0",
                        "--data", tiny_split, "--output", tmp_path / "s", *TINY)
         assert proc.returncode == 2, (change, proc.stderr)

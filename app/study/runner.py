@@ -55,7 +55,7 @@ def parse_versus(text: str, overrides: list, recipe: str | None) -> tuple:
     may be is checked against the runs' labels by :func:`plan_study`."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or not value.strip():
+    if not sep or not value.strip() or (key not in ("recipe", "pretrained") and "." not in key):
         raise UserError(f"--versus takes one change as key=value (train.amp=bf16, "
                         f"recipe=small_data, pretrained=imagenet); got {text!r}")
     if key == "recipe":
