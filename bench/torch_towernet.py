@@ -1,9 +1,10 @@
 """TowerNet, ResNet50 and MobileNetV2 in PyTorch, layer for layer as ours: the bench's reference.
 
 Only ``bench/throughput.py --reference torch|torch-cl`` runs this, as a child process (``serve``), and
-only when torch is importable; the project does not depend on torch. A process of its own
-keeps PyTorch as its users run it: none of ``app``'s environment (its malloc setting) and no
-second OpenMP runtime (Paddle's) spinning on the same two cores.
+only when torch is importable; the project does not depend on torch. ``bench/bf16_gradients.py
+--torch-python PYTHON`` runs its ``gradients`` with an interpreter that has torch. A process of
+its own keeps PyTorch as its users run it: none of ``app``'s environment (its malloc setting)
+and no second OpenMP runtime (Paddle's) spinning on the same two cores.
 
 Same architecture and maths: bias-free convs + BatchNorm(eps=1e-3, Paddle's momentum 0.9 =
 torch's 0.1) + ReLU, 3x3/2/1 max pools, the GoogLeNet Inception blocks, SimAM with
@@ -207,5 +208,40 @@ def serve() -> None:
               flush=True)
 
 
+def gradients(src: str, dst: str) -> None:
+    """Child side of ``bf16_gradients.py --torch-python``: the twin with the weights in
+    ``src`` (an .npz: w0..wN in our parameter order, Linear weights already [out, in], the batch
+    x, y, the model's name and the thread count), channels_last, training mode, dropout off;
+    writes the weight gradients of one step in float32 and under CPU autocast bfloat16 to
+    ``dst`` (fp32_0.., bf16_0.., and each pass's loss)."""
+    data = np.load(src)
+    torch.set_num_threads(int(data["threads"]))
+    net = TWINS[str(data["model"])](int(data["num_classes"])).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for i, p in enumerate(net.parameters()):
+            p.copy_(torch.from_numpy(data[f"w{i}"]))
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    net.train()
+    x = torch.from_numpy(data["x"]).contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(data["y"].reshape(-1))
+    out = {}
+    for name, bf16 in (("fp32", False), ("bf16", True), ("fp64", False)):
+        if name == "fp64":  # the reference every pass is measured against
+            net, x = net.double().to(memory_format=torch.contiguous_format), x.double().contiguous()
+        net.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        out[f"{name}_loss"] = np.float64(loss.item())
+        out.update({f"{name}_{i}": p.grad.numpy().astype(np.float64 if name == "fp64" else np.float32)
+                    for i, p in enumerate(net.parameters())})
+    np.savez(dst, **out)
+
+
 if __name__ == "__main__":
-    serve()
+    if sys.argv[1:2] == ["gradients"]:
+        gradients(*sys.argv[2:4])
+    else:
+        serve()

@@ -1,5 +1,8 @@
 """train.amp=bf16 on a CPU: the oneDNN backend's bfloat16 convolutions, a bf16 run end to end,
 and the one-line refusals where the CPU or the backend cannot do it."""
+import importlib.util
+import sys
+
 import numpy as np
 import paddle
 import pytest
@@ -294,3 +297,54 @@ def test_bf16_chains_can_be_switched_off(monkeypatch):
     finally:
         onednn.set_bf16_training(False)
     assert y.dtype == paddle.float32
+
+
+@needs_bf16
+def test_bf16_gradient_audit_measures_against_float64_and_names_a_layer_that_strays(tiny_run, monkeypatch, capsys):
+    from bench import bf16_gradients as audit
+    run = tiny_run[0] / "towernet_simam"
+    assert audit.main(["--run", str(run), "--batch-size", "6"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("parameters"))
+    assert header.split()[2:] == ["ours", "float32", "ours", "bf16", "rounding", "only", "ratio"]
+    fp32, bf16, rounding, ratio = map(float, next(
+        line.split() for line in out.splitlines() if line.startswith("all "))[2:6])
+    assert fp32 < 0.01 < rounding and fp32 < bf16  # float32 is near exact; bfloat16 is not
+    assert ratio == pytest.approx(bf16 / rounding, abs=0.01)
+
+    honest = audit.gradients  # a kernel that got one layer's bf16 weight gradient 3x too large
+    def faulty(network, x, y, bf16=False):
+        loss, grads = honest(network, x, y, bf16=bf16)
+        if bf16:
+            grads["inc2.p2.1.0.weight"] = grads["inc2.p2.1.0.weight"] * 3
+        return loss, grads
+    monkeypatch.setattr(audit, "gradients", faulty)
+    assert audit.main(["--run", str(run), "--batch-size", "6"]) == 0
+    top = capsys.readouterr().out.split("furthest beyond rounding")[1].split(": ", 1)[1]
+    assert top.startswith("inc2.p2.1.0.weight +")
+
+
+@needs_bf16
+def test_bf16_gradient_audit_refuses_what_it_cannot_measure(tmp_path):
+    proc = run_cli("bench/bf16_gradients.py", "--run", tmp_path / "nope")
+    assert proc.returncode == 2 and "run folder not found" in proc.stderr
+    proc = run_cli("bench/bf16_gradients.py", "--model", "towernet", "--batch-size", "1")
+    assert proc.returncode == 2 and "--batch-size" in proc.stderr
+    if importlib.util.find_spec("torch") is None:  # an interpreter without torch
+        proc = run_cli("bench/bf16_gradients.py", "--model", "towernet", "--batch-size", "2",
+                       "--image-size", "32", "--torch-python", sys.executable)
+        assert proc.returncode == 2 and "the PyTorch step failed (ModuleNotFoundError" in proc.stderr
+
+
+@needs_bf16
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_bf16_gradient_audit_gives_pytorch_the_same_weights_and_batch(tiny_run, capsys):
+    from bench import bf16_gradients as audit
+    run = tiny_run[0] / "towernet_simam"
+    assert audit.main(["--run", str(run), "--batch-size", "6", "--torch-python", sys.executable]) == 0
+    out = capsys.readouterr().out
+    losses = dict(part.rsplit(" ", 1) for part in out.splitlines()[0].split("; loss ")[1].split(", "))
+    assert float(losses["PyTorch float32"]) == pytest.approx(float(losses["float64"]), rel=1e-4)
+    fp32, _, _, torch32, _, _ = map(float, next(
+        line.split() for line in out.splitlines() if line.startswith("all "))[2:8])
+    assert torch32 < 0.01 and fp32 < 0.01  # one network in both frameworks
