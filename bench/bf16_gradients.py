@@ -15,7 +15,9 @@ same step (NCHW, Paddle's float64 kernels) by its relative L2 distance ``|g - g6
 
 The last column is ours bf16 over PyTorch's autocast (over rounding only without
 ``--torch-python``): near 1, our bfloat16 training is as exact as the reference; a layer far
-beyond rounding, where the rest are not, points at a kernel, not at the number format.
+beyond rounding, where the rest are not, points at a kernel, not at the number format. Also
+each way's median component along the float64 gradient, ``<g, g64> / |g64|^2``: a kernel that
+scales a gradient shows there.
 Dropout is off in every pass (one network). Parameters whose exact gradient is 0 (the bias of
 a BatchNorm whose output only reaches training-mode BatchNorms) are left out and named.
 
@@ -201,6 +203,10 @@ def main(argv=None) -> int:
         medians = {c: float(np.median([col[n] for n in members])) for c, col in columns.items()}
         print(f"{group:<12}{len(members):>5}" + "".join(f"{m:>18.4f}" for m in medians.values())
               + f"{medians['ours bf16'] / max(medians[against], 1e-300):>8.2f}")
+    along = {label: np.median([float((g[n] * g64[n]).sum() / (g64[n] ** 2).sum()) for n in kept])
+             for label, g in grads.items()}
+    print("median component along the float64 gradient (1: nothing lost or gained in its "
+          "direction): " + ", ".join(f"{k} {v:.3f}" for k, v in along.items()))
     bf16, rounding = columns["ours bf16"], columns["rounding only"]
     print(f"furthest beyond rounding (ours bf16 - rounding only; ours bf16, {against}): " + ", ".join(
         f"{n} {bf16[n] - rounding[n]:+.4f} ({bf16[n]:.4f}, {columns[against][n]:.4f})"

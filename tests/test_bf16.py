@@ -311,6 +311,8 @@ def test_bf16_gradient_audit_measures_against_float64_and_names_a_layer_that_str
         line.split() for line in out.splitlines() if line.startswith("all "))[2:6])
     assert fp32 < 0.01 < rounding and fp32 < bf16  # float32 is near exact; bfloat16 is not
     assert ratio == pytest.approx(bf16 / rounding, abs=0.01)
+    along = dict(part.rsplit(" ", 1) for part in out.split("direction): ")[1].splitlines()[0].split(", "))
+    assert float(along["ours float32"]) == pytest.approx(1, abs=0.01)
 
     honest = audit.gradients  # a kernel that got one layer's bf16 weight gradient 3x too large
     def faulty(network, x, y, bf16=False):
