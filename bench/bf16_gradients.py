@@ -5,7 +5,7 @@ One training-mode step (BatchNorm on the batch's statistics) on one batch, from 
 weights, several ways; each parameter's gradient is compared with the float64 gradient of the
 same step (NCHW, Paddle's float64 kernels) by its relative L2 distance ``|g - g64| / |g64|``:
 
-- ours float32: channels-last, the backend's float32 kernels, as training runs;
+- ours float32: as training runs it (channels-last where the model has it, the backend's kernels);
 - ours bf16: as ``-o train.amp=bf16`` trains (the backend's bf16 chains);
 - rounding only: float64 after rounding the weights and the input to bfloat16, the change any
   bfloat16 scheme makes before its first multiply, so a floor no bfloat16 training gets under;
@@ -48,6 +48,7 @@ import paddle  # noqa: E402
 from app.build.network import build_network  # noqa: E402
 from app.inspect.evaluate import eval_dataset, find_checkpoint  # noqa: E402
 from app.util.errors import UserError, exit_on_user_error  # noqa: E402
+from models import channels_last_capable  # noqa: E402
 from backend import onednn  # noqa: E402
 from bench.throughput import TWINS  # noqa: E402
 
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     exact = network_for(spec, state, channels_last=False, dtype="float64")
     losses, grads = {}, {}
     losses["float64"], g64 = gradients(exact, x, y)
-    ours = network_for(spec, state, channels_last=True)
+    ours = network_for(spec, state, channels_last=channels_last_capable(spec[0]))  # as train.py
     losses["ours float32"], grads["ours float32"] = gradients(ours, x, y)
     losses["ours bf16"], grads["ours bf16"] = gradients(ours, x, y, bf16=True)
     names = [n for n, _ in trainable(ours)]
