@@ -134,8 +134,9 @@ def bf16_rounded(a: np.ndarray) -> np.ndarray:
 
 def torch_gradients(python: str, model: str, num_classes: int, names: list, shapes: list,
                     state: dict, x, y) -> tuple:
-    """({"PyTorch float32": grads, "PyTorch autocast": grads}, losses) of the PyTorch twin
-    (bench/torch_towernet.py ``gradients``, run by ``python``) from the same weights and batch."""
+    """({"PyTorch float32" | "PyTorch autocast" | "PyTorch float64": grads}, losses) of the
+    PyTorch twin (bench/torch_towernet.py ``gradients``, run by ``python``) from the same
+    weights and batch."""
     if model not in TWINS:
         raise UserError(f"--torch-python: no PyTorch twin of {model} ({', '.join(TWINS)})")
     weights = {f"w{i}": (state[n].T if len(s) == 2 else state[n]) for i, (n, s) in enumerate(zip(names, shapes))}
@@ -151,7 +152,7 @@ def torch_gradients(python: str, model: str, num_classes: int, names: list, shap
             raise UserError(f"--torch-python {python}: the PyTorch step failed ({last})")
         out = dict(np.load(dst))
     grads, losses = {}, {}
-    for kind, label in (("fp32", "PyTorch float32"), ("bf16", "PyTorch autocast")):
+    for kind, label in (("fp32", "PyTorch float32"), ("bf16", "PyTorch autocast"), ("fp64", "PyTorch float64")):
         grads[label] = {n: (out[f"{kind}_{i}"].T if len(s) == 2 else out[f"{kind}_{i}"]).astype(np.float64)
                         for i, (n, s) in enumerate(zip(names, shapes))}
         losses[label] = float(out[f"{kind}_loss"])
@@ -183,6 +184,8 @@ def main(argv=None) -> int:
     if args.torch_python:
         more, more_losses = torch_gradients(args.torch_python, spec[0], spec[1], names,
                                             [p.shape for _, p in trainable(ours)], state, x, y)
+        twin = more.pop("PyTorch float64")
+        del more_losses["PyTorch float64"]
         grads.update(more)
         losses.update(more_losses)
     scale = np.median([np.linalg.norm(g) for g in g64.values()])
@@ -191,6 +194,9 @@ def main(argv=None) -> int:
     columns = {label: {n: distance(g[n], g64[n]) for n in kept} for label, g in grads.items()}
     against = "PyTorch autocast" if args.torch_python else "rounding only"
     print(f"{name}; loss " + ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+    if args.torch_python:  # the twin is the same function: its exact gradient is ours
+        print(f"PyTorch's float64 gradients against ours: median distance "
+              f"{np.median([distance(twin[n], g64[n]) for n in kept]):.1e}")
     if zero:
         print(f"left out: {len(zero)} parameters whose exact gradient is 0 (below {ZERO:g} of "
               f"the median parameter's): " + ", ".join(zero[:3]) + (", ..." if len(zero) > 3 else ""))

@@ -57,6 +57,17 @@ def test_simam_matches_numpy():
     np.testing.assert_allclose(run(create_attention("simam", 8), x), xd * sigmoid(y), atol=1e-5)
 
 
+def test_simam_computes_a_float64_input_in_float64():
+    # the float64 reference of bench/bf16_gradients.py: statistics and gate are not lowered
+    x = np.random.default_rng(1).standard_normal((2, 8, 5, 6))
+    lam, n = 1e-4, 5 * 6 - 1
+    d = (x - x.mean(axis=(2, 3), keepdims=True)) ** 2
+    y = d / (4 * (d.sum(axis=(2, 3), keepdims=True) / n + lam)) + 0.5
+    out = create_attention("simam", 8)(paddle.to_tensor(x))
+    assert out.dtype == paddle.float64
+    np.testing.assert_allclose(out.numpy(), x * sigmoid(y), rtol=1e-12, atol=1e-12)
+
+
 def test_simam_keeps_a_half_precision_input_dtype():
     # AMP feeds SimAM bfloat16/float16 activations on a GPU; on CPU Paddle has bfloat16
     # kernels only. The output keeps the input's dtype and agrees with the float32 result

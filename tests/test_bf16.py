@@ -347,6 +347,7 @@ def test_bf16_gradient_audit_gives_pytorch_the_same_weights_and_batch(tiny_run, 
     out = capsys.readouterr().out
     losses = dict(part.rsplit(" ", 1) for part in out.splitlines()[0].split("; loss ")[1].split(", "))
     assert float(losses["PyTorch float32"]) == pytest.approx(float(losses["float64"]), rel=1e-4)
+    assert float(out.split("PyTorch's float64 gradients against ours: median distance ")[1].split()[0]) < 1e-8
     fp32, _, _, torch32, _, _ = map(float, next(
         line.split() for line in out.splitlines() if line.startswith("all "))[2:8])
     assert torch32 < 0.01 and fp32 < 0.01  # one network in both frameworks

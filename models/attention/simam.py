@@ -42,11 +42,12 @@ class SimAM(nn.Layer):
         # multi-threaded, and a backward that is one outer product) instead of Paddle's
         # single-threaded reduce and broadcast-expand; the denominator 4*(sum/n + lambda) is
         # one fused scale and the division a multiply by its reciprocal. The statistics and
-        # the gate are float32 even for half-precision input (AMP on a GPU).
+        # the gate are float32 even for half-precision input (AMP on a GPU), float64 for float64.
         rows = x.reshape([-1, m])
         with paddle.amp.auto_cast(enable=False):
-            rows32 = rows if rows.dtype == paddle.float32 else rows.astype("float32")
-            ones = paddle.ones([m, 1], dtype="float32")
+            half = rows.dtype in (paddle.float16, paddle.bfloat16)
+            rows32 = rows.astype("float32") if half else rows
+            ones = paddle.ones([m, 1], dtype=rows32.dtype)
             d = (rows32 - paddle.scale(paddle.matmul(rows32, ones), scale=1.0 / m)).square()
             inv_denom = paddle.reciprocal(
                 paddle.scale(paddle.matmul(d, ones), scale=4.0 / n, bias=4.0 * self.e_lambda))
