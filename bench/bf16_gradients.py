@@ -17,17 +17,17 @@ The last column is ours bf16 over PyTorch's autocast (over rounding only without
 ``--torch-python``): near 1, our bfloat16 training is as exact as the reference; a layer far
 beyond rounding, where the rest are not, points at a kernel, not at the number format. Also
 each way's median component along the float64 gradient, ``<g, g64> / |g64|^2``: a kernel that
-scales a gradient shows there.
-Dropout is off in every pass (one network). Parameters whose exact gradient is 0 (the bias of
-a BatchNorm whose output only reaches training-mode BatchNorms) are left out and named.
+scales a gradient shows there. Dropout is off in every pass (one network). Parameters whose
+exact gradient is 0 (the bias of a BatchNorm whose output only reaches training-mode
+BatchNorms) are left out and named.
 
   python bench/bf16_gradients.py --run RUN_DIR [--torch-python /venv-with-torch/bin/python]
   python bench/bf16_gradients.py --model resnet50      # initial weights, a random batch
 
 Use a trained run: at their initial weights, deep networks' gradients are chaotic (rounding
-alone moves ResNet-50's and MobileNetV2's by ~100%), so the distances say little there.
+alone moves ResNet-50's by ~110% and MobileNetV2's by ~80%), so the distances say little there.
 A diagnostic, not a test: the distances depend on the weights and the batch.
-Measurements: docs/speed.md.
+Measurements: docs/findings.md, section 4.
 """
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
 from app.build.network import build_network  # noqa: E402
-from app.inspect.evaluate import eval_dataset, find_checkpoint  # noqa: E402
+from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network  # noqa: E402
 from app.util.errors import UserError, exit_on_user_error  # noqa: E402
-from models import channels_last_capable  # noqa: E402
 from backend import onednn  # noqa: E402
 from bench.throughput import TWINS  # noqa: E402
+from models import channels_last_capable  # noqa: E402
 
 ZERO = 1e-9  # an exact gradient this far below the median parameter's is 0 in exact arithmetic
 
@@ -76,7 +76,6 @@ def load(args) -> tuple:
     rng = np.random.default_rng(args.seed)
     if args.run:
         weights, meta = find_checkpoint(args.run)
-        from app.inspect.evaluate import load_network
         state = load_network(weights, meta).state_dict()
         ds = eval_dataset(meta, args.data)
         picks = np.linspace(0, len(ds) - 1, min(args.batch_size, len(ds))).round().astype(int)
