@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--versus", metavar="KEY=VALUE",
                    help="study: also train every model with this one change and decide it: "
                         "train.amp=bf16, recipe=small_data (or a recipe file), "
-                        "pretrained=imagenet|PATH")
+                        "pretrained=imagenet|PATH, or any section.key=value (optimizer.lr=0.05)")
     p.add_argument("--until-decided", action="store_true",
                    help="study: train whole units (every model at one seed x fold) one after "
                         "another and stop when each attention module is decided against its "

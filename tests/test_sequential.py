@@ -166,8 +166,32 @@ def test_versus_trains_each_model_with_and_without_the_change_and_waits_for_it(t
     assert "towernet_simam+small_data-s4" in runs_of(out) and "towernet-s5" not in runs_of(out)
 
 
-def test_versus_refuses_a_change_the_runs_names_do_not_show(tiny_split, tmp_path):
-    for change in ("optimizer.lr=0.1", "train.amp=off", "recipe", "no-equals", "lr=0.1"):
+def test_versus_decides_any_setting_naming_the_changed_runs(tiny_split, tmp_path):
+    out = tmp_path / "study"
+    proc = run_cli("train.py", "--models", "towernet,towernet_simam", "--versus", "optimizer.lr=0.05",
+                   "--seeds", "0,1", "--data", tiny_split, "--output", out, *TINY, check=True)
+    assert runs_of(out) == ["towernet-optimizer.lr=0.05-s0", "towernet-optimizer.lr=0.05-s1",
+                            "towernet-s0", "towernet-s1",
+                            "towernet_simam-optimizer.lr=0.05-s0", "towernet_simam-optimizer.lr=0.05-s1",
+                            "towernet_simam-s0", "towernet_simam-s1"]
+    report = json.loads((out / "report.json").read_text())
+    pairs = {(p["model"], p["plain"]): p for p in report["one_change"]}
+    # the changed runs are the marked side, whatever the values' order (0.05 > the default 0.01)
+    assert ("towernet optimizer.lr=0.05", "towernet") in pairs
+    assert ("towernet_simam optimizer.lr=0.05", "towernet_simam") in pairs
+    assert pairs[("towernet optimizer.lr=0.05", "towernet")]["units"] == [[0, None], [1, None]]
+    assert "changes nothing" not in proc.stderr
+    # a smaller value than the default is marked too, not the unchanged runs
+    out = tmp_path / "lower"
+    run_cli("train.py", "--models", "towernet", "--versus", "optimizer.lr=0.001", "--seeds", "0",
+            "--data", tiny_split, "--output", out, *TINY, check=True)
+    (pair,) = json.loads((out / "report.json").read_text())["one_change"]
+    assert (pair["model"], pair["plain"]) == ("towernet optimizer.lr=0.001", "towernet")
+
+
+def test_versus_refuses_a_change_that_changes_nothing(tiny_split, tmp_path):
+    for change in ("optimizer.lr=0.01", "train.amp=off", "train.threads=1", "recipe", "no-equals",
+                   "lr=0.1", "train.change=x"):
         proc = run_cli("train.py", "--models", "towernet", "--versus", change, "--seeds", "0",
                        "--data", tiny_split, "--output", tmp_path / "s", *TINY)
         assert proc.returncode == 2, (change, proc.stderr)

@@ -18,7 +18,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_FILE = CONFIG_DIR / "default.yaml"
 
 # Keys whose default is null: the type they take when set.
-NULLABLE = {"output.name": str, "model.pretrained": str, "data.fold": int, "data.folds": int}
+NULLABLE = {"output.name": str, "model.pretrained": str, "data.fold": int, "data.folds": int,
+            "train.change": str}
 # Keys that take true, false or one of these words.
 FLAG_OR_WORD = {"data.cache": ("auto",)}
 # Keys restricted to a fixed set of values.

@@ -103,8 +103,9 @@ def decisions_section(summary: dict) -> list:
             f"half), Wilson interval; not given below {rule['min_units']} units. Costs are "
             f"ratios to what it is compared with. Rows without a mark compare an attention "
             f"module with its host (what `--until-decided` waits for); † one setting (recipe, "
-            f"precision, pretrained source, budget; waited for too when it is the study's "
-            f"`--versus` change); ‡ another model against the baseline.", ""]
+            f"precision, pretrained source, budget or another key, `optimizer.lr=0.05`; waited "
+            f"for too when it is the study's `--versus` change); ‡ another model against the "
+            f"baseline.", ""]
 
 
 def _units_text(m: dict) -> str:

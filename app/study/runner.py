@@ -19,7 +19,7 @@ from app.run.folder import RunFolder
 from app.run.lock import RunBusy
 from app.study.parallel import run_side_by_side
 from app.study.report import to_markdown, write_report
-from app.study.runs import read_runs, resumed_config, run_label, study_run_name
+from app.study.runs import read_runs, resumed_config, run_label, setting_text, study_run_name
 from app.train import trainer
 from app.util.errors import UserError
 
@@ -51,13 +51,15 @@ def run_study(config_file, models: list, seeds: list, overrides: list,
 
 def parse_versus(text: str, overrides: list, recipe: str | None) -> tuple:
     """``--versus`` as (overrides, recipe) of the changed runs: ``recipe=NAME`` (a recipe or
-    a recipe file), ``pretrained=SOURCE``, or any ``section.key=value``. What a change
-    may be is checked against the runs' labels by :func:`plan_study`."""
+    a recipe file), ``pretrained=SOURCE``, or any ``section.key=value``. How the changed runs
+    are told apart is settled by :func:`plan_study` (:func:`_versus_side`)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not value.strip() or (key not in ("recipe", "pretrained") and "." not in key):
         raise UserError(f"--versus takes one change as key=value (train.amp=bf16, "
-                        f"recipe=small_data, pretrained=imagenet); got {text!r}")
+                        f"recipe=small_data, pretrained=imagenet, optimizer.lr=0.05); got {text!r}")
+    if key == "train.change":
+        raise UserError("--versus sets train.change itself: give the setting to change")
     if key == "recipe":
         return list(overrides), value.strip()
     change = ("model.pretrained", value.strip()) if key == "pretrained" else parse_override(text)
@@ -80,7 +82,7 @@ def plan_study(config_file, models: list, units: list, overrides: list, folds: i
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     sides = [(list(overrides), recipe)] + ([versus] if versus else [])
     if versus:
-        _check_versus(config_file, models[0], sides)
+        sides[1] = _versus_side(config_file, models[0], sides)
     output, plan = None, []
     for seed, fold in units:
         for side_overrides, side_recipe in sides:
@@ -107,15 +109,21 @@ def plan_study(config_file, models: list, units: list, overrides: list, folds: i
     return output, plan
 
 
-def _check_versus(config_file, model: str, sides: list) -> None:
-    """A change must tell its runs apart in their names and the report (precision, recipe,
-    pretrained source); any other would train over the runs it is compared with."""
-    base, changed = (run_label(load_config(config_file, model, o, r)) for o, r in sides)
-    if base == changed:
-        raise UserError(f"--versus changes nothing a run's name shows ({model} either way): "
-                        f"it takes a change of precision (train.amp=bf16), recipe "
-                        f"(recipe=small_data) or starting weights (pretrained=imagenet); "
-                        f"compare other settings as two studies (eval.py --compare A B)")
+def _versus_side(config_file, model: str, sides: list) -> tuple:
+    """The changed side of a ``--versus`` study. A precision, recipe or starting weights shows
+    in the runs' labels and names as it is; any other change that alters what a run computes
+    is written into the changed runs' ``train.change`` (``optimizer.lr=0.05``), which names
+    them (``towernet-optimizer.lr=0.05-s0``) and makes them the marked side in reports. A change
+    that alters nothing a run computes is one line."""
+    base, changed = (load_config(config_file, model, o, r) for o, r in sides)
+    if run_label(base) != run_label(changed):
+        return sides[1]
+    keys = changed_keys(base, changed)
+    if not keys:
+        raise UserError(f"--versus changes nothing a run computes ({model}'s config is the same "
+                        f"either way, up to where and how fast it runs)")
+    change = ",".join(f"{key}={setting_text(changed, key)}" for key in keys)
+    return [*sides[1][0], ("train.change", change)], sides[1][1]
 
 
 def train_planned(plan: list, output: Path, jobs: int = 1) -> int:

@@ -1,6 +1,7 @@
 """The runs of a study: their names and report labels, and every run below a folder, read."""
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -15,8 +16,12 @@ from app.util.errors import UserError
 
 def study_run_name(model: str, seed: int, cfg: dict | None = None, fold: int | None = None) -> str:
     """``<model>-s<seed>`` (``-f<fold>`` in a K-fold study); a pretrained run is
-    ``<model>@<source tag>-s<seed>`` (see run_label)."""
+    ``<model>@<source tag>-s<seed>`` (see run_label), a run of a ``--versus`` change that
+    its label does not show ``<model>-<change>-s<seed>`` (``towernet-optimizer.lr=0.05-s0``)."""
     label = run_label(cfg) if cfg else model
+    change = (cfg or {}).get("train", {}).get("change")
+    if change:
+        label += " " + re.sub(r"[\\/\s]", "_", change)
     name = label.replace(" @", "@").replace(" +", "+").replace(" ", "-")
     return check_name(f"{name}-s{seed}" + ("" if fold is None else f"-f{fold}"), "study run name")
 
@@ -118,17 +123,30 @@ def mark_settings(runs: list) -> list:
         keys = set()
         for c in configs[1:]:
             keys.update(changed_keys(configs[0], c))
-        for key in sorted(keys - _NOT_SETTINGS):
+        # a --versus study's unchanged runs (no train.change) hold the plain value
+        unchanged = [not c.get("train", {}).get("change") for c in configs]
+        for key in sorted(keys - _NOT_SETTINGS - {"train.change"}):
             section, _, name = key.partition(".")
             if not all(name in c.get(section, {}) for c in configs):
                 continue
-            values = [repr(c[section][name]) for c in configs]
+            values = [setting_text(c, key) for c in configs]
+            base = {v for v, plain_run in zip(values, unchanged) if plain_run}
             counts = Counter(values)
-            plain = max(sorted(counts), key=counts.get)
-            for r, c, value in zip(group, configs, values):
+            plain = (base.pop() if len(base) == 1 and not all(unchanged)
+                     else max(sorted(counts), key=counts.get))
+            for r, value in zip(group, values):
                 if value != plain:
-                    r["model"] = f"{r['model']} {key}={c[section][name]}"
+                    r["model"] = f"{r['model']} {key}={value}"
     return runs
+
+
+def setting_text(cfg: dict, key: str) -> str:
+    """``cfg``'s value of ``section.name`` as one word for a label or a run name: a string as
+    it is, anything else as compact JSON (``0.05``, ``true``, ``[2,9]``)."""
+    section, _, name = key.partition(".")
+    value = cfg[section][name]
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return re.sub(r"\s", "_", text)
 
 
 def as_roots(roots) -> list[Path]:
