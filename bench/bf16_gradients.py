@@ -131,14 +131,18 @@ def bf16_rounded(a: np.ndarray) -> np.ndarray:
     return paddle.to_tensor(a).astype("bfloat16").astype("float32").numpy()
 
 
-def torch_gradients(python: str, model: str, num_classes: int, names: list, shapes: list,
-                    state: dict, x, y) -> tuple:
-    """({"PyTorch float32" | "PyTorch autocast" | "PyTorch float64": grads}, losses) of the
-    PyTorch twin (bench/torch_towernet.py ``gradients``, run by ``python``) from the same
-    weights and batch."""
+def torch_gradients(python: str, model: str, num_classes: int, params: list, state: dict,
+                    x, y) -> tuple:
+    """({"PyTorch float32" | "PyTorch autocast": grads}, their losses, the float64 grads) of
+    the PyTorch twin (bench/torch_towernet.py ``gradients``, run by ``python``) from the same
+    weights (``state``; ``params``: :func:`trainable`, the twin's order) and batch."""
     if model not in TWINS:
         raise UserError(f"--torch-python: no PyTorch twin of {model} ({', '.join(TWINS)})")
-    weights = {f"w{i}": (state[n].T if len(s) == 2 else state[n]) for i, (n, s) in enumerate(zip(names, shapes))}
+
+    def ours_to_torch(a, p):  # Linear weights: [in, out] here, [out, in] in PyTorch
+        return a.T if p.ndim == 2 else a
+
+    weights = {f"w{i}": ours_to_torch(state[n], p) for i, (n, p) in enumerate(params)}
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
         np.savez(src, **weights, x=x, y=y, model=model, num_classes=num_classes,
@@ -150,12 +154,11 @@ def torch_gradients(python: str, model: str, num_classes: int, names: list, shap
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise UserError(f"--torch-python {python}: the PyTorch step failed ({last})")
         out = dict(np.load(dst))
-    grads, losses = {}, {}
-    for kind, label in (("fp32", "PyTorch float32"), ("bf16", "PyTorch autocast"), ("fp64", "PyTorch float64")):
-        grads[label] = {n: (out[f"{kind}_{i}"].T if len(s) == 2 else out[f"{kind}_{i}"]).astype(np.float64)
-                        for i, (n, s) in enumerate(zip(names, shapes))}
-        losses[label] = float(out[f"{kind}_loss"])
-    return grads, losses
+    grads = {kind: {n: ours_to_torch(out[f"{kind}_{i}"], p).astype(np.float64)
+                    for i, (n, p) in enumerate(params)} for kind in ("fp32", "bf16", "fp64")}
+    return ({"PyTorch float32": grads["fp32"], "PyTorch autocast": grads["bf16"]},
+            {"PyTorch float32": float(out["fp32_loss"]), "PyTorch autocast": float(out["bf16_loss"])},
+            grads["fp64"])
 
 
 def distance(g, reference) -> float:
@@ -181,10 +184,8 @@ def main(argv=None) -> int:
     losses["rounding only"], grads["rounding only"] = gradients(
         network_for(spec, rounded, channels_last=False, dtype="float64"), bf16_rounded(x), y)
     if args.torch_python:
-        more, more_losses = torch_gradients(args.torch_python, spec[0], spec[1], names,
-                                            [p.shape for _, p in trainable(ours)], state, x, y)
-        twin = more.pop("PyTorch float64")
-        del more_losses["PyTorch float64"]
+        more, more_losses, twin = torch_gradients(args.torch_python, spec[0], spec[1],
+                                                  trainable(ours), state, x, y)
         grads.update(more)
         losses.update(more_losses)
     scale = np.median([np.linalg.norm(g) for g in g64.values()])
