@@ -8,6 +8,7 @@ runs on, blocked copies included, is a Paddle tensor, so Paddle's allocator owns
 from __future__ import annotations
 
 import ctypes as C
+import os
 
 import paddle
 
@@ -28,6 +29,7 @@ _ARG_SRC_1 = 2
 
 _Dims = C.c_int64 * 12
 MATMUL_PIXELS = 4096  # ConvPlan: 1x1 bf16 weight gradients on oneDNN's matmul up to this many N*H*W
+GATHER_PIXELS = 1024  # ... and strided ones (gathered first) up to this many output pixels
 
 
 class _ExecArg(C.Structure):
@@ -105,10 +107,10 @@ class Dnnl:
         self.check(self.lib.dnnl_memory_create(C.byref(m), C.c_void_p(md), self.engine, C.c_void_p(0)))
         return m
 
-    def execute(self, primitive: C.c_void_p, args: list[tuple[int, C.c_void_p, paddle.Tensor]]) -> None:
+    def execute(self, primitive: C.c_void_p, args: list[tuple[int, C.c_void_p, paddle.Tensor | int]]) -> None:
         packed = (_ExecArg * len(args))()
-        for i, (arg, memory, tensor) in enumerate(args):
-            self.lib.dnnl_memory_set_data_handle(memory, tensor.data_ptr())
+        for i, (arg, memory, tensor) in enumerate(args):  # a tensor, or an address inside one
+            self.lib.dnnl_memory_set_data_handle(memory, tensor if isinstance(tensor, int) else tensor.data_ptr())
             packed[i] = _ExecArg(arg, memory)
         self.check(self.lib.dnnl_primitive_execute(primitive, self.stream, len(args), packed))
 
@@ -225,24 +227,25 @@ class ConvPlan:
                                                     "db": self.plain["b"]})
         self.implementations = {"forward": impl_name(dnnl, fwd), "backward_data": impl_name(dnnl, bwd_data),
                                 "backward_weights": impl_name(dnnl, bwd_weights)}
-        # A 1x1 stride-1 bf16 channels-last convolution's weight gradient is one matrix product,
-        # dW[co, ci] = dy[M, co]^T @ x[M, ci] over the M = N*H*W pixels. Where oneDNN has no
-        # brgemm backward-weights kernel for this CPU (AVX512-BF16: its older JIT one, which also
-        # writes a blocked gradient to be reordered) and the maps are small, its brgemm matmul
-        # computes it, straight into Paddle's [co, ci, 1, 1] layout, from the bfloat16 input and
-        # upstream gradient the other two passes already hold. On larger maps the JIT kernel is
-        # the faster one (docs/speed.md: ResNet-50's 1x1 convs).
+        # A bf16 channels-last convolution's weight gradient is one matrix product over its
+        # M = N*Ho*Wo output pixels, dW = dy[M, co]^T @ cols[M, kh*kw*ci] (_WeightGradientMatmul).
+        # Where oneDNN has no brgemm backward-weights kernel for this CPU (AVX512-BF16: its older
+        # JIT one, which also writes a blocked gradient to be reordered), its brgemm matmul is the
+        # faster of the two for 1x1 stride-1 convolutions on small maps (cols is the input the
+        # other passes already hold) and for strided ones on small outputs (the JIT kernel is at
+        # its slowest there; cols gathered first). Elsewhere the JIT kernel is the faster
+        # (docs/speed.md: ResNet-50's weight gradients).
         self.weights_matmul = None
-        m = n * h * w
-        if (bf16 and nhwc and not bias and groups == 1 and (kh, kw) == (1, 1) and stride == (1, 1)
-                and padding == (0, 0) and m <= MATMUL_PIXELS
-                and self.implementations["backward_weights"].startswith("jit_bf16")):
-            mds = {"dy": dnnl.strided_desc([co, m], [1, co], _BF16),
-                   "x": dnnl.strided_desc([m, ci_g], [ci_g, 1], _BF16),
-                   "dw": dnnl.strided_desc([co, ci_g], [ci_g, 1], _F32)}
-            matmul = _matmul(dnnl, mds["dy"], mds["x"], mds["dw"])
-            self.weights_matmul = self._pass(matmul, mds)
-            self.implementations["backward_weights"] = "matmul " + impl_name(dnnl, matmul)
+        m = n * out_hw[0] * out_hw[1]
+        strided = stride != (1, 1) and m <= GATHER_PIXELS
+        if (bf16 and nhwc and not bias and groups == 1 and dilation == (1, 1)
+                and self.implementations["backward_weights"].startswith("jit_bf16")
+                and (strided or ((kh, kw) == (1, 1) and stride == (1, 1) and m <= MATMUL_PIXELS))):
+            try:
+                self.weights_matmul = _WeightGradientMatmul(dnnl, x_shape, w_shape, stride, padding, out_hw)
+                self.implementations["backward_weights"] = self.weights_matmul.name
+            except RuntimeError:  # a tap's window that oneDNN does not take as one strided block
+                pass              # (on odd maps: its rows overrun an image's size); the conv kernel
         self._reorders: dict[tuple[int, int], _Reorder] = {}
         self._plain_cache: dict[tuple[str, int], bool] = {}
         # bf16: the forward's bfloat16 input is kept for backward-weights when that pass reads
@@ -326,10 +329,9 @@ class ConvPlan:
                 w = self._reorder(w, self.fwd["md"]["w"], md["w"], self.dnnl.empty(md["w"]))
             self.run(self.bwd_data, dy=dy_data, w=w, dx=dx)
             dx = self.from_pass(dx, "x", md["dx"])
-        if need_weights and self.weights_matmul is not None:
-            dw, mem = empty(self.shapes["w"]), self.weights_matmul["mem"]
-            self.dnnl.execute(self.weights_matmul["primitive"], [
-                (_ARG_SRC, mem["dy"], dy_data), (_ARG_WEIGHTS, mem["x"], x), (_ARG_DST, mem["dw"], dw)])
+        if need_weights and self.weights_matmul is not None and (  # the switch: bench/ab_switch.py
+                self.weights_matmul.cols is None or os.environ.get("TOWERNET_WEIGHTS_GATHER", "1") != "0"):
+            dw = self.weights_matmul(x, dy_data)
         elif need_weights:
             md = self.bwd_weights["md"]
             dw = self.output("w", md["dw"])
@@ -340,6 +342,67 @@ class ConvPlan:
                      dy=dy_data if self.dy_shared else self.to_pass(dy, "y", md["dy"]), **extra)
             dw = self.from_pass(dw, "w", md["dw"])
         return dx, dw, db
+
+
+class _WeightGradientMatmul:
+    """A bf16 channels-last convolution's weight gradient (groups 1, dilation 1, no bias) on
+    oneDNN's matmul: dW[co, (i, j, c)] = sum over the M output pixels of dy[m, co] * cols[m, (i, j, c)].
+
+    ``cols[m, (i, j, c)]`` is the input pixel that kernel tap (i, j) reads for output pixel m,
+    channel c, or 0 where the tap falls on padding: an im2col. For a 1x1 stride-1 convolution
+    it is the input itself. Otherwise one bf16 reorder per tap copies the tap's valid window
+    into a buffer the plan keeps; the windows are the same every call, so the entries that
+    stand for padding are never written and stay zero. The product comes out [co, kh, kw, ci], reordered to
+    Paddle's [co, ci, kh, kw] (a 1x1 one is in it already).
+    """
+
+    def __init__(self, dnnl: Dnnl, x_shape: list[int], w_shape: list[int], stride: tuple[int, int],
+                 padding: tuple[int, int], out_hw: list[int]) -> None:
+        n, ci, h, w = x_shape
+        co, _, kh, kw = w_shape
+        (sh, sw), (ph, pw), (ho, wo) = stride, padding, out_hw
+        self.dnnl, self.w_shape, self.m, self.k = dnnl, w_shape, n * ho * wo, kh * kw * ci
+        self.cols, self.taps = None, []
+        if (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
+            self.cols = paddle.zeros([self.m, self.k], paddle.bfloat16)
+            for i in range(kh):
+                for j in range(kw):
+                    # output rows whose tap i reads a row of x: 0 <= r*sh + i - ph < h
+                    r0, r1 = -((i - ph) // sh), min(ho, (h - 1 + ph - i) // sh + 1)
+                    c0, c1 = -((j - pw) // sw), min(wo, (w - 1 + pw - j) // sw + 1)
+                    r0, c0 = max(r0, 0), max(c0, 0)
+                    if r1 <= r0 or c1 <= c0:
+                        continue  # this tap reads padding only
+                    window = [n, r1 - r0, c1 - c0, ci]
+                    src = dnnl.strided_desc(window, [h * w * ci, sh * w * ci, sw * ci, 1], _BF16)
+                    dst = dnnl.strided_desc(window, [ho * wo * self.k, wo * self.k, self.k, 1], _BF16)
+                    src_at = ((r0 * sh + i - ph) * w + c0 * sw + j - pw) * ci * 2  # bytes
+                    dst_at = ((r0 * wo + c0) * self.k + (i * kw + j) * ci) * 2
+                    self.taps.append((_Reorder(dnnl, src, dst), src_at, dst_at))
+        mds = {"dy": dnnl.strided_desc([co, self.m], [1, co], _BF16),
+               "cols": dnnl.strided_desc([self.m, self.k], [self.k, 1], _BF16),
+               "dw": dnnl.strided_desc([co, self.k], [self.k, 1], _F32)}
+        pd = _matmul(dnnl, mds["dy"], mds["cols"], mds["dw"])
+        self.primitive, self.mem = dnnl.primitive(pd), {k: dnnl.memory(md) for k, md in mds.items()}
+        self.name = ("matmul " if self.cols is None else "gather + matmul ") + impl_name(dnnl, pd)
+        self.to_oihw = None
+        if (kh, kw) != (1, 1):
+            self.to_oihw = _Reorder(dnnl, dnnl.strided_desc(w_shape, [self.k, 1, kw * ci, ci], _F32),
+                                    dnnl.memory_desc(w_shape, _TAG_NCHW))
+
+    def __call__(self, x: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
+        """dW in Paddle's layout from the bf16 channels-last input and upstream gradient."""
+        cols = x
+        if self.cols is not None:
+            cols, x_at, cols_at = self.cols, x.data_ptr(), self.cols.data_ptr()
+            for reorder, src_at, dst_at in self.taps:
+                self.dnnl.execute(reorder.primitive, [(_ARG_SRC, reorder.src, x_at + src_at),
+                                                      (_ARG_DST, reorder.dst, cols_at + dst_at)])
+        dw = empty(self.w_shape)
+        out = dw if self.to_oihw is None else empty(self.w_shape)
+        self.dnnl.execute(self.primitive, [(_ARG_SRC, self.mem["dy"], dy), (_ARG_WEIGHTS, self.mem["cols"], cols),
+                                           (_ARG_DST, self.mem["dw"], out)])
+        return dw if self.to_oihw is None else self.to_oihw(out, dw)
 
 
 def _matmul(dnnl: Dnnl, a: int, b: int, c: int) -> C.c_void_p:

@@ -7,8 +7,9 @@ One network, built and stepped as ``train.py`` does (``throughput.setup``), runs
 alternating by round), ``--rounds`` times. Both sides share the process, the weights' memory
 and each busy spell of a shared machine, so the per-round ratio off/on is far steadier than
 two separate ``throughput.py`` runs. The switches the backend reads on every call:
-``TOWERNET_FUSED`` (backend/fused.py) and ``TOWERNET_ONEDNN`` (backend/onednn.py). A benchmark,
-not a test. Figures: docs/speed.md.
+``TOWERNET_FUSED`` (backend/fused.py), ``TOWERNET_ONEDNN`` (backend/onednn.py) and
+``TOWERNET_WEIGHTS_GATHER`` (backend/_dnnl.py: strided bf16 weight gradients on the gathered
+matmul, 0: on the convolution kernel). A benchmark, not a test. Figures: docs/speed.md.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from app.util.errors import UserError, exit_on_user_error  # noqa: E402
 from bench.throughput import setup  # noqa: E402
 from bench.timing import timed  # noqa: E402
 
-SWITCHES = ("TOWERNET_FUSED", "TOWERNET_ONEDNN")
+SWITCHES = ("TOWERNET_FUSED", "TOWERNET_ONEDNN", "TOWERNET_WEIGHTS_GATHER")
 
 
 def run(args) -> dict:

@@ -11,7 +11,7 @@ from app.build.model import amp_configs_for
 from app.config.load import load_config, parse_override
 from app.run.folder import RunFolder
 from app.util.errors import UserError
-from backend import onednn
+from backend import _dnnl, onednn
 from conftest import run_cli, train_cut_in_epoch_2
 
 HAS_BF16 = bool(onednn.cpu_bf16_flags()) and onednn.available()
@@ -140,13 +140,16 @@ def bf16_rounded(a):
 
 
 @needs_bf16
-@pytest.mark.parametrize("k,stride,x_bf16", [(1, 1, True), (1, 1, False), (1, 2, True), (3, 1, True)])
-def test_bf16_channels_last_weight_gradient_is_the_bfloat16_product_summed_in_float32(k, stride, x_bf16):
+@pytest.mark.parametrize("k,stride,hw,x_bf16", [(1, 1, 8, True), (1, 1, 8, False), (1, 2, 8, True), (3, 1, 8, True),
+                                                (3, 2, 8, True), (3, 2, 8, False), (5, 2, 10, True), (3, 2, 7, True),
+                                                (1, 2, 64, True)])
+def test_bf16_channels_last_weight_gradient_is_the_bfloat16_product_summed_in_float32(k, stride, hw, x_bf16):
     """Whichever kernel computes it (oneDNN's convolution, or its matmul for 1x1 stride-1
-    convolutions where the CPU has no brgemm backward-weights kernel), a bf16 weight gradient is
-    the exact product of the bfloat16-rounded input and upstream gradient, summed in float32."""
-    rng = np.random.default_rng(k + stride)
-    n, ci, co, hw = 4, 96, 64, 8
+    convolutions and strided ones on small maps where the CPU has no brgemm backward-weights
+    kernel: the input gathered tap by tap, padding included), a bf16 weight gradient is the
+    exact product of the bfloat16-rounded input and upstream gradient, summed in float32."""
+    rng = np.random.default_rng(k + stride + hw)
+    n, ci, co = 4, 96, 64
     x = rng.standard_normal((n, hw, hw, ci)).astype("float32")  # NHWC
     w = (rng.standard_normal((co, ci, k, k)) * 0.1).astype("float32")
     onednn.set_bf16_training(True)
@@ -160,9 +163,13 @@ def test_bf16_channels_last_weight_gradient_is_the_bfloat16_product_summed_in_fl
     finally:
         onednn.set_bf16_training(False)
     assert y.dtype == paddle.bfloat16 and wt.grad.dtype == paddle.float32
-    if (k, stride) == (1, 1) and "amx_bf16" not in onednn.cpu_bf16_flags():  # no brgemm backward-weights
-        assert any(getattr(p, "weights_matmul", None) is not None and p.shapes["w"] == [co, ci, 1, 1]
-                   for p in onednn._PLANS.values())
+    if "amx_bf16" not in onednn.cpu_bf16_flags():  # no brgemm backward-weights: which path ran
+        plan = next(p for key, p in onednn._PLANS.items() if key[0] == (n, ci, hw, hw) and key[1] == (co, ci, k, k)
+                    and key[3] == (stride, stride) and key[7])
+        out_pixels = n * y.shape[1] * y.shape[2]
+        on_matmul = out_pixels <= (_dnnl.MATMUL_PIXELS if (k, stride) == (1, 1) else _dnnl.GATHER_PIXELS)
+        on_matmul = on_matmul and (k == 1 or stride > 1) and hw != 7  # 7: a window oneDNN won't describe
+        assert (plan.weights_matmul is not None) == on_matmul
     xs, dys = bf16_rounded(x), dy.astype("float32").numpy().astype("float64")
     pad = np.pad(xs, ((0, 0), (k // 2,) * 2, (k // 2,) * 2, (0, 0)))
     out = y.shape[1]
