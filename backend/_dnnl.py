@@ -227,6 +227,7 @@ class ConvPlan:
                                                     "db": self.plain["b"]})
         self.implementations = {"forward": impl_name(dnnl, fwd), "backward_data": impl_name(dnnl, bwd_data),
                                 "backward_weights": impl_name(dnnl, bwd_weights)}
+        self.weights_kernel = self.implementations["backward_weights"]  # the convolution's own
         # A bf16 channels-last convolution's weight gradient is one matrix product over its
         # M = N*Ho*Wo output pixels, dW = dy[M, co]^T @ cols[M, kh*kw*ci] (_WeightGradientMatmul).
         # Where oneDNN has no brgemm backward-weights kernel for this CPU (AVX512-BF16: its older

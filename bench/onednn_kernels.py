@@ -8,7 +8,11 @@ convolution geometry the step meets), then, per geometry, the implementation one
 the forward, backward-data and backward-weights passes ("matmul ..." where the backend puts a
 weight gradient on oneDNN's matmul), and a count of passes by implementation. ``--library``:
 also the choice of another oneDNN 3.x library (a ``libdnnl.so.3``) for the same geometries,
-built but not run: whether a newer oneDNN would change the kernels on this CPU. The ``onednn``
+built but not run: whether a newer oneDNN would change the kernels on this CPU. ``--time-weights``:
+per bf16 channels-last geometry (groups 1, no bias), a weight-gradient pass timed on the
+convolution's own kernel and on the backend's matmul (gathered taps where strided or kxk), with
+the backend's choice and the calls a step: the evidence for ``MATMUL_PIXELS`` and
+``GATHER_PIXELS`` in backend/_dnnl.py, to be re-read on another CPU. The ``onednn``
 wheel on PyPI is built on the SYCL runtime; its CPU engine needs the OpenCL CPU runtime it
 installs: ``OCL_ICD_FILENAMES=PREFIX/lib/libintelocl.so LD_LIBRARY_PATH=PREFIX/lib``.
 
@@ -20,13 +24,17 @@ import argparse
 import collections
 import ctypes
 import os
+import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import paddle
+
 from backend import _dnnl, onednn
 from bench.throughput import setup
+from bench.timing import timed
 
 PASSES = ("forward", "backward_data", "backward_weights")
 
@@ -41,6 +49,46 @@ def rebuild(dnnl: _dnnl.Dnnl, key: tuple) -> _dnnl.ConvPlan:
     return _dnnl.ConvPlan(dnnl, *onednn._PLAN_ARGS[key])
 
 
+def weight_gradient_calls(train_step) -> collections.Counter:
+    """How many weight gradients each plan computes in one ``train_step``."""
+    calls, backward = collections.Counter(), _dnnl.ConvPlan.backward
+
+    def counting(plan, x, w, dy, need_dx, need_weights):
+        calls[id(plan)] += need_weights
+        return backward(plan, x, w, dy, need_dx, need_weights)
+
+    _dnnl.ConvPlan.backward = counting
+    try:
+        train_step()
+    finally:
+        _dnnl.ConvPlan.backward = backward
+    return calls
+
+
+def time_weight_gradients(key: tuple, plan: _dnnl.ConvPlan, repeats: int) -> tuple[float, float | None]:
+    """(ms, ms or None): one weight-gradient pass of ``plan`` on random data, median of
+    ``repeats``, on the convolution's kernel and on the matmul (None: no matmul for this geometry)."""
+    (n, ci, h, w), w_shape, _, stride, padding, *_ = key
+    chosen = plan.weights_matmul
+    try:
+        matmul = chosen or _dnnl._WeightGradientMatmul(onednn._DNNL, [n, ci, h, w], list(w_shape), stride,
+                                                        padding, plan.shapes["y"][1:3])
+    except RuntimeError:
+        matmul = None
+    x = paddle.randn(plan.shapes["x"]).astype(plan.dtypes["x"])
+    dy = paddle.randn(plan.shapes["y"]).astype(plan.dtypes["y"])
+    _, x_keep, w_keep = plan.forward(x, paddle.randn(list(w_shape)) * 0.05, None)
+    ms = []
+    try:
+        for path in (None, matmul) if matmul else (None,):
+            plan.weights_matmul = path
+            ms.append(1000 * statistics.median(timed(lambda: plan.backward(x_keep, w_keep, dy, False, True),
+                                                     repeats)))
+    finally:
+        plan.weights_matmul = chosen
+    return ms[0], (ms[1] if len(ms) > 1 else None)
+
+
 def describe(key: tuple) -> str:
     (n, ci, h, w), (co, _, kh, kw), _, stride, *_ = key
     return f"{ci}->{co} {kh}x{kw}/{stride[0]} on {h}x{w} (batch {n}){' bf16' if key[7] else ''}"
@@ -52,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--library", help="another libdnnl.so.3: its kernel choice for the same geometries")
+    p.add_argument("--time-weights", type=int, metavar="REPEATS", default=0,
+                   help="also time each bf16 weight gradient on the conv kernel and on the matmul")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     if not onednn.available():
@@ -84,6 +134,28 @@ def main(argv=None) -> int:
         print(f"{name}, passes by implementation (distinct geometries):")
         for (pass_, impl), count in sorted(counts.items()):
             print(f"  {pass_:>16} {impl}: {count}")
+    if args.time_weights:
+        timeable = {key: plan for key, plan in plans.items()
+                    if key[7] and key[-1] and not key[2] and key[6] == 1 and key[5] == (1, 1)}
+        if not timeable:
+            print("--time-weights: no bf16 channels-last convolution in this step (-o train.amp=bf16?)")
+            return 0
+        calls = weight_gradient_calls(train_step)
+        print(f"weight gradients, ms a call (median of {args.time_weights}): convolution kernel / matmul, "
+              "the backend's choice, calls a step")
+        total = {"conv": 0.0, "chosen": 0.0, "faster": 0.0}
+        for key in sorted(timeable, key=lambda k: (k[0][2], k[1][2], k[0][1], k[1][0])):
+            plan = timeable[key]
+            conv, matmul = time_weight_gradients(key, plan, args.time_weights)
+            chosen = matmul if plan.weights_matmul is not None else conv
+            n = calls[id(plan)]
+            total["conv"] += n * conv
+            total["chosen"] += n * chosen
+            total["faster"] += n * min(conv, matmul or conv)
+            shown = "n/a" if matmul is None else f"{matmul:.2f}"
+            print(f"  {describe(key)}: {conv:.2f} / {shown}  {'matmul' if plan.weights_matmul else 'conv'}  x{n}")
+        print(f"a step: {total['conv']:.1f} ms all on the convolution kernel, {total['chosen']:.1f} as chosen, "
+              f"{total['faster']:.1f} with the faster of the two everywhere")
     return 0
 
 

@@ -102,6 +102,32 @@ def test_onednn_kernels_bench_names_each_pass_and_compares_libraries(tmp_path):
     assert proc.returncode == 2 and len(errors) == 1 and "--library" in errors[0] and "Traceback" not in proc.stderr
 
 
+def test_onednn_kernels_bench_times_each_bf16_weight_gradient_both_ways():
+    from backend import onednn
+
+    if not (onednn.available() and onednn.cpu_bf16_flags()):
+        pytest.skip("no oneDNN backend, or a CPU without bfloat16 multiplies")
+    proc = run_cli("bench/onednn_kernels.py", "--model", "resnet50", "--image-size", "32", "--batch-size", "2",
+                   "-o", "train.amp=bf16", "--time-weights", "1")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    rows = out[out.index(next(line for line in out if line.startswith("weight gradients"))) + 1:-1]
+    # ResNet-50's 23 convolution geometries, all bf16 channels-last without bias, each timed both
+    # ways (even maps: every tap window is one strided block); at batch 2 and 32 px every output
+    # is small, so where the CPU lacks a brgemm backward-weights kernel the backend puts every
+    # 1x1 and every strided one (the 7x7/2 stem too) on the matmul and keeps the 3x3/1 on the kernel
+    assert len(rows) == 23
+    for row in rows:
+        conv, slash, matmul, choice, calls = row.split(": ")[1].split()
+        float(conv), float(matmul)
+        expected = "conv" if "3x3/1" in row or "amx_bf16" in onednn.cpu_bf16_flags() else "matmul"
+        assert slash == "/" and choice == expected and int(calls[1:]) >= 1, row
+    assert out[-1].startswith("a step: ")
+    proc = run_cli("bench/onednn_kernels.py", "--model", "towernet", "--image-size", "32", "--batch-size", "2",
+                   "--time-weights", "1")
+    assert proc.returncode == 0 and "no bf16 channels-last convolution" in proc.stdout
+
+
 def test_kernels_bench_times_the_fused_bn_relu6_layers():
     proc = run_cli("bench/kernels.py", "--bn-relu6", "--image-size", "32", "--batch-size", "2", "--repeats", "1")
     if proc.returncode == 2:  # no oneDNN, or the kernel did not build: said in one line
