@@ -29,7 +29,7 @@ _ARG_SRC_1 = 2
 
 _Dims = C.c_int64 * 12
 MATMUL_PIXELS = 4096  # ConvPlan: 1x1 bf16 weight gradients on oneDNN's matmul up to this many N*H*W
-GATHER_PIXELS = 1024  # ... and strided ones (gathered first) up to this many output pixels
+GATHER_PIXELS = 2048  # ... and strided ones (gathered first) up to this many output pixels
 
 
 class _ExecArg(C.Structure):

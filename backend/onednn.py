@@ -46,8 +46,8 @@ does nothing on a CPU, so precision is chosen here, per op, after PyTorch's CPU 
   NCHW, at least ``PLAIN_BELOW`` input channels (channels-last: the RGB stem too), forward,
   backward-data and backward-weights. The weights are converted once a step (backward-data
   relayouts the forward's bfloat16 copy); weight gradients come back float32 (1x1 stride-1
-  ones on small maps from oneDNN's matmul where the CPU has no brgemm backward-weights kernel:
-  ``_dnnl.ConvPlan``).
+  ones on small maps, and strided ones on small outputs, from oneDNN's matmul where the CPU
+  has no brgemm backward-weights kernel: ``_dnnl.ConvPlan``).
 - bfloat16 chains (channels-last). A conv whose layer has ``bf16_chain`` set (the model says
   its output goes only to this module's BN: TowerNet's BasicConv2d, ResNet's bottleneck and stem)
   writes bfloat16; the BN after it normalises bfloat16 maps with float32 statistics, scale
