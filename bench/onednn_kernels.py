@@ -67,7 +67,9 @@ def weight_gradient_calls(train_step) -> collections.Counter:
 
 def time_weight_gradients(key: tuple, plan: _dnnl.ConvPlan, repeats: int) -> tuple[float, float | None]:
     """(ms, ms or None): one weight-gradient pass of ``plan`` on random data, median of
-    ``repeats``, on the convolution's kernel and on the matmul (None: no matmul for this geometry)."""
+    ``repeats``, on the convolution's kernel and on the matmul (None: no matmul for this
+    geometry), the two interleaved call by call (the order alternating) so that a shared
+    machine's busy spells fall on both."""
     (n, ci, h, w), w_shape, _, stride, padding, *_ = key
     chosen = plan.weights_matmul
     try:
@@ -78,15 +80,19 @@ def time_weight_gradients(key: tuple, plan: _dnnl.ConvPlan, repeats: int) -> tup
     x = paddle.randn(plan.shapes["x"]).astype(plan.dtypes["x"])
     dy = paddle.randn(plan.shapes["y"]).astype(plan.dtypes["y"])
     _, x_keep, w_keep = plan.forward(x, paddle.randn(list(w_shape)) * 0.05, None)
-    ms = []
+    paths = (None, matmul) if matmul else (None,)
+    seconds = {path: [] for path in paths}
     try:
-        for path in (None, matmul) if matmul else (None,):
-            plan.weights_matmul = path
-            ms.append(1000 * statistics.median(timed(lambda: plan.backward(x_keep, w_keep, dy, False, True),
-                                                     repeats)))
+        for r in range(repeats + 1):  # the first round warms both paths up
+            for path in paths if r % 2 else paths[::-1]:
+                plan.weights_matmul = path
+                took = timed(lambda: plan.backward(x_keep, w_keep, dy, False, True), 1)
+                if r:
+                    seconds[path] += took
     finally:
         plan.weights_matmul = chosen
-    return ms[0], (ms[1] if len(ms) > 1 else None)
+    conv, *rest = (1000 * statistics.median(seconds[path]) for path in paths)
+    return conv, (rest[0] if rest else None)
 
 
 def describe(key: tuple) -> str:
