@@ -196,6 +196,11 @@ def test_versus_refuses_a_change_that_changes_nothing(tiny_split, tmp_path):
                        "--data", tiny_split, "--output", tmp_path / "s", *TINY)
         assert proc.returncode == 2, (change, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0 and "--versus" in proc.stderr
+    # every model is checked, not the first only: towernet's L2 decay is 2e-4 already
+    proc = run_cli("train.py", "--models", "mobilenet_v2,towernet", "--versus", "optimizer.weight_decay=0.0002",
+                   "--seeds", "0", "--data", tiny_split, "--output", tmp_path / "s", *TINY)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "towernet's config is the same" in proc.stderr
     # starting weights a run could not load are refused before the first run trains
     for change in ("pretrained=imagenet", f"pretrained={tmp_path / 'missing.pdparams'}"):
         proc = run_cli("train.py", "--models", "towernet", "--versus", change, "--seeds", "0",

@@ -80,13 +80,16 @@ def plan_study(config_file, models: list, units: list, overrides: list, folds: i
         raise UserError(f"--folds must be at least 2, got {folds}")
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
-    sides = [(list(overrides), recipe)] + ([versus] if versus else [])
+    base = (list(overrides), recipe)
+    # per model: a change may alter one model's config and not another's (its default already)
+    sides = [{model: base for model in models}]
     if versus:
-        sides[1] = _versus_side(config_file, models[0], sides)
+        sides.append({model: _versus_side(config_file, model, [base, versus]) for model in models})
     output, plan = None, []
     for seed, fold in units:
-        for side_overrides, side_recipe in sides:
+        for side in sides:
             for model in models:
+                side_overrides, side_recipe = side[model]
                 cfg = load_config(config_file, model, side_overrides + [("train.seed", seed)],
                                   side_recipe)
                 name = study_run_name(model, seed, cfg, fold)
