@@ -110,6 +110,9 @@ def main(argv=None) -> int:
                    help="also time each bf16 weight gradient on the conv kernel and on the matmul")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
+    if args.time_weights < 0:
+        print(f"error: --time-weights takes a number of calls to time, got {args.time_weights}", file=sys.stderr)
+        return 2
     if not onednn.available():
         print(f"error: the oneDNN backend is not available here ({onednn._LOAD_ERROR or 'see backend/onednn.py'})",
               file=sys.stderr)
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
         for (pass_, impl), count in sorted(counts.items()):
             print(f"  {pass_:>16} {impl}: {count}")
     if args.time_weights:
-        timeable = {key: plan for key, plan in plans.items()
+        timeable = {key: plan for key, plan in plans.items()  # bf16, channels-last, no bias, groups 1, dilation 1
                     if key[7] and key[-1] and not key[2] and key[6] == 1 and key[5] == (1, 1)}
         if not timeable:
             print("--time-weights: no bf16 channels-last convolution in this step (-o train.amp=bf16?)")

@@ -126,6 +126,9 @@ def test_onednn_kernels_bench_times_each_bf16_weight_gradient_both_ways():
     proc = run_cli("bench/onednn_kernels.py", "--model", "towernet", "--image-size", "32", "--batch-size", "2",
                    "--time-weights", "1")
     assert proc.returncode == 0 and "no bf16 channels-last convolution" in proc.stdout
+    proc = run_cli("bench/onednn_kernels.py", "--time-weights", "-1")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "--time-weights" in errors[0], proc.stderr
 
 
 def test_kernels_bench_times_the_fused_bn_relu6_layers():
