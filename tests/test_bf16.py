@@ -183,6 +183,30 @@ def test_bf16_channels_last_weight_gradient_is_the_bfloat16_product_summed_in_fl
 
 
 @needs_bf16
+def test_weights_gather_switch_puts_strided_weight_gradients_back_on_the_kernel(monkeypatch):
+    if "amx_bf16" in onednn.cpu_bf16_flags():
+        pytest.skip("brgemm backward-weights here: no gathered path to switch")
+    rng = np.random.default_rng(3)
+    x = paddle.to_tensor(rng.standard_normal((2, 8, 8, 32)).astype("float32")).astype("bfloat16")
+    w = paddle.to_tensor((rng.standard_normal((32, 32, 3, 3)) * 0.1).astype("float32"), stop_gradient=False)
+    calls = []
+    real = _dnnl._WeightGradientMatmul.__call__
+    monkeypatch.setattr(_dnnl._WeightGradientMatmul, "__call__", lambda self, *a: calls.append(1) or real(self, *a))
+    grads = []
+    onednn.set_bf16_training(True)
+    try:
+        for switch in ("1", "0"):
+            monkeypatch.setenv("TOWERNET_WEIGHTS_GATHER", switch)
+            w.clear_gradient()
+            onednn.conv2d(x, w, None, 2, 1, data_format="NHWC", bf16_out=True).astype("float32").sum().backward()
+            grads.append(w.grad.numpy().copy())
+    finally:
+        onednn.set_bf16_training(False)
+    assert len(calls) == 1  # the gathered matmul with the switch on, the kernel with it off
+    assert np.abs(grads[0] - grads[1]).max() <= 1e-5 * np.abs(grads[1]).max()  # sums in another order
+
+
+@needs_bf16
 @pytest.mark.parametrize("name", ["towernet_simam", "towernet", "resnet50"])
 def test_bf16_chains_run_inside_the_models_and_every_gradient_is_float32(name):
     from models import create_model
