@@ -227,7 +227,6 @@ class ConvPlan:
                                                     "db": self.plain["b"]})
         self.implementations = {"forward": impl_name(dnnl, fwd), "backward_data": impl_name(dnnl, bwd_data),
                                 "backward_weights": impl_name(dnnl, bwd_weights)}
-        self.weights_kernel = self.implementations["backward_weights"]  # the convolution's own
         # A bf16 channels-last convolution's weight gradient is one matrix product over its
         # M = N*Ho*Wo output pixels, dW = dy[M, co]^T @ cols[M, kh*kw*ci] (_WeightGradientMatmul).
         # Where oneDNN has no brgemm backward-weights kernel for this CPU (AVX512-BF16: its older
@@ -353,8 +352,8 @@ class _WeightGradientMatmul:
     channel c, or 0 where the tap falls on padding: an im2col. For a 1x1 stride-1 convolution
     it is the input itself. Otherwise one bf16 reorder per tap copies the tap's valid window
     into a buffer the plan keeps; the windows are the same every call, so the entries that
-    stand for padding are never written and stay zero. The product comes out [co, kh, kw, ci], reordered to
-    Paddle's [co, ci, kh, kw] (a 1x1 one is in it already).
+    stand for padding are never written and stay zero. The product comes out [co, kh, kw, ci],
+    reordered to Paddle's [co, ci, kh, kw] (a 1x1 one is in it already).
     """
 
     def __init__(self, dnnl: Dnnl, x_shape: list[int], w_shape: list[int], stride: tuple[int, int],
@@ -362,10 +361,11 @@ class _WeightGradientMatmul:
         n, ci, h, w = x_shape
         co, _, kh, kw = w_shape
         (sh, sw), (ph, pw), (ho, wo) = stride, padding, out_hw
-        self.dnnl, self.w_shape, self.m, self.k = dnnl, w_shape, n * ho * wo, kh * kw * ci
+        m, k = n * ho * wo, kh * kw * ci
+        self.dnnl, self.w_shape = dnnl, w_shape
         self.cols, self.taps = None, []
         if (kh, kw, sh, sw, ph, pw) != (1, 1, 1, 1, 0, 0):
-            self.cols = paddle.zeros([self.m, self.k], paddle.bfloat16)
+            self.cols = paddle.zeros([m, k], paddle.bfloat16)
             for i in range(kh):
                 for j in range(kw):
                     # output rows whose tap i reads a row of x: 0 <= r*sh + i - ph < h
@@ -376,19 +376,19 @@ class _WeightGradientMatmul:
                         continue  # this tap reads padding only
                     window = [n, r1 - r0, c1 - c0, ci]
                     src = dnnl.strided_desc(window, [h * w * ci, sh * w * ci, sw * ci, 1], _BF16)
-                    dst = dnnl.strided_desc(window, [ho * wo * self.k, wo * self.k, self.k, 1], _BF16)
+                    dst = dnnl.strided_desc(window, [ho * wo * k, wo * k, k, 1], _BF16)
                     src_at = ((r0 * sh + i - ph) * w + c0 * sw + j - pw) * ci * 2  # bytes
-                    dst_at = ((r0 * wo + c0) * self.k + (i * kw + j) * ci) * 2
+                    dst_at = ((r0 * wo + c0) * k + (i * kw + j) * ci) * 2
                     self.taps.append((_Reorder(dnnl, src, dst), src_at, dst_at))
-        mds = {"dy": dnnl.strided_desc([co, self.m], [1, co], _BF16),
-               "cols": dnnl.strided_desc([self.m, self.k], [self.k, 1], _BF16),
-               "dw": dnnl.strided_desc([co, self.k], [self.k, 1], _F32)}
+        mds = {"dy": dnnl.strided_desc([co, m], [1, co], _BF16),
+               "cols": dnnl.strided_desc([m, k], [k, 1], _BF16),
+               "dw": dnnl.strided_desc([co, k], [k, 1], _F32)}
         pd = _matmul(dnnl, mds["dy"], mds["cols"], mds["dw"])
-        self.primitive, self.mem = dnnl.primitive(pd), {k: dnnl.memory(md) for k, md in mds.items()}
+        self.primitive, self.mem = dnnl.primitive(pd), {name: dnnl.memory(md) for name, md in mds.items()}
         self.name = ("matmul " if self.cols is None else "gather + matmul ") + impl_name(dnnl, pd)
         self.to_oihw = None
         if (kh, kw) != (1, 1):
-            self.to_oihw = _Reorder(dnnl, dnnl.strided_desc(w_shape, [self.k, 1, kw * ci, ci], _F32),
+            self.to_oihw = _Reorder(dnnl, dnnl.strided_desc(w_shape, [k, 1, kw * ci, ci], _F32),
                                     dnnl.memory_desc(w_shape, _TAG_NCHW))
 
     def __call__(self, x: paddle.Tensor, dy: paddle.Tensor) -> paddle.Tensor:
