@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
+
+# isort: split
 from app.study.decide import MIN_UNITS, parse_margin
 from app.util.errors import UserError, exit_on_user_error
 
@@ -71,7 +73,7 @@ def make_out_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise UserError(f"--out {path}: a file is in the way; name a folder")
+        raise UserError(f"--out {path}: a file is in the way; name a folder") from None
 
 
 def show_evaluation(result: dict, out_dir: Path) -> None:

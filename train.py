@@ -8,6 +8,8 @@ import argparse
 import sys
 
 import app  # noqa: F401  (sets up the process before Paddle loads; must come first)
+
+# isort: split
 from app.config.load import load_config, parse_override
 from app.config.resume import resume_config_overrides
 from app.study.decide import DEFAULT_MARGIN, DEFAULT_MAX_UNITS, parse_margin
@@ -120,7 +122,7 @@ def _int_list(text: str, flag: str) -> list:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"{flag} takes comma-separated integers, got {text!r}")
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
 def study(args, overrides) -> int:

@@ -79,20 +79,21 @@ import paddle.nn.functional as F
 from paddle import nn
 from paddle.autograd import PyLayer
 
+from . import fused as _fused
 from ._dnnl import AddPlan as _AddPlan
 from ._dnnl import AddReluPlan as _AddReluPlan
 from ._dnnl import BatchNormPlan as _BatchNormPlan
 from ._dnnl import ConvPlan as _ConvPlan
 from ._dnnl import Dnnl as _Dnnl
 from ._dnnl import MaxPoolPlan as _MaxPoolPlan
-from . import fused as _fused
 
 PLAIN_BELOW = 8
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that multiply bfloat16
 
 _DNNL: _Dnnl | None = None
 _LOAD_ERROR: str | None = None
-_PLANS: dict[tuple, "_ConvPlan | _MaxPoolPlan | _BatchNormPlan | _AddPlan | None"] = {}  # None: oneDNN refused this geometry
+# None: oneDNN refused this geometry
+_PLANS: dict[tuple, _ConvPlan | _MaxPoolPlan | _BatchNormPlan | _AddPlan | None] = {}
 _PLAN_ARGS: dict[tuple, tuple] = {}  # what each plan was built from (bench/onednn_kernels.py rebuilds it elsewhere)
 _BF16_TRAINING = False
 
@@ -234,10 +235,11 @@ def fork(x: paddle.Tensor, n: int) -> tuple[paddle.Tensor, ...]:
     """``x`` for ``n`` consumers (a residual block's two paths, Inception's four branches),
     whose gradients are summed here on oneDNN. Paddle sums the gradients of a tensor that
     feeds several ops itself, outside oneDNN (``TensorAdd``, for bfloat16 element by element:
-    9.5% of a ResNet-50 bf16 step, docs/speed.md); here each consumer gets its own view of ``x`` (no copy) and the backward adds their
-    gradients with oneDNN's binary add. Same values; sums of more than two gradients may round
-    differently (another order). The consumers must not write into their input (none of this
-    module's ops do). No gradient, a static graph (export) or no oneDNN: ``x`` ``n`` times.
+    9.5% of a ResNet-50 bf16 step, docs/speed.md); here each consumer gets its own view of
+    ``x`` (no copy) and the backward adds their gradients with oneDNN's binary add. Same
+    values; sums of more than two gradients may round differently (another order). The
+    consumers must not write into their input (none of this module's ops do). No gradient, a
+    static graph (export) or no oneDNN: ``x`` ``n`` times.
     """
     if (n > 1 and available() and not x.stop_gradient and paddle.is_grad_enabled()
             and x.dtype in (paddle.float32, paddle.bfloat16) and x.place.is_cpu_place()):

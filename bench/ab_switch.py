@@ -21,11 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (environment defaults; must come before paddle)
+import app  # noqa: F401  (environment defaults; must come before paddle)
 
-from app.util.errors import UserError, exit_on_user_error  # noqa: E402
-from bench.throughput import setup  # noqa: E402
-from bench.timing import timed  # noqa: E402
+# isort: split
+
+from app.util.errors import UserError, exit_on_user_error
+from bench.throughput import setup
+from bench.timing import timed
 
 SWITCHES = ("TOWERNET_FUSED", "TOWERNET_ONEDNN", "TOWERNET_WEIGHTS_GATHER")
 

@@ -41,16 +41,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (environment defaults; must come before paddle)
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
+import app  # noqa: F401  (environment defaults; must come before paddle)
 
-from app.build.network import build_network  # noqa: E402
-from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network  # noqa: E402
-from app.util.errors import UserError, exit_on_user_error  # noqa: E402
-from backend import onednn  # noqa: E402
-from bench.throughput import TWINS  # noqa: E402
-from models import channels_last_capable  # noqa: E402
+# isort: split
+import numpy as np
+import paddle
+
+from app.build.network import build_network
+from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network
+from app.util.errors import UserError, exit_on_user_error
+from backend import onednn
+from bench.throughput import TWINS
+from models import channels_last_capable
 
 ZERO = 1e-9  # an exact gradient this far below the median parameter's is 0 in exact arithmetic
 

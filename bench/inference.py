@@ -24,15 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (environment defaults; must come before paddle)
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
+import app  # noqa: F401  (environment defaults; must come before paddle)
 
-from app.inspect import export  # noqa: E402
-from app.build.device import available_cores, select_device  # noqa: E402
-from app.util.errors import UserError, exit_on_user_error  # noqa: E402
-from bench.timing import timed  # noqa: E402
-from models import create_model  # noqa: E402
+# isort: split
+import numpy as np
+import paddle
+
+from app.build.device import available_cores, select_device
+from app.inspect import export
+from app.util.errors import UserError, exit_on_user_error
+from bench.timing import timed
+from models import create_model
 
 
 def parse_args(argv=None):
@@ -98,7 +100,7 @@ def run(args) -> list[dict]:
                     fn(batch), fn(batch)
                 for _ in range(args.rounds):
                     for name, fn in fns.items():
-                        rounds[name].append(timed(lambda: fn(batch), args.steps))
+                        rounds[name].append(timed(lambda fn=fn, batch=batch: fn(batch), args.steps))
                 for name, times in rounds.items():
                     step = min(statistics.median(r) for r in times)
                     rows.append({"model": model, "image_size": size, "batch_size": batch_size,

@@ -19,13 +19,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (environment defaults; must come before paddle)
-import paddle  # noqa: E402
+import app  # noqa: F401  (environment defaults; must come before paddle)
 
-from app.build.device import select_device  # noqa: E402
-from bench.timing import timed  # noqa: E402
-from backend import onednn  # noqa: E402
-from models import create_model  # noqa: E402
+# isort: split
+import paddle
+
+from app.build.device import select_device
+from backend import onednn
+from bench.timing import timed
+from models import create_model
 
 
 def record_layers(model: str, image_size: int, batch_size: int) -> list[tuple]:
@@ -121,7 +123,7 @@ def main() -> int:
     print(f"{args.model} {args.image_size} px batch {args.batch_size}: forward + backward, ms per call")
     print(f"{'layer':<58} {'input':<20} {'paddle':>8} {'onednn':>8} {'speed-up':>8}")
     total = {"0": 0.0, "1": 0.0}
-    for kind, layer, shape in record_layers(args.model, args.image_size, args.batch_size):
+    for _, layer, shape in record_layers(args.model, args.image_size, args.batch_size):
         best = both_ways("TOWERNET_ONEDNN", layer, shape, args.repeats)
         total["0"] += best["0"]
         total["1"] += best["1"]

@@ -73,8 +73,8 @@ def check(run_dir: Path, reference_rows: list, epochs: int) -> list:
     """Problems found in a finished run (empty: all good)."""
     from visualdl import LogReader
 
-    from app.run.folder import RunFolder
     from app.run.checkpoint import crc32
+    from app.run.folder import RunFolder
 
     problems = []
     rows = RunFolder(run_dir).read_metrics()
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         for point in range(args.points):
             out = work / f"p{point}"
             kinds = []
-            for attempt in range(3):  # up to three kills in one run, then let it finish
+            for _ in range(3):  # up to three kills in one run, then let it finish
                 resume = (out / "towernet" / "state.json").is_file()
                 cmd = train_cmd("--resume", out / "towernet") if resume else \
                     train_cmd(*common, "--output", out)

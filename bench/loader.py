@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-import paddle  # noqa: E402
+import paddle
 
-from app.data.dataset import ImageFolderDataset  # noqa: E402
-from app.util.errors import exit_on_user_error  # noqa: E402
+from app.data.dataset import ImageFolderDataset
+from app.util.errors import exit_on_user_error
 
 
 def epoch_rates(ds, batch_size: int, num_workers: int, epochs: int) -> list[float]:

@@ -19,11 +19,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (process set-up before Paddle)
-from app.config.load import load_config  # noqa: E402
-from app.run.folder import RunFolder  # noqa: E402
-from app.study.report import write_report  # noqa: E402
-from app.util.atomic import atomic_write_json  # noqa: E402
+import app  # noqa: F401  (process set-up before Paddle)
+
+# isort: split
+from app.config.load import load_config
+from app.run.folder import RunFolder
+from app.study.report import write_report
+from app.util.atomic import atomic_write_json
 
 MODELS = ["towernet", "towernet_simam", "towernet_se", "towernet_eca", "towernet_cbam"]
 

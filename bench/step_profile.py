@@ -25,10 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (environment defaults; must come before paddle)
-import paddle  # noqa: E402
+import app  # noqa: F401  (environment defaults; must come before paddle)
 
-from bench.throughput import setup  # noqa: E402
+# isort: split
+import paddle
+
+from bench.throughput import setup
 
 MARK = "step-profile: last step"
 WARMUP = 3

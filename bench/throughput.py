@@ -39,21 +39,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (environment defaults; must come before paddle)
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
+import app  # noqa: F401  (environment defaults; must come before paddle)
 
-from app.build.device import available_cores  # noqa: E402
-from app.build.loader import build_loader  # noqa: E402
-from app.build.network import build_network  # noqa: E402
-from app.build.settings import Settings, norm_stats, resolve_settings  # noqa: E402
-from app.config.load import load_config, parse_override  # noqa: E402
-from app.data.augment import MixBatch  # noqa: E402
-from app.data.dataset import train_dataset  # noqa: E402
-from app.train.trainer import build_model  # noqa: E402
-from app.util.errors import UserError, exit_on_user_error  # noqa: E402
-from backend import fused, onednn  # noqa: E402
-from bench.timing import timed  # noqa: E402
+# isort: split
+import numpy as np
+import paddle
+
+from app.build.device import available_cores
+from app.build.loader import build_loader
+from app.build.network import build_network
+from app.build.settings import Settings, norm_stats, resolve_settings
+from app.config.load import load_config, parse_override
+from app.data.augment import MixBatch
+from app.data.dataset import train_dataset
+from app.train.trainer import build_model
+from app.util.errors import UserError, exit_on_user_error
+from backend import fused, onednn
+from bench.timing import timed
 
 WARMUP = 2
 

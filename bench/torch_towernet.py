@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.timing import timed  # noqa: E402
+from bench.timing import timed
 
 
 class BasicConv2d(nn.Sequential):

@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from app.util.atomic import atomic_write_text  # noqa: E402
-from app.util.errors import UserError, exit_on_user_error  # noqa: E402
-from app.data.images import IMAGE_EXTENSIONS, mean_std, pixel_sums  # noqa: E402
-from data_tools import archive, demo  # noqa: E402
+from app.data.images import IMAGE_EXTENSIONS, mean_std, pixel_sums
+from app.util.atomic import atomic_write_text
+from app.util.errors import UserError, exit_on_user_error
+from data_tools import archive, demo
 
 DEFAULT_SRC = "data/101_ObjectCategories"
 DEFAULT_DST = "data/caltech16"

@@ -96,10 +96,11 @@ def markdown(r: dict, args) -> str:
     d = f"{r['margin_pp']:g}"
     m = r["unit_model"]
     zero, at_d = r["gaps"]["0"], r["gaps"][d] if d in r["gaps"] else None
+    fit = Path(r["fit"]).relative_to(ROOT) if Path(r["fit"]).is_relative_to(ROOT) else r["fit"]
     lines = ["# The decision rule on generated studies", "",
              f"{r['studies']} generated studies per true gap; margin D = {d} points; "
              f"{r['plan']}.", "",
-             f"Units fitted to `{Path(r['fit']).relative_to(ROOT) if Path(r['fit']).is_relative_to(ROOT) else r['fit']}`: "
+             f"Units fitted to `{fit}`: "
              f"{m['images']} eval images per unit, baseline top-1 {m['accuracy']:.3f}, "
              f"{100 * m['discordant']:.1f}% of images got right by exactly one model, unit "
              f"deviation {m['unit_sd']:.2f} points beyond image noise; one unit's gap varies "

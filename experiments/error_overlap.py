@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.build.device import select_device  # noqa: E402
-from app.build.loader import build_loader  # noqa: E402
-from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network  # noqa: E402
-from app.inspect.predict import predict_probs  # noqa: E402
+from app.build.device import select_device
+from app.build.loader import build_loader
+from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network
+from app.inspect.predict import predict_probs
 
 
 def main(runs) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.study.decide import MIN_UNITS, abs_t_at_looks, critical_values  # noqa: E402
+from app.study.decide import MIN_UNITS, abs_t_at_looks, critical_values
 
 
 def false_calls(first: int, last: int, studies: int, seed: int = 0) -> dict:

@@ -21,7 +21,7 @@ maps (Grad-CAM, attention pictures).
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from paddle import nn
 

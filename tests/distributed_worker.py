@@ -15,12 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import app  # noqa: E402,F401  (quietens paddle; must come first)
-import paddle  # noqa: E402
+import app  # noqa: F401  (quietens paddle; must come first)
 
-import train  # noqa: E402
-from app.train import trainer  # noqa: E402
-from app.data.dataset import ImageFolderDataset  # noqa: E402
+# isort: split
+import paddle
+
+import train
+from app.data.dataset import ImageFolderDataset
+from app.train import trainer
 
 
 def main(dump: str, *train_args: str) -> int:

@@ -11,7 +11,6 @@ from app.util.errors import UserError
 from data_tools.archive import safe_extract
 from data_tools.split import split_dataset
 from tests.helpers_images import make_tree, tree_bytes
-
 from tests.test_split import assert_user_error, run_cli
 
 

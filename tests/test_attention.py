@@ -90,7 +90,7 @@ def test_simam_is_parameter_free_and_finite_on_1x1():
 
 
 def test_se_matches_numpy():
-    c, r = 64, 16
+    c = 64
     layer = create_attention("se", c)
     w1, w2 = layer.fc1.weight.numpy(), layer.fc2.weight.numpy()  # paddle Linear weights are [in, out]
     x = np.random.default_rng(2).standard_normal((2, c, 5, 4)).astype(np.float32)

@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from conftest import run_cli, train_cut_in_epoch_2
 
 from app.build.model import amp_configs_for
 from app.config.load import load_config, parse_override
 from app.run.folder import RunFolder
 from app.util.errors import UserError
 from backend import _dnnl, onednn
-from conftest import run_cli, train_cut_in_epoch_2
 
 HAS_BF16 = bool(onednn.cpu_bf16_flags()) and onednn.available()
 needs_bf16 = pytest.mark.skipif(
@@ -248,9 +248,9 @@ def test_bf16_run_learns_like_fp32_keeps_float32_weights_and_is_labelled(tiny_sp
 
     import yaml
 
-    from app.train import trainer
     from app.run.folder import RunFolder
     from app.study.runs import run_label
+    from app.train import trainer
 
     # 6 epochs of 3 steps: after 4 the losses of two precisions still cross each other by
     # chance (seed 0 channels-last: bf16 1.33 vs fp32 0.82 at epoch 4, 0.65 vs 0.62 at 6).

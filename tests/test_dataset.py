@@ -8,9 +8,7 @@ import pytest
 from PIL import Image
 
 from app.data.dataset import FALLBACK_MEAN, ImageFolderDataset
-
 from app.data.images import read_rgb
-
 from app.data.split import load_manifest
 from app.util.errors import UserError
 from data_tools.split import split_dataset

@@ -5,11 +5,18 @@ import math
 import numpy as np
 import pytest
 
-from app.study.decide import (Plan, classify, critical_value, critical_values, decide,
-                              ordinal, p_outperform, parse_margin)
+from app.study.decide import (
+    Plan,
+    classify,
+    critical_value,
+    critical_values,
+    decide,
+    ordinal,
+    p_outperform,
+    parse_margin,
+)
 from app.study.ledger import Ledger, parse_budget, unit_estimate
-from app.study.simulation import (UnitModel, fit, intervals, outcome, run_fixed,
-                                  run_sequential, unit_gaps, unit_images)
+from app.study.simulation import UnitModel, fit, intervals, outcome, run_fixed, run_sequential, unit_gaps, unit_images
 from app.util.errors import UserError
 
 

@@ -2,7 +2,8 @@
 
 Two topologies, each launched once for every test here (tests/distributed_worker.py:
 train.py plus a report from each rank): one launcher with 2 processes, and two launchers
-acting as two machines (``--nnodes 2 --master 127.0.0.1:<free port>``, 1 process each). The eval split has 11 images, so the DistributedBatchSampler pads it to 12 and
+acting as two machines (``--nnodes 2 --master 127.0.0.1:<free port>``, 1 process each).
+The eval split has 11 images, so the DistributedBatchSampler pads it to 12 and
 the eval metrics are right only if that padding is dropped again.
 """
 import contextlib
@@ -17,9 +18,9 @@ import sys
 import numpy as np
 import paddle
 import pytest
+from conftest import FAST_TRAIN, ROOT, run_cli
 
 from app.run.folder import RunFolder
-from conftest import FAST_TRAIN, ROOT, run_cli
 
 WORLD = 2
 TRAIN_IMAGES, EPOCHS = 36, 2
@@ -145,8 +146,8 @@ def test_logged_eval_equals_single_process_eval(launched):
     """metrics.csv / best.json hold every eval image once: the same numbers a single
     process gets from the saved checkpoint."""
     from app.build.loader import build_loader
-    from app.inspect.predict import predict_logits, softmax
     from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network
+    from app.inspect.predict import predict_logits, softmax
 
     data, runs, _ = launched
     run = runs / "towernet"

@@ -3,9 +3,9 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from app.build.network import build_network
 from app.config.load import load_config
 from app.train.trainer import build_model
-from app.build.network import build_network
 from models.attention import nam_sparsity_penalty
 
 

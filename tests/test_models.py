@@ -7,7 +7,8 @@ import pytest
 
 from models import create_model, list_models, model_spec
 from models.attention import create_attention, list_attentions
-from models.summary import count_macs, count_params, main as summary_main, measure_latency
+from models.summary import count_macs, count_params, measure_latency
+from models.summary import main as summary_main
 
 # Hand count in models/towernet.py's docstring (convs + Linear, 16 classes, 256x256 input).
 TOWERNET_MACS_256 = 28_311_552 + 301_989_888 + 301_989_888 + 150_994_944 + 11_053_056 + 4_096
@@ -123,7 +124,7 @@ def test_mobilenet_v2_attention_sits_after_the_depthwise_conv():
     seen = []
     block = blocks[3]
     for layer in (block.conv[block._depthwise], block.att, block.conv[block._depthwise + 1]):
-        layer.register_forward_post_hook(lambda layer, i, o, tag=type(layer).__name__: seen.append(tag))
+        layer.register_forward_post_hook(lambda layer, i, o, tag=type(layer).__name__: seen.append(tag))  # noqa: B008
     model.eval()
     with paddle.no_grad():
         model(paddle.randn([1, 3, 64, 64]))

@@ -46,8 +46,9 @@ def expected_cells(matrix) -> dict:
 
 
 def test_eval_pictures_show_the_evaluation(tiny_run, tiny_split, tmp_path, caught):
-    from app.inspect.evaluate import evaluate_checkpoint, find_checkpoint
     from test_train import direct_predictions
+
+    from app.inspect.evaluate import evaluate_checkpoint, find_checkpoint
 
     runs, _ = tiny_run
     weights, meta = find_checkpoint(runs / "towernet_simam")

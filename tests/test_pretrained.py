@@ -4,14 +4,14 @@ import json
 import numpy as np
 import paddle
 import pytest
-
-from app.run import checkpoint
-from app.build import pretrained
-from app.train import trainer
-from app.config.load import load_config
-from app.run.folder import RunFolder
-from app.util.errors import UserError
 from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
+
+from app.build import pretrained
+from app.config.load import load_config
+from app.run import checkpoint
+from app.run.folder import RunFolder
+from app.train import trainer
+from app.util.errors import UserError
 from models import create_model
 
 

@@ -5,15 +5,15 @@ import random
 import numpy as np
 import paddle
 import pytest
+from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from PIL import Image
 
-from app.data.augment import RAND_OPS, Augment, MixBatch, RandAugment
+from app.build.loss import ClassificationLoss
 from app.config.load import load_config
+from app.data.augment import RAND_OPS, Augment, MixBatch, RandAugment
 from app.data.dataset import ImageFolderDataset
 from app.data.transforms import build_transform
-from app.build.loss import ClassificationLoss
 from app.util.errors import UserError
-from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from models import create_model
 
 PIECES = {
@@ -290,8 +290,8 @@ def test_ema_after_k_steps_equals_the_formula():
 
 
 def test_interrupted_run_with_warmup_and_ema_resumes_exactly(tiny_split, tmp_path):
-    from app.train import trainer
     from app.run.folder import RunFolder
+    from app.train import trainer
 
     def cfg(out):
         return load_config(model="towernet", overrides=[

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, train_cut_in_epoch_2
 
 from app.run.folder import RunFolder
-from conftest import run_cli, train_cut_in_epoch_2
 
 TINY = ["--image-size", "32", "--batch-size", "12", "-o", "data.cache=false"]
 
@@ -141,8 +141,8 @@ def test_disk_full_while_saving_stops_cleanly_and_resumes(tiny_split, tmp_path, 
 
     import paddle
 
-    from app.train import trainer
     from app.config.load import load_config
+    from app.train import trainer
 
     cfg = load_config(model="towernet", overrides=[
         ("data.root", str(tiny_split)), ("output.dir", str(tmp_path)), ("train.epochs", 3),
@@ -177,8 +177,8 @@ def test_resume_in_a_process_that_built_other_models_first(tiny_split, tmp_path)
     import numpy as np
     import paddle
 
-    from app.train import trainer
     from app.config.load import load_config
+    from app.train import trainer
     from models import create_model
 
     def cfg(out):
@@ -210,8 +210,8 @@ def test_interrupted_run_with_random_augmentation_resumes_to_the_same_weights(ti
     import numpy as np
     import paddle
 
-    from app.train import trainer
     from app.config.load import load_config
+    from app.train import trainer
 
     def cfg(out):
         return load_config(model="mobilenet_v2", overrides=[  # with dropout
@@ -254,8 +254,8 @@ def test_a_layout_the_model_lacks_is_one_line_before_the_data_is_read(tiny_split
 def test_a_config_cut_at_any_line_is_named_by_study_reports(finished_run, tmp_path):
     """Wherever config.yaml was cut before its last section, reading the runs says so (a cut
     file may still parse as YAML and hold every key a report reads)."""
-    from app.util.errors import UserError
     from app.study.runs import read_runs
+    from app.util.errors import UserError
 
     run = copy_unfinished(finished_run, tmp_path)
     lines = (run / "config.yaml").read_text().splitlines(keepends=True)

@@ -2,12 +2,12 @@
 import numpy as np
 import paddle
 import pytest
-
-from app.config.load import load_config
-from app.util.errors import UserError
-from app.build.sharpness import SAMModel, SAMMomentum
-from app.train.trainer import build_model
 from conftest import optimizer_for
+
+from app.build.sharpness import SAMModel, SAMMomentum
+from app.config.load import load_config
+from app.train.trainer import build_model
+from app.util.errors import UserError
 
 
 def _cfg(**extra):
@@ -91,9 +91,10 @@ def test_bad_sam_settings_are_refused(overrides, message):
 
 
 def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
-    from app.train import trainer
-    from app.run.folder import RunFolder
     from conftest import train_cut_in_epoch_2
+
+    from app.run.folder import RunFolder
+    from app.train import trainer
 
     def cfg(out):
         return load_config(model="towernet", overrides=[
@@ -131,7 +132,7 @@ def test_sam_step_through_the_onednn_channels_last_path_equals_paddles():
 
     x = np.random.default_rng(2).standard_normal((8, 3, 32, 32)).astype("float32")
     y = np.arange(8, dtype="int64").reshape(-1, 1) % 4
-    after = {}
+    after, start = {}, None
     for layout, rho in (("on", 0.05), ("off", 0.05), ("off", 0.0)):
         cfg = load_config(model="towernet_simam", overrides=[
             ("optimizer.lr", 0.1), ("optimizer.sam_rho", rho), ("data.image_size", 32),

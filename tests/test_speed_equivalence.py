@@ -91,7 +91,9 @@ def test_training_maxpool_equals_plain_pool_exactly(onednn_on, monkeypatch):
     # Rounded, post-ReLU values: many windows hold tied maxima (zeros and repeated values).
     x = np.maximum(np.round(rng.standard_normal((4, 8, 9, 9)), 0), 0).astype(np.float32)
     # Integer upstream gradients: where stride-1 windows overlap, sums are exact in any order.
-    g = (lambda shape: rng.integers(-3, 4, shape))
+    def g(shape):
+        return rng.integers(-3, 4, shape)
+
     for stride in (2, 1):
         pool = MaxPool2D(3, stride=stride, padding=1)
         xa = paddle.to_tensor(x, stop_gradient=False)

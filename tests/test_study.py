@@ -7,14 +7,14 @@ import numpy as np
 import paddle
 import pytest
 import yaml
+from conftest import FAST_TRAIN, run_cli
 
+from app.inspect.attention_maps import capture
 from app.study.decide import critical_value
 from app.study.report import to_markdown
 from app.study.runs import mark_budgets
 from app.study.significance import paired_verdict
 from app.study.summary import one_change_pairs
-from app.inspect.attention_maps import capture
-from conftest import FAST_TRAIN, run_cli
 from models import create_model
 from models.attention import SE, SimAM
 
@@ -106,8 +106,8 @@ def test_study_trains_grid_skips_finished_and_resumes(tiny_split, tmp_path):
 
 
 def test_study_jobs_trains_runs_side_by_side_as_one_at_a_time_would(tiny_split, tmp_path):
-    from app.run.folder import RunFolder
     from app.build.device import available_cores
+    from app.run.folder import RunFolder
 
     out = tmp_path / "study"
     args = ["train.py", "--models", "towernet,towernet_simam", "--seeds", "0", "--data", tiny_split,

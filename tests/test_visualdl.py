@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import train_cut_in_epoch_2
 
 from app.run.folder import RunFolder
-from conftest import train_cut_in_epoch_2
 
 
 def free_port() -> int:
@@ -65,8 +65,8 @@ def test_visualdl_dashboard_lists_runs_and_tags(tiny_run):
 def dashboard_runs(tiny_split, tmp_path_factory):
     """Two runs (towernet_se, towernet_simam; 3 epochs, attention maps every 2) in one
     folder; towernet_simam is interrupted in epoch 2 and resumed."""
-    from app.train import trainer
     from app.config.load import load_config
+    from app.train import trainer
 
     runs = tmp_path_factory.mktemp("dash")
 
@@ -124,8 +124,9 @@ def test_images_tab_serves_confusion_samples_and_attention_maps(dashboard_runs):
         with urllib.request.urlopen(f"{base}/image/image?run={run}&tag=train/samples&index=0",
                                     timeout=5) as r:
             png = r.read()
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.size == (4 * 66 + 2, 4 * 66 + 2)  # 4x4 of 64 px

@@ -16,7 +16,7 @@ from app.util.errors import UserError
 from backend import onednn
 
 
-def amp_configs_for(amp: str) -> "dict | None":
+def amp_configs_for(amp: str) -> dict | None:
     """hapi ``amp_configs`` for ``train.amp`` (off | fp16 | bf16) on the current device.
 
     On a GPU: Paddle's autocast (O1); bf16 needs bfloat16 support (compute capability 8.0).

@@ -32,6 +32,6 @@ def build_network(name: str, num_classes: int, kwargs=None, channels_last: bool 
     try:
         return create_model(name, num_classes=num_classes, **(kwargs or {}), **layout)
     except ValueError as e:
-        raise UserError(str(e).splitlines()[0])
+        raise UserError(str(e).splitlines()[0]) from e
     except TypeError as e:
-        raise UserError(f"model '{name}': {e}")
+        raise UserError(f"model '{name}': {e}") from e

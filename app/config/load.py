@@ -47,7 +47,7 @@ def read_yaml(path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}")
+        raise UserError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of sections")
     base = data.pop("_base_", None)

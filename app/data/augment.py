@@ -43,11 +43,12 @@ class Augment:
     erasing_area: tuple = (0.02, 0.33)
 
     @classmethod
-    def from_config(cls, data: dict) -> "Augment":
+    def from_config(cls, data: dict) -> Augment:
         return cls(random_resized_crop=data["random_resized_crop"],
                    crop_scale=tuple(data["crop_scale"]), crop_ratio=tuple(data["crop_ratio"]),
                    crop_padding=data["crop_padding"], color_jitter=data["color_jitter"],
-                   randaugment_n=data["randaugment"][0], randaugment_m=data["randaugment"][1], random_erasing=data["random_erasing"],
+                   randaugment_n=data["randaugment"][0], randaugment_m=data["randaugment"][1],
+                   random_erasing=data["random_erasing"],
                    erasing_area=tuple(data["erasing_area"]))
 
     def cache_size(self, image_size: int) -> int:
@@ -130,7 +131,7 @@ class MixBatch:
         self.prob, self.switch_prob = prob, switch_prob
 
     @classmethod
-    def from_config(cls, train: dict, num_classes: int) -> "MixBatch | None":
+    def from_config(cls, train: dict, num_classes: int) -> MixBatch | None:
         """The collate of the train section's mixup / CutMix settings; None when both are off."""
         if not (train["mixup_alpha"] or train["cutmix_alpha"]):
             return None

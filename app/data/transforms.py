@@ -1,7 +1,7 @@
 """The one place image transforms are built: RGB PIL image -> normalised float32 [3, S, S]."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from paddle.vision import transforms as T
@@ -41,7 +41,8 @@ def build_transform(image_size: int, mean, std, train: bool, rotation: float = 1
     Train: Resize -> RandomRotation(rotation) -> RandomHorizontalFlip (reference order),
     then the pieces of ``augment`` that are on (app/data/augment.py): RandomResizedCrop in place
     of the Resize, or a padded RandomCrop (CIFAR-style translation) after it; ColorJitter
-    and RandAugment after the flip, RandomErasing after normalisation. Eval: Resize. Both scale to [0, 1] and normalise with ``mean``/``std``.
+    and RandAugment after the flip, RandomErasing after normalisation. Eval: Resize. Both
+    scale to [0, 1] and normalise with ``mean``/``std``.
     Resize is :func:`build_resize` (square, so batches collate). ``resize=False`` leaves it
     out, for images that are already S x S (the cache). Rotation fills the corners with
     black, as paddle's default does.

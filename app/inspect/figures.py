@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
-from app.data.images import read_rgb  # noqa: E402
-from app.util.atomic import atomic_path  # noqa: E402
+from app.data.images import read_rgb
+from app.util.atomic import atomic_path
 
 
 def save_figure(fig, path) -> None:

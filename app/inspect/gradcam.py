@@ -33,7 +33,6 @@ from app.inspect.predict import load_image_batch
 from app.run.records import rewrite_records
 from app.util.errors import UserError
 
-
 MIN_SIDE = 4  # a map smaller than 4x4 says little about where the network looks
 
 

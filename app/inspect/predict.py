@@ -53,7 +53,7 @@ def load_image_batch(paths, meta: dict) -> np.ndarray:
         try:
             batch.append(transform(read_rgb(path)))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise UserError(f"cannot read image {path}: {e}")
+            raise UserError(f"cannot read image {path}: {e}") from e
     return np.stack(batch)
 
 

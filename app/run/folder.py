@@ -21,8 +21,8 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -230,7 +230,7 @@ class RunFolder:
 
     # making one
     @staticmethod
-    def free_name(output, name: str) -> "RunFolder":
+    def free_name(output, name: str) -> RunFolder:
         """OUTPUT/name, or OUTPUT/name-2, -3, ... when that folder already exists."""
         output = Path(output)
         candidate, i = output / name, 1
@@ -239,7 +239,7 @@ class RunFolder:
             candidate = output / f"{name}-{i}"
         return RunFolder(candidate)
 
-    def create(self, fill: Callable[["RunFolder"], None]) -> None:
+    def create(self, fill: Callable[[RunFolder], None]) -> None:
         """Make the folder whole or not at all: ``fill`` writes its first files into a hidden
         folder beside it, which is then renamed into place. A kill meanwhile never leaves a
         run folder without its state.json (which ``--resume`` and studies would refuse).

@@ -48,7 +48,7 @@ class RunLock:
                 owner = "unknown"
             os.close(fd)
             raise RunBusy(f"{os.fspath(run_dir)} is being trained by another process "
-                          f"({owner}); wait for it to finish or stop it, then try again")
+                          f"({owner}); wait for it to finish or stop it, then try again") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
         self._fd = fd

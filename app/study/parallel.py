@@ -73,7 +73,7 @@ def run_side_by_side(pending: list, output: Path, jobs: int) -> int:
             for future in futures:
                 future.cancel()
             raise trainer.RunStopped("study interrupted: every running run stopped at its last "
-                                     "finished epoch; re-run the same command to resume", 130)
+                                     "finished epoch; re-run the same command to resume", 130) from None
     if errors:
         raise UserError(errors[0])
     return trained

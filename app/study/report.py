@@ -4,8 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.inspect import figures
-from app.study.decide import (DEFAULT_MARGIN, MIN_UNITS, Plan, loss_ruled_out, ordinal,
-                               plan_change_note, points)
+from app.study.decide import DEFAULT_MARGIN, MIN_UNITS, Plan, loss_ruled_out, ordinal, plan_change_note, points
 from app.study.ledger import Ledger
 from app.study.runs import as_roots, mark_budgets, read_runs, report_dir_name
 from app.study.summary import model_costs, summarize

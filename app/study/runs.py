@@ -66,7 +66,7 @@ def read_runs(root) -> list:
                                              "image_size": cfg["data"]["image_size"]}
         except (KeyError, TypeError, AttributeError):
             raise UserError(f"{run.config_file} is damaged; restore it (the run's resolved config) or "
-                            f"move the run folder out of {root}")
+                            f"move the run folder out of {root}") from None
         hint = f"restore it or move the run folder out of {root}"
         state = read_json(run.state_file, hint) if run.state_file.is_file() else {}
         best = run.read_best(hint) if run.best_file.is_file() else {}

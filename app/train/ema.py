@@ -19,6 +19,7 @@ from paddle.callbacks import Callback
 
 from app.build.weights import EMA_PREFIX, EMA_UPDATES
 
+
 class ModelEMA(Callback):
     """Keeps the average; swaps it in for every evaluation (must come after ``SaveBest``)."""
 

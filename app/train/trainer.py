@@ -293,23 +293,23 @@ def _fit(loop: Loop, callbacks: list, epochs: int, run: RunFolder, main: bool) -
                        callbacks=callbacks)
     except KeyboardInterrupt:
         _mark(run, main, "interrupted")
-        raise interrupted
+        raise interrupted from None
     except cb.NonFiniteLoss as e:
         _mark(run, main, "diverged")
         raise RunStopped(f"stopped: {e}; the last good checkpoints in {run} are kept "
-                         f"(try a lower --lr)", 3)
+                         f"(try a lower --lr)", 3) from e
     except OSError as e:
         if "KeyboardInterrupt" in str(e) and e.errno is None:
             # Ctrl-C inside a PyLayer's backward (the oneDNN convs): Paddle re-raises it as
             # an OSError naming the KeyboardInterrupt.
             _mark(run, main, "interrupted")
-            raise interrupted
+            raise interrupted from e
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # Every file is written to a temporary name and renamed: what was whole stays whole.
         raise RunStopped(f"stopped: the disk is full ({e.strerror}) while writing to {run}; "
                          f"the checkpoints saved before are intact. Free some space and "
-                         f"continue with: python train.py --resume {run}", 4)
+                         f"continue with: python train.py --resume {run}", 4) from e
 
 
 def _mark(run: RunFolder, main: bool, status: str) -> None:
