@@ -3,13 +3,13 @@
 import numpy as np
 import paddle
 import pytest
-from conftest import FAST_TRAIN, run_cli
 
 from app.build.model import amp_configs_for
 from app.build.network import build_network
 from app.config.load import load_config
 from app.train.trainer import build_model
 from app.util.errors import UserError
+from conftest import FAST_TRAIN, run_cli
 
 
 def test_amp_on_cpu_is_a_one_line_error(tiny_split, tmp_path):

@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import paddle
 import pytest
-from conftest import run_cli, train_cut_in_epoch_2
 
 from app.build.model import amp_configs_for
 from app.config.load import load_config, parse_override
 from app.run.folder import RunFolder
 from app.util.errors import UserError
 from backend import _dnnl, onednn
+from conftest import run_cli, train_cut_in_epoch_2
 
 HAS_BF16 = bool(onednn.cpu_bf16_flags()) and onednn.available()
 needs_bf16 = pytest.mark.skipif(

@@ -18,9 +18,9 @@ import sys
 import numpy as np
 import paddle
 import pytest
-from conftest import FAST_TRAIN, ROOT, run_cli
 
 from app.run.folder import RunFolder
+from conftest import FAST_TRAIN, ROOT, run_cli
 
 WORLD = 2
 TRAIN_IMAGES, EPOCHS = 36, 2

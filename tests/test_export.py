@@ -4,11 +4,11 @@ import json
 import numpy as np
 import paddle
 import pytest
-from conftest import run_cli
 
 from app.inspect import export
 from app.inspect.evaluate import eval_dataset, find_checkpoint, load_network
 from app.inspect.predict import softmax
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

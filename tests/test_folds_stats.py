@@ -5,11 +5,11 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from app.data.folds import fold_assignment, pooled_samples, write_fold_split
 from app.study import significance
 from app.util.errors import UserError
+from conftest import run_cli
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import paddle
 import pytest
-from conftest import run_cli
 
 from app.data.picks import pick_images
 from app.inspect.gradcam import gradcam, target_layer
+from conftest import run_cli
 from models import create_model
 
 

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import paddle
 import pytest
-from conftest import run_cli
 
 from app.inspect import export
 from app.inspect.evaluate import find_checkpoint, load_network
 from app.inspect.predict import softmax
 from app.util.errors import UserError
+from conftest import run_cli
 from models import create_model
 from models.attention import list_attentions
 

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import paddle
 import pytest
-from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 
 from app.build import pretrained
 from app.config.load import load_config
@@ -12,6 +11,7 @@ from app.run import checkpoint
 from app.run.folder import RunFolder
 from app.train import trainer
 from app.util.errors import UserError
+from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from models import create_model
 
 

@@ -5,7 +5,6 @@ import random
 import numpy as np
 import paddle
 import pytest
-from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from PIL import Image
 
 from app.build.loss import ClassificationLoss
@@ -14,6 +13,7 @@ from app.data.augment import RAND_OPS, Augment, MixBatch, RandAugment
 from app.data.dataset import ImageFolderDataset
 from app.data.transforms import build_transform
 from app.util.errors import UserError
+from conftest import optimizer_for, run_cli, train_cut_in_epoch_2
 from models import create_model
 
 PIECES = {

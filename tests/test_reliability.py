@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, train_cut_in_epoch_2
 
 from app.run.folder import RunFolder
+from conftest import run_cli, train_cut_in_epoch_2
 
 TINY = ["--image-size", "32", "--batch-size", "12", "-o", "data.cache=false"]
 

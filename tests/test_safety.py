@@ -12,11 +12,11 @@ import zlib
 import numpy as np
 import paddle
 import pytest
-from conftest import FAST_TRAIN, ROOT, run_cli
 
 from app.build.weights import RefusedGlobal, pickle_globals, read_weights, unpickle
 from app.config.load import check_name
 from app.util.errors import UserError
+from conftest import FAST_TRAIN, ROOT, run_cli
 
 
 class _Call:
@@ -237,13 +237,12 @@ def test_a_checkpoint_from_before_structured_names_resumes_through_the_safe_load
     """last.pdopt written keyed by Paddle's generated names (as runs before structured keys
     wrote it) resumes through hapi's loading, its files read by the checked unpickler, to the
     weights of the uninterrupted run."""
-    from conftest import train_cut_in_epoch_2
-
     from app.build.network import build_network
     from app.config.load import load_config
     from app.run import checkpoint
     from app.run.folder import RunFolder
     from app.train import trainer
+    from conftest import train_cut_in_epoch_2
 
     def cfg(out):
         return load_config(model="towernet", overrides=[

@@ -2,12 +2,12 @@
 import numpy as np
 import paddle
 import pytest
-from conftest import optimizer_for
 
 from app.build.sharpness import SAMModel, SAMMomentum
 from app.config.load import load_config
 from app.train.trainer import build_model
 from app.util.errors import UserError
+from conftest import optimizer_for
 
 
 def _cfg(**extra):
@@ -91,10 +91,9 @@ def test_bad_sam_settings_are_refused(overrides, message):
 
 
 def test_interrupted_sam_run_resumes_exactly(tiny_split, tmp_path):
-    from conftest import train_cut_in_epoch_2
-
     from app.run.folder import RunFolder
     from app.train import trainer
+    from conftest import train_cut_in_epoch_2
 
     def cfg(out):
         return load_config(model="towernet", overrides=[

@@ -7,7 +7,6 @@ import numpy as np
 import paddle
 import pytest
 import yaml
-from conftest import FAST_TRAIN, run_cli
 
 from app.inspect.attention_maps import capture
 from app.study.decide import critical_value
@@ -15,6 +14,7 @@ from app.study.report import to_markdown
 from app.study.runs import mark_budgets
 from app.study.significance import paired_verdict
 from app.study.summary import one_change_pairs
+from conftest import FAST_TRAIN, run_cli
 from models import create_model
 from models.attention import SE, SimAM
 

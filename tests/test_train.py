@@ -7,8 +7,6 @@ import sys
 import numpy as np
 import paddle
 import pytest
-from conftest import FAST_TRAIN as FAST
-from conftest import ROOT, run_cli
 
 from app.build.loss import ClassificationLoss
 from app.config.load import load_config
@@ -16,6 +14,8 @@ from app.run.folder import METRIC_COLUMNS, RunFolder
 from app.train import trainer
 from app.util.atomic import atomic_save
 from backend import onednn
+from conftest import FAST_TRAIN as FAST
+from conftest import ROOT, run_cli
 
 
 def small_cfg(data, out, model="towernet", epochs=2, **over):

@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import train_cut_in_epoch_2
 
 from app.run.folder import RunFolder
+from conftest import train_cut_in_epoch_2
 
 
 def free_port() -> int:
