@@ -11,7 +11,7 @@ also the choice of another oneDNN 3.x library (a ``libdnnl.so.3``) for the same 
 built but not run: whether a newer oneDNN would change the kernels on this CPU. ``--time-weights``:
 per bf16 channels-last geometry (groups 1, no bias), a weight-gradient pass timed on the
 convolution's own kernel and on the backend's matmul (gathered taps where strided or kxk), with
-the backend's choice and the calls a step: the evidence for ``MATMUL_PIXELS`` and
+the backend's choice, its GFLOP/s and the calls a step: the evidence for ``MATMUL_PIXELS`` and
 ``GATHER_PIXELS`` in backend/_dnnl.py, to be re-read on another CPU. The ``onednn``
 wheel on PyPI is built on the SYCL runtime; its CPU engine needs the OpenCL CPU runtime it
 installs: ``OCL_ICD_FILENAMES=PREFIX/lib/libintelocl.so LD_LIBRARY_PATH=PREFIX/lib``.
@@ -95,6 +95,13 @@ def time_weight_gradients(key: tuple, plan: _dnnl.ConvPlan, repeats: int) -> tup
     return conv, (rest[0] if rest else None)
 
 
+def weight_gradient_flops(key: tuple, plan: _dnnl.ConvPlan) -> int:
+    """Multiplies and adds of one weight gradient: 2 x output pixels x Co x Ci x kh x kw."""
+    _, (_, ci, kh, kw), *_ = key
+    n, ho, wo, co = plan.shapes["y"]  # channels-last
+    return 2 * n * ho * wo * co * ci * kh * kw
+
+
 def describe(key: tuple) -> str:
     (n, ci, h, w), (co, _, kh, kw), _, stride, *_ = key
     return f"{ci}->{co} {kh}x{kw}/{stride[0]} on {h}x{w} (batch {n}){' bf16' if key[7] else ''}"
@@ -151,8 +158,9 @@ def main(argv=None) -> int:
             return 0
         calls = weight_gradient_calls(train_step)
         print(f"weight gradients, ms a call (median of {args.time_weights}): convolution kernel / matmul, "
-              "the backend's choice, calls a step")
+              "the backend's choice, its GFLOP/s (bench/bf16_peak.py: the CPU's bf16 peak), calls a step")
         total = {"conv": 0.0, "chosen": 0.0, "faster": 0.0}
+        step_flops = 0
         for key in sorted(timeable, key=lambda k: (k[0][2], k[1][2], k[0][1], k[1][0])):
             plan = timeable[key]
             conv, matmul = time_weight_gradients(key, plan, args.time_weights)
@@ -161,9 +169,13 @@ def main(argv=None) -> int:
             total["conv"] += n * conv
             total["chosen"] += n * chosen
             total["faster"] += n * min(conv, matmul or conv)
+            flops = weight_gradient_flops(key, plan)
+            step_flops += n * flops
             shown = "n/a" if matmul is None else f"{matmul:.2f}"
-            print(f"  {describe(key)}: {conv:.2f} / {shown}  {'matmul' if plan.weights_matmul else 'conv'}  x{n}")
-        print(f"a step: {total['conv']:.1f} ms all on the convolution kernel, {total['chosen']:.1f} as chosen, "
+            print(f"  {describe(key)}: {conv:.2f} / {shown}  {'matmul' if plan.weights_matmul else 'conv'}"
+                  f"  {flops / chosen / 1e6:.0f}  x{n}")
+        print(f"a step: {total['conv']:.1f} ms all on the convolution kernel, {total['chosen']:.1f} as chosen "
+              f"({step_flops / total['chosen'] / 1e6:.0f} GFLOP/s over {step_flops / 1e9:.1f} GFLOP), "
               f"{total['faster']:.1f} with the faster of the two everywhere")
     return 0
 

@@ -1,6 +1,7 @@
 """bench/throughput.py runs end to end on a tiny configuration and prints valid JSON."""
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -117,12 +118,19 @@ def test_onednn_kernels_bench_times_each_bf16_weight_gradient_both_ways():
     # is small, so where the CPU lacks a brgemm backward-weights kernel the backend puts every
     # 1x1 and every strided one (the 7x7/2 stem too) on the matmul and keeps the 3x3/1 on the kernel
     assert len(rows) == 23
+    step_flops = 0
     for row in rows:
-        conv, slash, matmul, choice, calls = row.split(": ")[1].split()
-        float(conv), float(matmul)
+        conv, slash, matmul, choice, rate, calls = row.split(": ")[1].split()
         expected = "conv" if "3x3/1" in row or "amx_bf16" in onednn.cpu_bf16_flags() else "matmul"
         assert slash == "/" and choice == expected and int(calls[1:]) >= 1, row
-    assert out[-1].startswith("a step: ")
+        # the rate is the chosen pass's 2 x output pixels x Co x Ci x k x k over its time (ms to 2 decimals)
+        ci, co, k, stride, h, n = map(int, re.match(r"\s*(\d+)->(\d+) (\d+)x\d+/(\d+) on (\d+)x\d+ \(batch (\d+)\)",
+                                                  row).groups())
+        flops = 2 * n * (h // stride) ** 2 * co * ci * k * k
+        ms = float(conv if choice == "conv" else matmul)
+        assert flops / (ms + 0.005) / 1e6 - 0.5 <= int(rate) <= flops / max(ms - 0.005, 1e-9) / 1e6 + 0.5, row
+        step_flops += int(calls[1:]) * flops
+    assert out[-1].startswith("a step: ") and f"over {step_flops / 1e9:.1f} GFLOP" in out[-1], out[-1]
     proc = run_cli("bench/onednn_kernels.py", "--model", "towernet", "--image-size", "32", "--batch-size", "2",
                    "--time-weights", "1")
     assert proc.returncode == 0 and "no bf16 channels-last convolution" in proc.stdout
@@ -161,3 +169,26 @@ def test_inference_bench_runs_every_engine_on_a_tiny_case():
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("paddle2onnx"):
         assert "onnxruntime" in engines
     assert all(r["img_s"] > 0 and r["max_abs_diff_vs_dygraph"] < 1e-5 for r in rows)
+
+
+def test_bf16_peak_bench_measures_the_dot_product_or_says_why_not(monkeypatch, capsys):
+    import shutil
+
+    from bench import bf16_peak
+
+    proc = run_cli("bench/bf16_peak.py", "--threads", "0")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "--threads" in errors[0], proc.stderr
+    if "avx512_bf16" in bf16_peak.cpu_flags() and shutil.which("cc"):
+        proc = run_cli("bench/bf16_peak.py", "--threads", "1", "--iterations", "20000")
+        assert proc.returncode == 0, proc.stderr
+        rate = proc.stdout.splitlines()[-1]
+        assert rate.startswith("  1 thread: ") and float(rate.split()[2]) > 0, proc.stdout
+    monkeypatch.setattr(bf16_peak, "cpu_flags", lambda: {"avx512f"})
+    assert bf16_peak.main(["--threads", "1"]) == 2
+    assert "no avx512_bf16" in capsys.readouterr().err
+    monkeypatch.setattr(bf16_peak, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv("CC", "no-such-compiler")
+    assert bf16_peak.main(["--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no-such-compiler"), err
