@@ -446,3 +446,6 @@ def test_the_compare_table_lists_seeds_in_number_order(tmp_path):
         fake_run(tmp_path, "towernet", seed, [0.5, 0.6, 0.7])
         (tmp_path / f"towernet-s{seed}" / "best.json").write_text(json.dumps({"model": "towernet"}))
     assert [r["run"] for r in collect_runs(tmp_path)] == ["towernet-s1", "towernet-s2", "towernet-s10"]
+    fake_run(tmp_path, "towernet", 3, [0.5], epochs=3)  # still training: its epochs say so
+    (tmp_path / "towernet-s3" / "best.json").write_text(json.dumps({"model": "towernet"}))
+    assert [r["epochs"] for r in collect_runs(tmp_path)] == [3, 3, "1/3", 3]

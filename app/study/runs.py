@@ -184,7 +184,9 @@ def collect_runs(roots) -> list:
         runs.append({
             "run": report_dir_name(run_dir, roots),
             "model": r["meta"]["model"], "params": r["meta"].get("params"),
-            "epochs": len(rows), "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
+            # a run still training shows "done/planned": its final top-1 is not yet the study's
+            "epochs": len(rows) if len(rows) >= r["epochs"] else f"{len(rows)}/{r['epochs']}",
+            "best_acc": best["eval_acc"], "best_epoch": best["epoch"],
             "final_acc": rows[-1]["eval_acc"],
             "epoch_seconds": float(np.median([row["epoch_seconds"] for row in rows])),
             "train_images_per_s": float(np.median([row["train_images_per_s"] for row in rows])),
