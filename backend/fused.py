@@ -34,6 +34,16 @@ _LIB: C.CDLL | None = None
 _REASON: str | None = None  # why the kernel is not loaded (None: loaded, or not tried yet)
 
 
+def compile_c(command: list) -> None:
+    """Run the C compiler ``command`` (``$CC`` first); OSError with its last line if it fails."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise OSError(f"{command[0]}: {e}") from e
+    if done.returncode != 0:
+        raise OSError(f"{command[0]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
 def _build() -> C.CDLL:
     libs = os.path.join(os.path.dirname(paddle.__file__), "libs")
     if not os.path.exists(os.path.join(libs, "libiomp5.so")):
@@ -41,14 +51,8 @@ def _build() -> C.CDLL:
     folder = tempfile.mkdtemp(prefix="towernet-fused-")
     try:  # the folder goes as soon as the library is loaded (a mapped file outlives its name)
         target = os.path.join(folder, "libbn_clip.so")
-        command = [os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", SOURCE,
-                   "-o", target, f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-lm"]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise OSError(f"{command[0]}: {e}") from e
-        if done.returncode != 0:
-            raise OSError(f"{command[0]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        compile_c([os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", SOURCE,
+                   "-o", target, f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-lm"])
         lib = C.CDLL(target)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -23,6 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.fused import compile_c
+
 SOURCE = r"""
 #include <immintrin.h>
 #include <omp.h>
@@ -72,13 +76,7 @@ def build(folder: str) -> str:
     """The compiled loop's path in ``folder``; OSError with the compiler's last line if it fails."""
     source, target = os.path.join(folder, "peak.c"), os.path.join(folder, "peak")
     Path(source).write_text(SOURCE)
-    command = [os.environ.get("CC", "cc"), "-O2", "-mavx512f", "-mavx512bf16", "-fopenmp", source, "-o", target]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise OSError(f"{command[0]}: {e}") from e
-    if done.returncode != 0:
-        raise OSError(f"{command[0]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    compile_c([os.environ.get("CC", "cc"), "-O2", "-mavx512f", "-mavx512bf16", "-fopenmp", source, "-o", target])
     return target
 
 
