@@ -1,4 +1,5 @@
-"""BatchNorm + ReLU6 in one pass each way: a small C kernel (``bn_clip.c``), built at first use.
+"""Small C kernels, built at first use: BatchNorm + ReLU6 (``bn_clip.c``) and SimAM
+(``simam.c``), each one pass or two each way on channels-last maps.
 
 oneDNN's batch-normalisation primitive fuses a ReLU but not a ReLU6, so MobileNetV2's
 channels-last BN -> ReLU6 pairs ran as oneDNN's BN and then Paddle's ReLU6: two passes over
@@ -8,6 +9,11 @@ clip's mask from the input instead of reading the output. On MobileNetV2's 128 p
 shapes this makes BN + ReLU6 forward + backward ~16% faster (docs/speed.md).
 A plain ReLU gains nothing from it (oneDNN fuses that one: ResNet-50's shapes were 8% slower
 here), so only ReLU6 uses it.
+
+SimAM (``simam.c``, :func:`simam`): on a channels-last host the module ran as two transposes
+to NCHW and back around eight Paddle ops, each a pass over the map and a node of the
+autograd graph; the kernel takes the map as it is (its channels are the vector lanes), one
+forward and one backward, with the same float32 maths (docs/speed.md gives what it is worth).
 
 Built with the system C compiler (``$CC``, default ``cc``; ~0.3 s once per process) in a
 temporary folder that is removed as soon as the library is loaded, and linked against the
@@ -24,11 +30,12 @@ import subprocess
 import tempfile
 
 import paddle
+from paddle.autograd import PyLayer
 
 from ._dnnl import empty as _empty
 
-SOURCE = os.path.join(os.path.dirname(__file__), "bn_clip.c")
-VECTOR = 16  # the kernel's channel granularity: C must be a multiple of it
+SOURCES = [os.path.join(os.path.dirname(__file__), name) for name in ("bn_clip.c", "simam.c")]
+VECTOR = 16  # the kernels' channel granularity: C must be a multiple of it
 
 _LIB: C.CDLL | None = None
 _REASON: str | None = None  # why the kernel is not loaded (None: loaded, or not tried yet)
@@ -50,8 +57,8 @@ def _build() -> C.CDLL:
         raise OSError(f"no libiomp5.so in {libs} (this Paddle build's OpenMP runtime is unknown)")
     folder = tempfile.mkdtemp(prefix="towernet-fused-")
     try:  # the folder goes as soon as the library is loaded (a mapped file outlives its name)
-        target = os.path.join(folder, "libbn_clip.so")
-        compile_c([os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", SOURCE,
+        target = os.path.join(folder, "libtowernet_fused.so")
+        compile_c([os.environ.get("CC", "cc"), "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", *SOURCES,
                    "-o", target, f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}", "-lm"])
         lib = C.CDLL(target)
     finally:
@@ -59,6 +66,8 @@ def _build() -> C.CDLL:
     ptr, n, f = C.c_void_p, C.c_long, C.c_float
     lib.bn_clip_forward.argtypes = [ptr] * 6 + [n, n, f, f, f]
     lib.bn_clip_backward.argtypes = [ptr] * 9 + [n, n, f, f, f]
+    lib.simam_forward.argtypes = [ptr] * 4 + [n, n, n, f]
+    lib.simam_backward.argtypes = [ptr] * 5 + [n, n, n]
     return lib
 
 
@@ -119,3 +128,36 @@ class BatchNormReLU6Plan:
 
     def backward(self, x, dy, mean, var, scale, shift) -> tuple:
         return backward(self.lib, x, dy, scale, shift, mean, var, self.epsilon, 0.0, 6.0)
+
+
+class _SimAM(PyLayer):
+    @staticmethod
+    def forward(ctx, x, e_lambda, lib):
+        n, h, w, c = x.shape
+        y, mean, a = _empty(x.shape), _empty([n, c]), _empty([n, c])
+        if lib.simam_forward(x.data_ptr(), y.data_ptr(), mean.data_ptr(), a.data_ptr(), n, h * w, c, e_lambda):
+            raise MemoryError("simam_forward: out of memory")
+        ctx.lib = lib
+        ctx.save_for_backward(x, mean, a)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, a = ctx.saved_tensor()
+        n, h, w, c = x.shape
+        dy, dx = dy.contiguous(), _empty(x.shape)
+        if ctx.lib.simam_backward(x.data_ptr(), dy.data_ptr(), dx.data_ptr(), mean.data_ptr(), a.data_ptr(),
+                                  n, h * w, c):
+            raise MemoryError("simam_backward: out of memory")
+        return dx
+
+
+def simam(x: paddle.Tensor, e_lambda: float) -> paddle.Tensor | None:
+    """SimAM (models/attention/simam.py) of a channels-last float32 ``x`` [N, H, W, C] in one
+    kernel each way, or None where the kernel does not run (not built, channels not a multiple
+    of 16, not a CPU tensor, a static graph): the caller then computes it its own way."""
+    if (x.ndim != 4 or x.dtype != paddle.float32 or x.shape[-1] % VECTOR or x.shape[1] * x.shape[2] < 1
+            or not paddle.in_dynamic_mode() or not x.place.is_cpu_place()):
+        return None
+    lib = load()
+    return None if lib is None else _SimAM.apply(x.contiguous(), float(e_lambda), lib)

@@ -158,3 +158,66 @@ def test_the_build_leaves_no_files_behind(monkeypatch, tmp_path):
     x = paddle.ones([1, 1, 2, 16])
     y, mean, var = fused.forward(lib, x, paddle.ones([16]), paddle.zeros([16]), 1e-5, 0.0, 6.0)
     assert float(mean.sum()) == 16.0 and float(var.sum()) == 0.0 and float(y.abs().sum()) == 0.0
+
+
+def simam_float64(x: np.ndarray, dy: np.ndarray, e_lambda: float = 1e-4) -> tuple:
+    """SimAM's output and input gradient by the module's own NCHW maths, in float64 (autograd)."""
+    from models.attention.simam import SimAM
+
+    t = paddle.to_tensor(x.astype(np.float64).transpose(0, 3, 1, 2), stop_gradient=False)
+    y = SimAM(e_lambda=e_lambda)(t)
+    (y * paddle.to_tensor(dy.astype(np.float64).transpose(0, 3, 1, 2))).sum().backward()
+    return y.numpy().transpose(0, 2, 3, 1), t.grad.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("shape, spread", [((4, 1, 2, 16), 1.0), ((3, 5, 7, 32), 1.0), ((2, 16, 16, 64), 1.0),
+                                           ((1, 3, 3, 48), 30.0)])
+def test_simam_kernel_matches_the_module_in_float64(shape, spread):
+    kernel()
+    rng = np.random.default_rng(sum(shape))
+    x = (rng.standard_normal(shape) * spread + 0.5).astype(np.float32)
+    x[0, 0, 0, :8] += 10 * spread  # positions that stand far out: sigmoid near 1, exp(-z) near 0
+    dy = rng.standard_normal(shape).astype(np.float32)
+    t = paddle.to_tensor(x, stop_gradient=False)
+    y = fused.simam(t, 1e-4)
+    (y * paddle.to_tensor(dy)).sum().backward()
+    y64, dx64 = simam_float64(x, dy)
+    np.testing.assert_allclose(y.numpy(), y64, rtol=1e-6, atol=1e-7 * np.abs(y64).max())
+    np.testing.assert_allclose(t.grad.numpy(), dx64, rtol=1e-4, atol=1e-5 * np.abs(dx64).max())
+
+
+def test_simam_takes_channels_last_maps_through_the_module(monkeypatch):
+    """SimAM(x, "NHWC") is the module's NCHW maths on a channels-last map, with the kernel or
+    without it; a channels-last TowerNet-SimAM calls it through the module (hooks see it)."""
+    from models import create_model
+    from models.attention.simam import SimAM
+
+    kernel()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 4, 24)).astype(np.float32)  # 24 channels: not the kernel's
+    assert fused.simam(paddle.to_tensor(x), 1e-4) is None
+    assert fused.simam(paddle.to_tensor(x[..., :16].astype(np.float64)), 1e-4) is None
+    module = SimAM()
+    for channels in (24, 32):
+        x = rng.standard_normal((2, 4, 4, channels)).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        y64, dx64 = simam_float64(x, dy)
+        for switch in ("1", "0"):
+            monkeypatch.setenv("TOWERNET_FUSED", switch)
+            t = paddle.to_tensor(x, stop_gradient=False)
+            y = module(t, "NHWC")
+            (y * paddle.to_tensor(dy)).sum().backward()
+            np.testing.assert_allclose(y.numpy(), y64, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(t.grad.numpy(), dx64, rtol=1e-4, atol=1e-5 * np.abs(dx64).max())
+    monkeypatch.setenv("TOWERNET_FUSED", "1")
+    calls, seen = [], []
+    simam = fused.simam
+    monkeypatch.setattr(fused, "simam", lambda x, e: calls.append(x.shape) or simam(x, e))
+    net = create_model("towernet_simam", num_classes=3, data_format="NHWC")
+    for layer in net.sublayers():
+        if isinstance(layer, SimAM):
+            layer.register_forward_post_hook(lambda layer, inputs, out: seen.append(inputs[1]))
+    net.train()
+    net(paddle.to_tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))).sum().backward()
+    # at 64 px the first two slots see 4x4 and 2x2 maps of 256 channels; the last two, 1x1, are skipped
+    assert calls == [[2, 4, 4, 256], [2, 2, 2, 256]] and seen == ["NHWC", "NHWC"]

@@ -63,8 +63,10 @@ def attend(attention: nn.Layer, x: paddle.Tensor, data_format: str = "NCHW") -> 
     """``attention(x)``, or ``x`` itself when its H*W is outside the module's [min_hw, max_hw].
 
     Decided from the static spatial shape: known in dygraph, and under ``to_static`` with a
-    fixed input size. Every module computes in NCHW: ``x`` channels-last (a channels-last
-    host, ``data_format="NHWC"``) goes in as a transposed copy and comes back channels-last.
+    fixed input size. Modules compute in NCHW: ``x`` channels-last (a channels-last host,
+    ``data_format="NHWC"``) goes in as a transposed copy and comes back channels-last, except
+    to a module that declares ``takes_channels_last`` (SimAM: one C kernel, backend/fused.py),
+    which is called as ``attention(x, "NHWC")``.
     SimAM written channels-last (its sums as batched products with ones, or as reductions)
     took 17-23 ms forward + backward at TowerNet's 128-px shapes against 7.2 NCHW and 9.4
     with the two transposes (docs/speed.md).
@@ -77,6 +79,8 @@ def attend(attention: nn.Layer, x: paddle.Tensor, data_format: str = "NCHW") -> 
     if isinstance(attention, nn.Identity):
         return x
     x = to_float32(x)  # modules compute in float32: a bfloat16 chain (backend/onednn.py) ends here
+    if nhwc and getattr(attention, "takes_channels_last", False):
+        return attention(x, "NHWC")
     if nhwc:
         return attention(x.transpose([0, 3, 1, 2])).transpose([0, 2, 3, 1])
     return attention(x)

@@ -22,6 +22,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import nn
 
+from backend import fused
+
 
 class SimAM(nn.Layer):
     """Parameter-free 3-D attention; ``channels`` is accepted for a uniform factory only."""
@@ -33,7 +35,13 @@ class SimAM(nn.Layer):
         super().__init__()
         self.e_lambda = e_lambda
 
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+    # attend() hands it a channels-last map as it is (data_format="NHWC")
+    takes_channels_last = True
+
+    def forward(self, x: paddle.Tensor, data_format: str = "NCHW") -> paddle.Tensor:
+        if data_format == "NHWC":  # a channels-last host: one C kernel each way where it is built
+            y = fused.simam(x, self.e_lambda)
+            return y if y is not None else self.forward(x.transpose([0, 3, 1, 2])).transpose([0, 2, 3, 1])
         _, c, h, w = x.shape  # the batch may be dynamic (-1) in an exported graph
         m = h * w
         n = max(m - 1, 1)
