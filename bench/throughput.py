@@ -117,7 +117,9 @@ def attention_runner(network, x: np.ndarray):
 
     kinds = tuple(_ATTENTIONS.values())
     seen = []
-    hooks = [layer.register_forward_post_hook(lambda layer, inputs, out: seen.append((layer, inputs[0].shape)))
+    # each call as the host made it: its input's shape and any further arguments ("NHWC")
+    hooks = [layer.register_forward_post_hook(lambda layer, inputs, out: seen.append((layer, inputs[0].shape,
+                                                                                      inputs[1:])))
              for layer in network.sublayers() if isinstance(layer, kinds)]
     network.train()
     network(paddle.to_tensor(x))
@@ -125,14 +127,15 @@ def attention_runner(network, x: np.ndarray):
         hook.remove()
     rng = np.random.default_rng(1)
     calls = [(layer, paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32), stop_gradient=False),
-              paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32))) for layer, shape in seen]
+              paddle.to_tensor(rng.standard_normal(shape, dtype=np.float32)), rest) for layer, shape, rest in seen]
 
     def step():
-        for layer, inp, grad in calls:
-            layer(inp).backward(grad)
+        for layer, inp, grad, rest in calls:
+            layer(inp, *rest).backward(grad)
             inp.clear_gradient()
 
-    return [f"{type(layer).__name__}{list(inp.shape)}" for layer, inp, _ in calls], step
+    return [f"{type(layer).__name__}{list(inp.shape)}{''.join(' ' + str(a) for a in rest)}"
+            for layer, inp, _, rest in calls], step
 
 
 TWINS = ("towernet", "towernet_simam", "resnet50", "mobilenet_v2")  # bench/torch_towernet.py

@@ -67,9 +67,9 @@ def attend(attention: nn.Layer, x: paddle.Tensor, data_format: str = "NCHW") -> 
     ``data_format="NHWC"``) goes in as a transposed copy and comes back channels-last, except
     to a module that declares ``takes_channels_last`` (SimAM: one C kernel, backend/fused.py),
     which is called as ``attention(x, "NHWC")``.
-    SimAM written channels-last (its sums as batched products with ones, or as reductions)
-    took 17-23 ms forward + backward at TowerNet's 128-px shapes against 7.2 NCHW and 9.4
-    with the two transposes (docs/speed.md).
+    SimAM written channels-last in Paddle ops (its sums as batched products with ones, or as
+    reductions) took 17-23 ms forward + backward at TowerNet's 128-px shapes against 7.2 NCHW
+    and 9.4 with the two transposes; its C kernel takes 1.1-1.6 (docs/speed.md).
     """
     nhwc = data_format == "NHWC"
     h, w = (x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3])
