@@ -156,8 +156,8 @@ def simam(x: paddle.Tensor, e_lambda: float) -> paddle.Tensor | None:
     """SimAM (models/attention/simam.py) of a channels-last float32 ``x`` [N, H, W, C] in one
     kernel each way, or None where the kernel does not run (not built, channels not a multiple
     of 16, not a CPU tensor, a static graph): the caller then computes it its own way."""
-    if (x.ndim != 4 or x.dtype != paddle.float32 or x.shape[-1] % VECTOR or x.shape[1] * x.shape[2] < 1
-            or not paddle.in_dynamic_mode() or not x.place.is_cpu_place()):
+    if (x.ndim != 4 or x.dtype != paddle.float32 or x.shape[-1] % VECTOR or not paddle.in_dynamic_mode()
+            or not x.place.is_cpu_place()):
         return None
     lib = load()
     return None if lib is None else _SimAM.apply(x.contiguous(), float(e_lambda), lib)
