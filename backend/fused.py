@@ -18,8 +18,9 @@ forward and one backward, with the same float32 maths (docs/speed.md gives what 
 Built with the system C compiler (``$CC``, default ``cc``; ~0.3 s once per process) in a
 temporary folder that is removed as soon as the library is loaded, and linked against the
 wheel's own ``libiomp5``, so it shares oneDNN's OpenMP threads. No compiler, no ``libiomp5``
-in the wheel, a failed build or ``TOWERNET_FUSED=0``: :func:`load` returns None and the pair
-runs as before (oneDNN's BN, then Paddle's ReLU6); :func:`reason` says why.
+in the wheel, a failed build or ``TOWERNET_FUSED=0``: :func:`load` returns None, the pair
+runs as before (oneDNN's BN, then Paddle's ReLU6) and SimAM as the module's Paddle ops;
+:func:`reason` says why.
 """
 from __future__ import annotations
 

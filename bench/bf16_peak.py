@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.fused import compile_c
+from backend.onednn import cpu_bf16_flags
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -64,12 +65,7 @@ int main(int argc, char **argv) {
 """
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), set())
+cpu_flags = cpu_bf16_flags  # the bfloat16 flags (amx_bf16, avx512_bf16) this CPU reports
 
 
 def build(folder: str) -> str:
